@@ -1,0 +1,113 @@
+"""The contexts of the messages a run posts, and the edits that keep its cards current.
+
+Templates in bot/templates/<platform>/ render these contexts; nothing here knows a platform.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from storage import outbox
+from storage.models import Message, Run, Step
+
+
+def card_key(run_id: int) -> str:
+    return f"run:{run_id}:card"
+
+
+def run_card_context(
+    run: Run, steps: list[Step], now: datetime, *, offline: bool
+) -> dict[str, Any]:
+    current = next((s for s in steps if s.position == run.current_step), None)
+    end = run.finished_at or now
+    return {
+        "run_id": run.id,
+        "workflow": run.workflow,
+        "text": run.text,
+        "status": run.status,
+        "requester": run.requester,
+        "step_index": min(run.current_step + 1, len(steps)),
+        "step_count": len(steps),
+        "current_step": current.name if current else None,
+        "current_agent": current.agent if current else None,
+        "current_status": current.status if current else None,
+        "version": current.version if current else 0,
+        "elapsed_s": int((end - run.created_at).total_seconds()),
+        "decided_by": run.decided_by,
+        "error": run.error,
+        "cost_usd": round(run.cost_usd, 4),
+        "steps": [{"name": s.name, "agent": s.agent, "status": s.status} for s in steps],
+        "offline": offline,
+    }
+
+
+def steps_of(session: Session, run_id: int) -> list[Step]:
+    return list(
+        session.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.position))).all()
+    )
+
+
+def card_message(session: Session, run_id: int) -> Message | None:
+    return session.exec(select(Message).where(Message.key == card_key(run_id))).first()
+
+
+def post_run_card(session: Session, run: Run, now: datetime, *, offline: bool) -> Message:
+    assert run.id is not None
+    return outbox.post(
+        session,
+        key=card_key(run.id),
+        kind="run_card",
+        platform=run.platform,
+        channel=run.channel,
+        run_id=run.id,
+        template="run_card",
+        context=run_card_context(run, steps_of(session, run.id), now, offline=offline),
+    )
+
+
+def refresh_run_card(session: Session, run: Run, now: datetime, *, offline: bool) -> None:
+    assert run.id is not None
+    card = card_message(session, run.id)
+    if card is None:
+        return
+    context = run_card_context(run, steps_of(session, run.id), now, offline=offline)
+    outbox.update(session, card, template="run_card", context=context)
+
+
+def post_in_thread(
+    session: Session,
+    run: Run,
+    *,
+    key: str,
+    kind: str,
+    context: dict[str, Any],
+    step: Step | None = None,
+    version: int | None = None,
+) -> Message:
+    assert run.id is not None
+    card = card_message(session, run.id)
+    return outbox.post(
+        session,
+        key=key,
+        kind=kind,
+        platform=run.platform,
+        channel=run.channel,
+        run_id=run.id,
+        step_id=step.id if step else None,
+        version=version,
+        thread_of=card.id if card else None,
+        template=kind,
+        context={"run_id": run.id, **context},
+    )
+
+
+def draft_key(run_id: int, step: Step, version: int) -> str:
+    return f"run:{run_id}:step:{step.position}:v{version}"
+
+
+def draft_message(session: Session, run_id: int, step: Step, version: int) -> Message | None:
+    key = draft_key(run_id, step, version)
+    return session.exec(select(Message).where(Message.key == key)).first()

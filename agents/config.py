@@ -1,0 +1,182 @@
+"""The shape of crewchief.yml: agents, workflows, approval policies, roles, budgets.
+
+Validated with pydantic so that a mistake is reported with the key path that holds it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`90`, `30s`, `15m`, `24h`, `2d` -> timedelta (bare numbers are seconds)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 15m, 24h, 2d)")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+ID_PATTERN = re.compile(r"^(role:[\w.-]+|(shell|slack|discord):[^\s,]+)$")
+
+
+def _check_ids(values: list[str]) -> list[str]:
+    for value in values:
+        if not ID_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a user or role: use platform-qualified ids such as "
+                "slack:U012AB, discord:81234, shell:bob, or role:editors"
+            )
+    return values
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSpec(Strict):
+    role: str
+    model: str = "gpt-4o-mini"
+    prompt: str | None = None  # a Jinja2 template replacing the role's built-in prompt
+    system: str | None = None
+    max_output_tokens: int | None = Field(default=None, gt=0)
+
+
+class ApprovalPolicy(Strict):
+    approvers: list[str] = Field(default_factory=list)
+    quorum: int = Field(default=1, ge=1)
+    allow_self_approval: bool = False
+    timeout: Duration | None = None
+    on_timeout: Literal["reject", "escalate"] = "escalate"
+
+    _ids = field_validator("approvers")(_check_ids)
+
+
+class PublishTarget(Strict):
+    to: Literal["thread", "folder", "webhook"] = "thread"
+    path: str | None = None  # folder
+    url: str | None = None  # webhook
+
+    @model_validator(mode="after")
+    def _needs_destination(self) -> PublishTarget:
+        if self.to == "folder" and not self.path:
+            raise ValueError("publish to a folder needs `path`")
+        if self.to == "webhook" and not (self.url and self.url.startswith(("http://", "https://"))):
+            raise ValueError("publish to a webhook needs an http(s) `url`")
+        return self
+
+
+class StepSpec(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    agent: str
+    approval: ApprovalPolicy | None = None
+    publish: PublishTarget | None = None
+
+
+class WorkflowSpec(Strict):
+    description: str = ""
+    launchers: list[str] = Field(default_factory=list)  # empty: anyone may launch
+    steps: list[StepSpec] = Field(min_length=1)
+
+    _ids = field_validator("launchers")(_check_ids)
+
+    @model_validator(mode="after")
+    def _unique_step_names(self) -> WorkflowSpec:
+        names = [s.name for s in self.steps]
+        if len(names) != len(set(names)):
+            raise ValueError(f"step names must be unique, got {names}")
+        return self
+
+
+class Budgets(Strict):
+    per_run_usd: float | None = Field(default=None, gt=0)
+    per_day_usd: float | None = Field(default=None, gt=0)
+    per_run_tokens: int | None = Field(default=None, gt=0)
+
+
+class Reactions(Strict):
+    """Emoji (unicode or Slack/Discord names) that mean each decision."""
+
+    approve: list[str] = ["✅", "white_check_mark", "heavy_check_mark", "✔️"]
+    reject: list[str] = ["❌", "x", "no_entry_sign"]
+    revise: list[str] = ["🔁", "repeat", "arrows_clockwise"]
+    cancel: list[str] = ["🛑", "octagonal_sign", "stop_sign"]
+
+
+class Engine(Strict):
+    workers: int = Field(default=4, ge=1, le=256)
+    llm_concurrency: int = Field(default=4, ge=1, le=256)
+    lease: Duration = timedelta(minutes=5)
+    max_attempts: int = Field(default=3, ge=1)
+
+
+class CrewConfig(Strict):
+    agents: dict[str, AgentSpec]
+    workflows: dict[str, WorkflowSpec]
+    roles: dict[str, list[str]] = Field(default_factory=dict)
+    admins: list[str] = Field(default_factory=list)
+    budgets: Budgets = Budgets()
+    reactions: Reactions = Reactions()
+    engine: Engine = Engine()
+    max_text_chars: int = Field(default=40_000, gt=0)
+
+    _admins = field_validator("admins")(_check_ids)
+
+    @field_validator("roles")
+    @classmethod
+    def _role_members(cls, roles: dict[str, list[str]]) -> dict[str, list[str]]:
+        for members in roles.values():
+            _check_ids(members)
+        return roles
+
+    @model_validator(mode="after")
+    def _references(self) -> CrewConfig:
+        for wf_name, wf in self.workflows.items():
+            for i, step in enumerate(wf.steps):
+                where = f"workflows.{wf_name}.steps.{i}"
+                if step.agent not in self.agents:
+                    raise ValueError(
+                        f"{where}.agent: unknown agent {step.agent!r} "
+                        f"(defined: {', '.join(sorted(self.agents))})"
+                    )
+                for who in (step.approval.approvers if step.approval else []) + wf.launchers:
+                    if who.startswith("role:") and who[5:] not in self.roles:
+                        raise ValueError(f"{where}: unknown role {who!r} (define it under roles)")
+        return self
+
+    def members(self, ids: list[str]) -> set[str]:
+        """Expand `role:NAME` entries to the role's members."""
+        out: set[str] = set()
+        for who in ids:
+            out.update(self.roles.get(who[5:], []) if who.startswith("role:") else [who])
+        return out
+
+
+def builtin_defaults() -> dict[str, Any]:
+    text = resources.files("agents").joinpath("defaults.yml").read_text(encoding="utf-8")
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A user's file extends the defaults: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "steps":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,758 @@
+"""The durable engine: runs advance step by step, each step a row that a worker claims.
+
+A worker claims a step under a lease in one transaction, calls the agent outside any
+transaction, and records the result (with the messages it causes) in another. A process that
+dies mid-step leaves a lease that runs out; another worker then takes the step again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from agents import cards
+from agents.config import ApprovalPolicy, CrewConfig, StepSpec, WorkflowSpec
+from agents.llm import Completion, LLMError, LLMProvider
+from agents.prompts import build_request
+from agents.wakeup import Wakeup
+from storage import outbox
+from storage.db import Database
+from storage.models import (
+    AuditEntry,
+    DraftVersion,
+    LLMCall,
+    Run,
+    RunStatus,
+    Step,
+    StepStatus,
+    utcnow,
+)
+from storage.queries import claim_step, next_wakeup, spend_since
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Claimed:
+    step_id: int
+    run_id: int
+    spec: StepSpec
+    request_kwargs: dict[str, Any]
+
+
+class Engine:
+    def __init__(
+        self,
+        db: Database,
+        config: CrewConfig,
+        llm: LLMProvider,
+        *,
+        default_approvers: list[str] | None = None,
+        clock: Clock = utcnow,
+        wakeup: Wakeup | None = None,
+        outbox_wakeup: Wakeup | None = None,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.llm = llm
+        self.default_approvers = list(default_approvers or [])
+        self.clock = clock
+        self.wakeup = wakeup or Wakeup()
+        self.outbox_wakeup = outbox_wakeup or Wakeup()
+        self.owner = f"worker-{uuid.uuid4().hex[:8]}"
+        self._llm_slots = asyncio.Semaphore(config.engine.llm_concurrency)
+
+    @property
+    def offline(self) -> bool:
+        return self.llm.name == "offline"
+
+    # -- policy lookups -------------------------------------------------------------------
+
+    def workflow(self, name: str) -> WorkflowSpec:
+        return self.config.workflows[name]
+
+    def step_spec(self, run: Run, step: Step) -> StepSpec:
+        return self.workflow(run.workflow).steps[step.position]
+
+    def approvers(self, policy: ApprovalPolicy) -> set[str]:
+        return self.config.members(policy.approvers or self.default_approvers)
+
+    def may_launch(self, workflow: str, who: str) -> bool:
+        launchers = self.workflow(workflow).launchers
+        return not launchers or who in self.config.members(launchers) or self.is_admin(who)
+
+    def is_admin(self, who: str) -> bool:
+        return who in self.config.members(self.config.admins)
+
+    def may_manage(self, run: Run, who: str) -> bool:
+        """Cancel and retry: the requester, the run's approvers and admins."""
+        if who == run.requester or self.is_admin(who):
+            return True
+        wf = self.workflow(run.workflow)
+        return any(who in self.approvers(s.approval) for s in wf.steps if s.approval)
+
+    # -- starting, cancelling, retrying (called inside the caller's transaction) ---------
+
+    def start_run(
+        self,
+        session: Session,
+        *,
+        workflow: str,
+        text: str,
+        requester: str,
+        platform: str,
+        channel: str,
+    ) -> Run:
+        now = self.clock()
+        run = Run(
+            workflow=workflow,
+            text=text,
+            requester=requester,
+            platform=platform,
+            channel=channel,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        for position, spec in enumerate(self.workflow(workflow).steps):
+            session.add(
+                Step(
+                    run_id=run.id,
+                    position=position,
+                    name=spec.name,
+                    agent=spec.agent,
+                    status=StepStatus.PENDING if position == 0 else StepStatus.WAITING,
+                    available_at=now,
+                )
+            )
+        session.flush()
+        audit(session, requester, "run.started", run.id, workflow=workflow)
+        cards.post_run_card(session, run, now, offline=self.offline)
+        self._after_commit(session)
+        return run
+
+    def cancel(self, session: Session, run: Run, who: str) -> None:
+        now = self.clock()
+        run.status = RunStatus.CANCELLED
+        run.decided_by = who
+        run.finished_at = run.updated_at = now
+        session.add(run)
+        for step in cards.steps_of(session, run.id or 0):
+            if step.status in (
+                StepStatus.WAITING,
+                StepStatus.PENDING,
+                StepStatus.RUNNING,
+                StepStatus.AWAITING_APPROVAL,
+            ):
+                if step.status == StepStatus.AWAITING_APPROVAL:
+                    self._lock_draft(session, run, step, "cancelled", who)
+                step.status = StepStatus.CANCELLED
+                step.lease_owner = None
+                step.finished_at = now
+                session.add(step)
+        audit(session, who, "run.cancelled", run.id)
+        cards.refresh_run_card(session, run, now, offline=self.offline)
+        self._after_commit(session)
+
+    def retry(self, session: Session, run: Run, who: str) -> Step | None:
+        """Make the failed step runnable again; None when nothing failed."""
+        failed = next(
+            (s for s in cards.steps_of(session, run.id or 0) if s.status == StepStatus.FAILED),
+            None,
+        )
+        if failed is None:
+            return None
+        now = self.clock()
+        failed.status = StepStatus.PENDING
+        failed.attempts = 0
+        failed.error = None
+        failed.available_at = now
+        failed.lease_owner = None
+        session.add(failed)
+        run.status = RunStatus.RUNNING
+        run.error = None
+        run.finished_at = None
+        run.updated_at = now
+        session.add(run)
+        audit(session, who, "run.retried", run.id, step=failed.name)
+        cards.refresh_run_card(session, run, now, offline=self.offline)
+        self._after_commit(session)
+        return failed
+
+    # -- the workers ----------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run the workers and the deadline watcher until `stop` is set."""
+        tasks = [
+            asyncio.create_task(self._worker(stop, i), name=f"crewchief-worker-{i}")
+            for i in range(self.config.engine.workers)
+        ]
+        tasks.append(asyncio.create_task(self._deadlines(stop), name="crewchief-deadlines"))
+        try:
+            await stop.wait()
+        finally:
+            self.wakeup.wake()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _worker(self, stop: asyncio.Event, index: int) -> None:
+        while not stop.is_set():
+            try:
+                worked = await self.work_once()
+            except Exception:
+                log.exception("worker %s: a step could not be processed; retrying shortly", index)
+                worked = False
+            if not worked:
+                await self.wakeup.wait(self._idle_timeout())
+
+    async def _deadlines(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.check_deadlines()
+            except Exception:
+                log.exception("approval deadlines could not be checked; retrying shortly")
+            await asyncio.sleep(1.0)
+
+    def _idle_timeout(self) -> float:
+        with self.db.read() as session:
+            due = next_wakeup(session)
+        if due is None:
+            return 5.0
+        return max(0.05, min(5.0, (due - self.clock()).total_seconds()))
+
+    async def work_once(self) -> bool:
+        """Claim one step and run it to its next state. False when nothing was runnable."""
+        claimed = self._claim()
+        if claimed is None:
+            return False
+        try:
+            self._check_budget(claimed.run_id)
+            async with self._llm_slots:
+                completion = await self.llm.complete(build_request(**claimed.request_kwargs))
+        except BudgetExceeded as exc:
+            self._fail(claimed, str(exc), call=None)
+        except LLMError as exc:
+            self._fail(claimed, str(exc), call=self._call_row(claimed, None, str(exc)))
+        else:
+            self._complete(claimed, completion)
+        return True
+
+    def _claim(self) -> Claimed | None:
+        with self.db.transaction() as session:
+            now = self.clock()
+            step = claim_step(
+                session,
+                owner=self.owner,
+                now=now,
+                lease=self.config.engine.lease,
+                skip_locked=self.db.is_postgres,
+            )
+            if step is None:
+                return None
+            run = session.get(Run, step.run_id)
+            assert run is not None and run.id is not None and step.id is not None
+            if RunStatus(run.status).finished:
+                step.status = StepStatus.CANCELLED
+                session.add(step)
+                return None
+            if step.attempts > self.config.engine.max_attempts:
+                self._fail_in(session, run, step, f"gave up after {step.attempts - 1} attempts")
+                return None
+            spec = self.step_spec(run, step)
+            steps = cards.steps_of(session, run.id)
+            inputs = {s.name: s.output or "" for s in steps if s.position < step.position}
+            approved = next(
+                (
+                    s.output
+                    for s in reversed(steps)
+                    if s.position < step.position
+                    and s.status == StepStatus.SUCCEEDED
+                    and self.step_spec(run, s).approval
+                ),
+                None,
+            )
+            version = step.version + 1 if spec.approval else 1
+            previous = step.output if spec.approval and step.version else None
+            run.current_step = step.position
+            run.status = RunStatus.RUNNING
+            run.updated_at = now
+            session.add(run)
+            cards.refresh_run_card(session, run, now, offline=self.offline)
+            self._after_commit(session, engine=False)
+            return Claimed(
+                step_id=step.id,
+                run_id=run.id,
+                spec=spec,
+                request_kwargs={
+                    "name": step.agent,
+                    "spec": self.config.agents[step.agent],
+                    "topic": run.text,
+                    "inputs": inputs,
+                    "version": version,
+                    "feedback": step.feedback,
+                    "previous": previous,
+                    "approved": approved,
+                },
+            )
+
+    def _check_budget(self, run_id: int) -> None:
+        budgets = self.config.budgets
+        with self.db.read() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            if budgets.per_run_usd is not None and run.cost_usd >= budgets.per_run_usd:
+                raise BudgetExceeded(
+                    f"budget: this run has spent ${run.cost_usd:.4f} of its "
+                    f"${budgets.per_run_usd:.4f} cap"
+                )
+            if budgets.per_run_tokens is not None and run.tokens >= budgets.per_run_tokens:
+                raise BudgetExceeded(
+                    f"budget: this run has used {run.tokens} of its {budgets.per_run_tokens} tokens"
+                )
+            if budgets.per_day_usd is not None:
+                now = self.clock()
+                spent = spend_since(session, now.replace(hour=0, minute=0, second=0, microsecond=0))
+                if spent >= budgets.per_day_usd:
+                    raise BudgetExceeded(
+                        f"budget: ${spent:.4f} spent today of the ${budgets.per_day_usd:.4f} "
+                        "daily cap"
+                    )
+
+    def _call_row(
+        self, claimed: Claimed, completion: Completion | None, error: str | None
+    ) -> LLMCall:
+        spec = self.config.agents[claimed.request_kwargs["name"]]
+        return LLMCall(
+            run_id=claimed.run_id,
+            step_id=claimed.step_id,
+            agent=claimed.request_kwargs["name"],
+            provider=completion.provider if completion else self.llm.name,
+            model=completion.model if completion else spec.model,
+            input_tokens=completion.input_tokens if completion else 0,
+            output_tokens=completion.output_tokens if completion else 0,
+            cost_usd=completion.cost_usd if completion else 0.0,
+            latency_ms=completion.latency_ms if completion else 0,
+            error=error,
+            created_at=self.clock(),
+        )
+
+    def _own(self, session: Session, claimed: Claimed) -> tuple[Run, Step] | None:
+        """The step and run, if this worker still holds the step's lease."""
+        step = session.exec(
+            select(Step).where(Step.id == claimed.step_id).with_for_update()
+        ).first()
+        run = session.get(Run, claimed.run_id)
+        assert run is not None
+        if step is None or step.status != StepStatus.RUNNING or step.lease_owner != self.owner:
+            log.info("step %s of run %s: lease lost, result dropped", claimed.step_id, run.id)
+            return None
+        if RunStatus(run.status).finished:
+            step.status = StepStatus.CANCELLED
+            step.lease_owner = None
+            session.add(step)
+            return None
+        return run, step
+
+    def _fail(self, claimed: Claimed, error: str, call: LLMCall | None) -> None:
+        with self.db.transaction() as session:
+            if call is not None:
+                session.add(call)
+            owned = self._own(session, claimed)
+            if owned is None:
+                return
+            self._fail_in(session, *owned, error)
+
+    def _fail_in(self, session: Session, run: Run, step: Step, error: str) -> None:
+        now = self.clock()
+        step.status = StepStatus.FAILED
+        step.error = error
+        step.lease_owner = None
+        step.finished_at = now
+        session.add(step)
+        run.status = RunStatus.FAILED
+        run.error = f"{step.name}: {error}"
+        run.finished_at = run.updated_at = now
+        session.add(run)
+        audit(session, "crewchief", "step.failed", run.id, step=step.name, error=error)
+        cards.post_in_thread(
+            session,
+            run,
+            key=f"run:{run.id}:step:{step.position}:failed:{step.attempts}",
+            kind="failure",
+            step=step,
+            context={"step": step.name, "agent": step.agent, "error": error},
+        )
+        cards.refresh_run_card(session, run, now, offline=self.offline)
+        self._after_commit(session)
+
+    def _complete(self, claimed: Claimed, completion: Completion) -> None:
+        spec = claimed.spec
+        publish_file: tuple[Path, str] | None = None
+        with self.db.transaction() as session:
+            session.add(self._call_row(claimed, completion, None))
+            owned = self._own(session, claimed)
+            if owned is None:
+                return
+            run, step = owned
+            now = self.clock()
+            run.cost_usd += completion.cost_usd
+            run.tokens += completion.input_tokens + completion.output_tokens
+            run.updated_at = now
+            step.lease_owner = None
+            step.output = completion.text
+            if spec.approval is not None:
+                self._await_approval(session, run, step, spec.approval, completion.text, now)
+            else:
+                if spec.publish is not None:
+                    publish_file = self._publish(session, run, step, completion.text, now)
+                else:
+                    cards.post_in_thread(
+                        session,
+                        run,
+                        key=f"run:{run.id}:step:{step.position}:output",
+                        kind="notes",
+                        step=step,
+                        context={
+                            "step": step.name,
+                            "agent": step.agent,
+                            "content": completion.text,
+                            "offline": self.offline,
+                        },
+                    )
+                self.advance(session, run, step, now)
+            if publish_file is not None:
+                path, content = publish_file
+                write_atomically(path, content)
+            self._after_commit(session)
+
+    def _await_approval(
+        self,
+        session: Session,
+        run: Run,
+        step: Step,
+        policy: ApprovalPolicy,
+        text: str,
+        now: datetime,
+    ) -> None:
+        assert run.id is not None and step.id is not None
+        step.version += 1
+        step.status = StepStatus.AWAITING_APPROVAL
+        step.awaiting_since = now
+        step.deadline_at = now + policy.timeout if policy.timeout else None
+        step.escalated = False
+        session.add(step)
+        session.add(
+            DraftVersion(
+                run_id=run.id,
+                step_id=step.id,
+                version=step.version,
+                content=text,
+                feedback=step.feedback,
+                created_at=now,
+            )
+        )
+        run.status = RunStatus.AWAITING_APPROVAL
+        session.add(run)
+        cards.post_in_thread(
+            session,
+            run,
+            key=cards.draft_key(run.id, step, step.version),
+            kind="draft",
+            step=step,
+            version=step.version,
+            context=self.draft_context(run, step, policy, text),
+        )
+        cards.refresh_run_card(session, run, now, offline=self.offline)
+
+    def draft_context(
+        self,
+        run: Run,
+        step: Step,
+        policy: ApprovalPolicy,
+        text: str,
+        decision: str | None = None,
+        decided_by: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "step": step.name,
+            "agent": step.agent,
+            "version": step.version,
+            "content": text,
+            "feedback": step.feedback,
+            "offline": self.offline,
+            "approvers": sorted(self.approvers(policy)),
+            "quorum": policy.quorum,
+            "decision": decision,
+            "decided_by": decided_by,
+        }
+
+    def _lock_draft(self, session: Session, run: Run, step: Step, decision: str, who: str) -> None:
+        """Edit the current draft card to show the decision; it takes no more votes."""
+        assert run.id is not None
+        message = cards.draft_message(session, run.id, step, step.version)
+        spec = self.step_spec(run, step)
+        if message is None or spec.approval is None:
+            return
+        message.locked = True
+        session.add(message)
+        outbox.update(
+            session,
+            message,
+            template="draft",
+            context={
+                "run_id": run.id,
+                **self.draft_context(run, step, spec.approval, step.output or "", decision, who),
+            },
+        )
+
+    def _publish(
+        self, session: Session, run: Run, step: Step, text: str, now: datetime
+    ) -> tuple[Path, str] | None:
+        """Publish the approved text once per run; a folder file is written before the commit
+        (same path and content on a retry, so writing it again is harmless)."""
+        assert run.id is not None
+        target = self.step_spec(run, step).publish
+        assert target is not None
+        key = f"{run.id}:{step.name}:{step.version or 1}"
+        location = "this thread"
+        file: tuple[Path, str] | None = None
+        if target.to == "folder" and target.path:
+            path = Path(target.path).expanduser() / f"{run.id:05d}-{slugify(run.text)}.md"
+            file = (path, text)
+            location = str(path)
+        elif target.to == "webhook" and target.url:
+            outbox.webhook(
+                session,
+                key=key,
+                url=target.url,
+                payload={
+                    "run_id": run.id,
+                    "workflow": run.workflow,
+                    "topic": run.text,
+                    "content": text,
+                    "requester": run.requester,
+                    "approved_by": run.decided_by,
+                },
+            )
+            location = target.url
+        cards.post_in_thread(
+            session,
+            run,
+            key=f"run:{run.id}:published",
+            kind="published",
+            step=step,
+            context={
+                "to": target.to,
+                "location": location,
+                "content": text,
+                "offline": self.offline,
+            },
+        )
+        audit(session, "crewchief", "run.published", run.id, to=target.to, key=key)
+        return file
+
+    def advance(self, session: Session, run: Run, step: Step, now: datetime) -> None:
+        """Mark `step` done and make the next one runnable, or finish the run."""
+        step.status = StepStatus.SUCCEEDED
+        step.finished_at = now
+        step.lease_owner = None
+        session.add(step)
+        nxt = session.exec(
+            select(Step).where(Step.run_id == run.id, Step.position == step.position + 1)
+        ).first()
+        if nxt is None:
+            run.status = RunStatus.SUCCEEDED
+            run.finished_at = now
+        else:
+            nxt.status = StepStatus.PENDING
+            nxt.available_at = now
+            session.add(nxt)
+            run.status = RunStatus.RUNNING
+            run.current_step = nxt.position
+        run.updated_at = now
+        session.add(run)
+        cards.refresh_run_card(session, run, now, offline=self.offline)
+
+    # -- approval deadlines --------------------------------------------------------------
+
+    def check_deadlines(self) -> int:
+        """Escalate or reject drafts whose approval waited past its timeout."""
+        handled = 0
+        now = self.clock()
+        with self.db.transaction() as session:
+            due = session.exec(
+                select(Step)
+                .where(
+                    Step.status == StepStatus.AWAITING_APPROVAL,
+                    col(Step.deadline_at).is_not(None),
+                    col(Step.deadline_at) <= now,
+                    col(Step.escalated).is_(False),
+                )
+                .with_for_update()
+            ).all()
+            for step in due:
+                run = session.get(Run, step.run_id)
+                assert run is not None and run.id is not None
+                policy = self.step_spec(run, step).approval
+                assert policy is not None
+                handled += 1
+                if policy.on_timeout == "reject":
+                    self.decide(
+                        session, run, step, "rejected", "timeout", reason="approval timed out"
+                    )
+                    continue
+                step.escalated = True
+                session.add(step)
+                waited = int((now - (step.awaiting_since or now)).total_seconds())
+                cards.post_in_thread(
+                    session,
+                    run,
+                    key=f"run:{run.id}:step:{step.position}:v{step.version}:reminder",
+                    kind="reminder",
+                    step=step,
+                    version=step.version,
+                    context={
+                        "version": step.version,
+                        "waited_s": waited,
+                        "approvers": sorted(self.approvers(policy)),
+                    },
+                )
+                audit(session, "crewchief", "approval.escalated", run.id, version=step.version)
+            if handled:
+                self._after_commit(session)
+        return handled
+
+    # -- decisions (called by the approval service, inside its transaction) -----------
+
+    def decide(
+        self,
+        session: Session,
+        run: Run,
+        step: Step,
+        decision: str,
+        who: str,
+        reason: str | None = None,
+        feedback: str | None = None,
+    ) -> bool:
+        """Apply a decision on the current draft: one conditional update, first one wins."""
+        from sqlalchemy import update
+
+        now = self.clock()
+        target = {
+            "approved": StepStatus.SUCCEEDED,
+            "rejected": StepStatus.REJECTED,
+            "sent back": StepStatus.PENDING,
+        }[decision]
+        result = session.execute(
+            update(Step)
+            .where(
+                col(Step.id) == step.id,
+                col(Step.status) == StepStatus.AWAITING_APPROVAL,
+                col(Step.version) == step.version,
+            )
+            .values(status=target, decided_by=who)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return False
+        session.refresh(step)
+        self._lock_draft(session, run, step, decision, who)
+        cards.post_in_thread(
+            session,
+            run,
+            key=f"run:{run.id}:step:{step.position}:v{step.version}:decision",
+            kind="decision",
+            step=step,
+            version=step.version,
+            context={
+                "version": step.version,
+                "decision": decision,
+                "decided_by": who,
+                "reason": reason,
+                "feedback": feedback,
+            },
+        )
+        audit(
+            session,
+            who,
+            f"draft.{decision.replace(' ', '_')}",
+            run.id,
+            version=step.version,
+            reason=reason,
+        )
+        run.decided_by = who
+        if decision == "approved":
+            self.advance(session, run, step, now)
+        elif decision == "rejected":
+            step.finished_at = now
+            session.add(step)
+            run.status = RunStatus.REJECTED
+            run.error = reason
+            run.finished_at = run.updated_at = now
+            session.add(run)
+            cards.refresh_run_card(session, run, now, offline=self.offline)
+        else:
+            step.feedback = feedback
+            step.available_at = now
+            step.deadline_at = None
+            session.add(step)
+            run.status = RunStatus.RUNNING
+            run.updated_at = now
+            session.add(run)
+            cards.refresh_run_card(session, run, now, offline=self.offline)
+        self._after_commit(session)
+        return True
+
+    def _after_commit(self, session: Session, *, engine: bool = True) -> None:
+        """Wake the workers and the outbox sender once this transaction has committed."""
+        wake_outbox = self.outbox_wakeup.wake
+        wake_engine = self.wakeup.wake
+
+        def on_commit(_session: Session) -> None:
+            wake_outbox()
+            if engine:
+                wake_engine()
+
+        from sqlalchemy import event
+
+        if not event.contains(session, "after_commit", on_commit):
+            event.listen(session, "after_commit", on_commit, once=True)
+
+
+def audit(session: Session, actor: str, action: str, run_id: int | None, **detail: Any) -> None:
+    session.add(
+        AuditEntry(actor=actor, action=action, run_id=run_id, detail=detail, at=datetime.now(UTC))
+    )
+
+
+def slugify(text: str, limit: int = 60) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "run"
+
+
+def write_atomically(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(content, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,60 @@
+"""Agent prompts: one Jinja2 template per role, which crewchief.yml may replace per agent."""
+
+from __future__ import annotations
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound
+from jinja2.sandbox import SandboxedEnvironment
+
+from agents.config import AgentSpec
+from agents.llm import LLMRequest
+
+_builtin = Environment(
+    loader=PackageLoader("agents", "prompts"),
+    keep_trailing_newline=True,
+    autoescape=False,  # prompts are plain text for a model, not markup
+)
+# Prompts written in crewchief.yml run sandboxed: a config file must not reach Python objects.
+_custom = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+def build_request(
+    name: str,
+    spec: AgentSpec,
+    *,
+    topic: str,
+    inputs: dict[str, str],
+    version: int = 1,
+    feedback: str | None = None,
+    previous: str | None = None,
+    approved: str | None = None,
+) -> LLMRequest:
+    values = {
+        "topic": topic,
+        "inputs": inputs,
+        "version": version,
+        "feedback": feedback,
+        "previous": previous,
+        "approved": approved,
+        "role": spec.role,
+        "agent": name,
+    }
+    if spec.prompt:
+        prompt = _custom.from_string(spec.prompt).render(values)
+    else:
+        try:
+            prompt = _builtin.get_template(f"{spec.role}.j2").render(values)
+        except TemplateNotFound:
+            prompt = f"Task for the {spec.role} agent.\n\nTopic: {topic}\n"
+    system = spec.system or _builtin.get_template("system.j2").render(values)
+    return LLMRequest(
+        agent=name,
+        role=spec.role,
+        model=spec.model,
+        system=system.strip(),
+        prompt=prompt.strip(),
+        topic=topic,
+        feedback=feedback,
+        version=version,
+        inputs=dict(inputs),
+        max_output_tokens=spec.max_output_tokens,
+    )

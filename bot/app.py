@@ -1,0 +1,125 @@
+"""The composition root: config -> storage -> LLM -> engine -> dispatcher -> platforms.
+
+Everything else receives what it needs as arguments; tests build the same graph with their
+own clock, LLM endpoint or console, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from agents.approvals import ApprovalService
+from agents.config import CrewConfig
+from agents.engine import Clock, Engine
+from agents.llm import LLMProvider
+from agents.offline import OfflineProvider
+from agents.openai_provider import OpenAIProvider
+from agents.wakeup import Wakeup
+from bot.config_file import load_config
+from bot.delivery import OutboxSender
+from bot.platforms.base import Platform
+from bot.settings import Settings
+from bot.webhook import WebhookPublisher
+from commands.dispatch import Dispatcher
+from storage.db import Database
+from storage.models import utcnow
+from storage.queries import pending_work
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    settings: Settings
+    config: CrewConfig
+    db: Database
+    llm: LLMProvider
+    engine: Engine
+    approvals: ApprovalService
+    dispatcher: Dispatcher
+    sender: OutboxSender
+    platforms: dict[str, Platform] = field(default_factory=dict)
+
+    def add_platform(self, platform: Platform) -> None:
+        self.platforms[platform.name] = platform
+        self.sender.platforms[platform.name] = platform
+
+    def pending(self) -> int:
+        with self.db.read() as session:
+            return pending_work(session)
+
+    async def wait_idle(self, timeout: float = 120.0) -> None:
+        """Until nothing is runnable or undelivered (a run waiting for people is idle)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pending():
+            if loop.time() > deadline:
+                raise TimeoutError(f"work still pending after {timeout:.0f}s")
+            await asyncio.sleep(0.02)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The engine's workers and the outbox sender, for as long as the block lasts."""
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(self.engine.serve(stop), name="crewchief-engine"),
+            asyncio.create_task(self.sender.serve(stop), name="crewchief-outbox"),
+        ]
+        try:
+            yield
+        finally:
+            stop.set()
+            self.engine.wakeup.wake()
+            self.sender.wakeup.wake()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.llm.aclose()
+        for platform in self.platforms.values():
+            close = getattr(platform, "aclose", None)
+            if close is not None:
+                await close()
+        self.db.dispose()
+
+
+def build_llm(settings: Settings) -> LLMProvider:
+    if settings.llm_provider == "openai":
+        return OpenAIProvider(
+            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else "",
+            base_url=settings.openai_base_url,
+            timeout=settings.crewchief_llm_timeout,
+            max_retries=settings.crewchief_llm_retries,
+        )
+    return OfflineProvider()
+
+
+def build_app(
+    settings: Settings,
+    *,
+    config: CrewConfig | None = None,
+    default_approvers: list[str] | None = None,
+    clock: Clock = utcnow,
+    llm: LLMProvider | None = None,
+    migrate: bool = True,
+) -> App:
+    """Wire everything. Raises ConfigError for a bad crewchief.yml or CREWCHIEF_APPROVERS."""
+    approvers = settings.approvers if default_approvers is None else default_approvers
+    config = config or load_config(settings.crewchief_config, approvers=approvers)
+    db = Database(settings.crewchief_database_url)
+    if migrate:
+        db.upgrade()
+    llm = llm or build_llm(settings)
+    engine_wakeup, outbox_wakeup = Wakeup(), Wakeup()
+    engine = Engine(
+        db, config, llm, default_approvers=approvers, clock=clock,
+        wakeup=engine_wakeup, outbox_wakeup=outbox_wakeup,
+    )
+    approvals = ApprovalService(engine)
+    sender = OutboxSender(db, {}, wakeup=outbox_wakeup, clock=clock)
+    app = App(settings, config, db, llm, engine, approvals, Dispatcher(engine, approvals), sender)
+    app.add_platform(WebhookPublisher())
+    return app

@@ -1,0 +1,212 @@
+"""The `crewchief` command line (Typer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from bot.app import App, build_app
+from bot.config_file import ConfigError, load_config
+from bot.settings import Settings
+from storage.db import Database
+from storage.queries import runs_with_steps
+
+cli = typer.Typer(
+    name="crewchief",
+    help="Supervise AI agent workflows from Slack, Discord or this terminal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]crewchief:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic reports which variable is wrong
+        raise _fail(f"bad environment setting: {exc}") from None
+
+
+def _build(settings: Settings, **kwargs: object) -> App:
+    try:
+        return build_app(settings, **kwargs)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+@cli.command()
+def shell(
+    script: Annotated[
+        str | None,
+        typer.Option("--script", help="Run the lines of FILE (or - for stdin), wait, exit."),
+    ] = None,
+    user: Annotated[str | None, typer.Option("--as", help="Act as shell:NAME.")] = None,
+) -> None:
+    """The bot in this terminal: type what you would type in chat."""
+    from bot.platforms.shell import ShellPlatform, ShellSession, default_shell_approvers
+
+    settings = _settings()
+    try:
+        config = load_config(settings.crewchief_config, approvers=settings.approvers)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    approvers = default_shell_approvers(config, settings.approvers)
+    app = _build(settings, config=config, default_approvers=approvers)
+    console = Console(highlight=False, soft_wrap=False)
+    platform = ShellPlatform(console)
+    app.add_platform(platform)
+    session = ShellSession(app, platform, user=user)
+    lines: list[str] | None = None
+    if script is not None:
+        try:
+            source = sys.stdin if script == "-" else Path(script).open(encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise _fail(f"cannot read script {script}: {exc.strerror}") from None
+        with source:
+            lines = source.read().splitlines()
+
+    async def main() -> None:
+        async with app.running():
+            session.greet("editor" if approvers == ["shell:editor"] else None)
+            if lines is None:
+                await session.interactive()
+            else:
+                await session.run_script(lines)
+        await app.aclose()
+
+    asyncio.run(main())
+
+
+@cli.command()
+def runs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    limit: Annotated[int, typer.Option(help="How many recent runs.")] = 50,
+) -> None:
+    """Recent runs with their steps."""
+    settings = _settings()
+    db = Database(settings.crewchief_database_url)
+    db.upgrade()
+    with db.read() as session:
+        rows = runs_with_steps(session, limit=limit)
+        data = [
+            {
+                "id": run.id,
+                "workflow": run.workflow,
+                "status": run.status,
+                "text": run.text,
+                "requester": run.requester,
+                "decided_by": run.decided_by,
+                "error": run.error,
+                "cost_usd": round(run.cost_usd, 6),
+                "created_at": run.created_at.isoformat(),
+                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                "steps": [{"name": s.name, "status": s.status, "version": s.version} for s in steps],
+            }
+            for run, steps in rows
+        ]
+    db.dispose()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = Console(highlight=False)
+    if not data:
+        console.print("no runs yet · try: crewchief shell")
+    for item in data:
+        steps = " → ".join(f"{s['name']}:{s['status']}" for s in item["steps"])
+        console.print(
+            f"{item['id']:>5}  {item['workflow']:<16} {item['status']:<18} {steps}", markup=False
+        )
+
+
+STARTER = """\
+# crewchief.yml: extends the built-in defaults (agents researcher/writer/publisher,
+# workflows research-brief and blog-post). Mappings merge key by key.
+roles:
+  editors: [shell:editor]          # e.g. slack:U012AB, discord:81234567890
+
+workflows:
+  blog-post:
+    description: Research, a draft that people approve, then publishing.
+    steps:
+      - name: research
+        agent: researcher
+      - name: draft
+        agent: writer
+        approval:
+          approvers: [role:editors]
+          quorum: 1
+          allow_self_approval: false
+          timeout: 24h
+          on_timeout: escalate     # or: reject
+      - name: publish
+        agent: publisher
+        publish:
+          to: thread               # or: folder (path: ./published), webhook (url: https://…)
+
+budgets:
+  per_run_usd: 0.50
+  per_day_usd: 10
+"""
+
+ENV_EXAMPLE = """\
+# Copy to .env and fill in what you use. Secrets are never logged.
+# OPENAI_API_KEY=sk-...
+# OPENAI_BASE_URL=http://localhost:11434/v1     # Ollama, vLLM, Azure: any OpenAI-compatible server
+# CREWCHIEF_LLM=offline                          # or openai
+# CREWCHIEF_DATABASE_URL=sqlite:///crewchief.db  # or postgresql://user@host/db
+# CREWCHIEF_APPROVERS=slack:U012AB,discord:81234567890
+# SLACK_BOT_TOKEN=xoxb-...
+# SLACK_SIGNING_SECRET=...
+# SLACK_APP_TOKEN=xapp-...                       # set it for Socket Mode
+# DISCORD_TOKEN=...
+"""
+
+
+@cli.command()
+def init(
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+) -> None:
+    """Write a starter crewchief.yml and .env.example here."""
+    for name, text in (("crewchief.yml", STARTER), (".env.example", ENV_EXAMPLE)):
+        path = Path(name)
+        if path.exists() and not force:
+            typer.echo(f"{name} exists; left alone (--force overwrites)")
+            continue
+        path.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {name}")
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations (start-up does this too)."""
+    settings = _settings()
+    db = Database(settings.crewchief_database_url)
+    db.upgrade()
+    db.dispose()
+    typer.echo(f"database is up to date ({db.url.render_as_string(hide_password=True)})")
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cli()
+
+
+if __name__ == "__main__":
+    main()

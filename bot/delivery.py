@@ -1,0 +1,171 @@
+"""The outbox sender: claims rows in order, hands them to their platform, records the result.
+
+Rows sharing an order key (one run's thread) go out strictly one after the other; a row the
+platform refuses for a while (429, 5xx, network) waits and is tried again, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from agents.engine import Clock
+from agents.wakeup import Wakeup
+from bot.platforms.base import Delivery, DeliveryError, Platform
+from storage.db import Database
+from storage.models import Message, Outbox, OutboxKind, OutboxStatus, utcnow
+from storage.queries import claim_outbox, next_wakeup
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 10
+LEASE = timedelta(minutes=2)
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(300.0, 0.5 * 2 ** max(0, attempts - 1)))
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        db: Database,
+        platforms: Mapping[str, Platform],
+        *,
+        wakeup: Wakeup | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.db = db
+        self.platforms = dict(platforms)
+        self.wakeup = wakeup or Wakeup()
+        self.clock = clock
+        self.owner = f"sender-{uuid.uuid4().hex[:8]}"
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                sent = await self.send_once()
+            except Exception:
+                log.exception("outbox: a delivery could not be processed; retrying shortly")
+                sent = False
+            if not sent:
+                await self.wakeup.wait(self._idle_timeout())
+
+    def _idle_timeout(self) -> float:
+        with self.db.read() as session:
+            due = next_wakeup(session)
+        if due is None:
+            return 5.0
+        return max(0.02, min(5.0, (due - self.clock()).total_seconds()))
+
+    async def send_once(self) -> bool:
+        """Deliver one row. False when nothing is deliverable right now."""
+        claimed = self._claim()
+        if claimed is None:
+            return False
+        row_id, delivery, platform_name = claimed
+        platform = self.platforms.get(platform_name)
+        if platform is None:
+            # Another replica serves this platform; hand the row back untouched.
+            self._release(row_id, self.clock() + timedelta(seconds=5))
+            return False
+        try:
+            platform_id = await platform.deliver(delivery)
+        except DeliveryError as exc:
+            self._failed(row_id, exc)
+        except Exception as exc:  # an adapter bug must not lose the message
+            log.exception("outbox row %s: %s delivery raised", row_id, platform_name)
+            self._failed(row_id, DeliveryError(f"{type(exc).__name__}: {exc}"))
+        else:
+            self._sent(row_id, platform_id)
+        return True
+
+    def _claim(self) -> tuple[int, Delivery, str] | None:
+        with self.db.transaction() as session:
+            row = claim_outbox(
+                session, owner=self.owner, now=self.clock(), lease=LEASE,
+                skip_locked=self.db.is_postgres,
+            )
+            if row is None:
+                return None
+            message = session.get(Message, row.message_id) if row.message_id else None
+            parent = (
+                session.get(Message, message.thread_of) if message and message.thread_of else None
+            )
+            assert row.id is not None
+            delivery = Delivery(
+                kind=row.kind,
+                channel=row.channel,
+                template=row.template,
+                context=dict(row.context),
+                ref=message.id if message else None,
+                thread_platform_id=parent.platform_id if parent else None,
+                platform_id=message.platform_id if message else None,
+                recipient=row.recipient,
+                key=row.key,
+            )
+            if row.kind == OutboxKind.UPDATE and not delivery.platform_id:
+                # Its post failed for good: there is nothing to edit.
+                row.status = OutboxStatus.FAILED
+                row.error = "the message to edit was never posted"
+                session.add(row)
+                return None
+            return row.id, delivery, row.platform
+
+    def _sent(self, row_id: int, platform_id: str | None) -> None:
+        with self.db.transaction() as session:
+            row = session.get(Outbox, row_id)
+            assert row is not None
+            row.status = OutboxStatus.SENT
+            row.sent_at = self.clock()
+            row.lease_owner = None
+            row.error = None
+            session.add(row)
+            if row.kind == OutboxKind.POST and row.message_id and platform_id:
+                message = session.get(Message, row.message_id)
+                assert message is not None
+                message.platform_id = platform_id
+                session.add(message)
+        self.wakeup.wake()
+
+    def _failed(self, row_id: int, exc: DeliveryError) -> None:
+        with self.db.transaction() as session:
+            row = session.get(Outbox, row_id)
+            assert row is not None
+            row.lease_owner = None
+            row.lease_until = None
+            row.error = str(exc)
+            if exc.permanent or row.attempts >= MAX_ATTEMPTS:
+                row.status = OutboxStatus.FAILED
+                log.error("outbox row %s (%s) given up: %s", row_id, row.key, exc)
+            else:
+                wait = (
+                    timedelta(seconds=exc.retry_after)
+                    if exc.retry_after is not None
+                    else backoff(row.attempts)
+                )
+                row.available_at = self.clock() + wait
+                log.warning("outbox row %s: %s; next try in %s", row_id, exc, wait)
+            session.add(row)
+        self.wakeup.wake()
+
+    def _release(self, row_id: int, when: datetime) -> None:
+        with self.db.transaction() as session:
+            row = session.get(Outbox, row_id)
+            assert row is not None
+            row.lease_owner = None
+            row.lease_until = None
+            row.attempts = max(0, row.attempts - 1)
+            row.available_at = when
+            session.add(row)
+
+
+async def drain(sender: OutboxSender) -> None:
+    """Deliver everything deliverable now (used by one-shot CLI commands)."""
+    with contextlib.suppress(asyncio.CancelledError):
+        while await sender.send_once():
+            pass

@@ -1,0 +1,45 @@
+"""What every chat platform adapter provides to the core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One outbox row, ready for an adapter to render and send.
+
+    kind is "post" (new message, in `thread_platform_id`'s thread when set), "update" (edit the
+    message `platform_id`) or "notice" (a private answer to `recipient`, a platform-qualified
+    user id). `template` names the message kind; the adapter renders
+    `templates/<platform>/<template>.j2` with `context`.
+    """
+
+    kind: str
+    channel: str
+    template: str
+    context: dict[str, Any] = field(default_factory=dict)
+    ref: int | None = None  # Message.id: the short ref people type (#4)
+    thread_platform_id: str | None = None
+    platform_id: str | None = None
+    recipient: str | None = None
+    key: str = ""  # idempotency key of the outbox row
+
+
+class DeliveryError(Exception):
+    """Delivery failed. `retry_after` (seconds) when the platform said when to try again;
+    `permanent` when retrying cannot help (bad channel, message too old to edit...)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class Platform(Protocol):
+    name: str
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        """Send it; return the platform's id of a posted message (None for edits/notices)."""
+        ...

@@ -1,0 +1,239 @@
+"""The shell platform: the whole bot in a terminal, typed exactly as in chat.
+
+Every bot message shows its ref (#4), which is its row id and so survives restarts; thread
+messages are indented under their run card. The same session object drives the test suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import re
+import shlex
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape as escape_markup
+from rich.padding import Padding
+
+from bot.app import App
+from bot.platforms.base import Delivery
+from bot.render import Renderer
+from commands.events import Actor, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
+from commands.spec import Reply
+
+CHANNEL = "shell"
+SHELL_HELP = """[bold]shell commands[/bold]
+  /crew <command> …        a slash command, as in chat (/crew help lists them)
+  react <ref> <emoji>      react to a bot message, e.g. react #4 ✅ (or :white_check_mark:)
+  unreact <ref> <emoji>    remove your reaction
+  reply <ref> <text>       reply in the thread of message <ref>
+  as <name>                act as shell:<name>
+  whoami                   who you are acting as
+  wait                     wait until no work is pending
+  quit                     leave (runs stay in the database)"""
+
+
+def _mention(who: str) -> str:
+    return "@" + who.split(":", 1)[-1]
+
+
+class ShellPlatform:
+    name = "shell"
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.renderer = Renderer("shell", _mention)
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        body = self.renderer.render(delivery.template, delivery.context)
+        ref = f"#{delivery.ref}" if delivery.ref is not None else ""
+        if delivery.kind == "notice":
+            self.say(f"[dim]only {escape_markup(delivery.recipient or '')} sees:[/dim] {body}")
+            return None
+        if delivery.kind == "update":
+            self._print(f"[dim]{ref} edited[/dim] {body}", threaded=False)
+            return None
+        threaded = delivery.thread_platform_id is not None
+        self._print(f"[bold cyan]{ref}[/bold cyan] {body}", threaded=threaded)
+        return str(delivery.ref)
+
+    def _print(self, text: str, *, threaded: bool) -> None:
+        if threaded:
+            self.console.print(Padding(text, (0, 0, 0, 4)), style=None)
+        else:
+            self.console.print(text)
+
+    def say(self, text: str) -> None:
+        self.console.print(text)
+
+    def reply(self, reply: Reply) -> None:
+        body = self.renderer.render(reply.template, reply.context)
+        self.console.print(body if not reply.private else Padding(body, (0, 0, 0, 2)))
+
+
+class ShellSession:
+    """Turns typed lines into the same events a chat platform would send."""
+
+    def __init__(self, app: App, platform: ShellPlatform, user: str | None = None) -> None:
+        self.app = app
+        self.platform = platform
+        self.user = user or _login_name()
+
+    @property
+    def actor(self) -> Actor:
+        return Actor("shell", self.user)
+
+    def greet(self, shell_approver: str | None) -> None:
+        workflows = []
+        for name, wf in sorted(self.app.config.workflows.items()):
+            approvers = sorted(
+                {a for s in wf.steps if s.approval for a in self.app.engine.approvers(s.approval)}
+            )
+            workflows.append({"name": name, "approvers": approvers})
+        self.platform.reply(
+            Reply(
+                "greeting",
+                {
+                    "who": self.actor.qualified,
+                    "provider": self.app.llm.name,
+                    "has_key": self.app.settings.openai_api_key is not None,
+                    "workflows": workflows,
+                    "shell_approver": shell_approver,
+                },
+                private=False,
+            )
+        )
+
+    async def execute(self, line: str) -> bool:
+        """Run one line; False when the user asked to quit."""
+        line = line.strip()
+        if not line or line.startswith("# "):
+            return True
+        verb, _, rest = line.partition(" ")
+        verb = verb.lower()
+        if verb in ("quit", "exit"):
+            return False
+        if verb.startswith("/"):
+            if verb != "/crew":
+                self.platform.say(f"[red]unknown slash command {escape_markup(verb)}[/red]; try /crew help")
+            else:
+                self._show(self.app.dispatcher.handle(
+                    SlashCommand(self._event_id(), self.actor, CHANNEL, rest)))
+        elif verb == "as":
+            self._switch(rest)
+        elif verb == "whoami":
+            self.platform.say(f"you are {escape_markup(self.actor.qualified)}")
+        elif verb in ("react", "unreact"):
+            self._react(verb, rest)
+        elif verb == "reply":
+            self._reply(rest)
+        elif verb == "wait":
+            await self.app.wait_idle()
+        elif verb in ("help", "?"):
+            self.platform.say(SHELL_HELP)
+        else:
+            self.platform.say(
+                f"[red]unknown shell command {escape_markup(verb)!s}[/red]; type help"
+            )
+        return True
+
+    async def run_script(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            if line.strip():
+                self.platform.say(f"[dim]{escape_markup(self.actor.qualified)}>[/dim] "
+                                  f"{escape_markup(line.rstrip())}")
+            if not await self.execute(line):
+                break
+        await self.app.wait_idle()
+
+    async def interactive(self) -> None:
+        while True:
+            try:
+                line = await asyncio.to_thread(input, f"{self.actor.qualified}> ")
+            except (EOFError, KeyboardInterrupt):
+                self.platform.say("")
+                return
+            if not await self.execute(line):
+                return
+            await asyncio.sleep(0.05)  # let the first outbox messages land before the prompt
+
+    # -- verbs ---------------------------------------------------------------------------
+
+    def _switch(self, name: str) -> None:
+        name = name.strip().removeprefix("shell:")
+        if not re.fullmatch(r"[\w.-]{1,64}", name):
+            self.platform.say("usage: as <name>  (letters, digits, . _ -)")
+            return
+        self.user = name
+        self.platform.say(f"you are now {escape_markup(self.actor.qualified)}")
+
+    def _ref(self, text: str) -> str | None:
+        text = text.strip().removeprefix("#")
+        return text if text.isdigit() else None
+
+    def _react(self, verb: str, rest: str) -> None:
+        try:
+            ref_text, emoji = shlex.split(rest)
+        except ValueError:
+            ref_text, emoji = "", ""
+        ref = self._ref(ref_text)
+        if ref is None or not emoji:
+            self.platform.say(f"usage: {verb} <ref> <emoji>   e.g. {verb} #4 ✅")
+            return
+        if not self._known(ref):
+            self.platform.say(f"there is no message #{ref}")
+            return
+        event_type = ReactionAdded if verb == "react" else ReactionRemoved
+        self._show(self.app.dispatcher.handle(
+            event_type(self._event_id(), self.actor, CHANNEL, ref, emoji)))
+
+    def _reply(self, rest: str) -> None:
+        ref_text, _, text = rest.strip().partition(" ")
+        ref = self._ref(ref_text)
+        if ref is None or not text.strip():
+            self.platform.say("usage: reply <ref> <text>   e.g. reply #4 shorter, add a cost table")
+            return
+        if not self._known(ref):
+            self.platform.say(f"there is no message #{ref}")
+            return
+        self._show(self.app.dispatcher.handle(
+            ThreadReply(self._event_id(), self.actor, CHANNEL, ref, text.strip())))
+        self.platform.say(f"[dim]{escape_markup(self.actor.qualified)} replied in the thread of #{ref}[/dim]")
+
+    def _known(self, ref: str) -> bool:
+        from storage.models import Message
+
+        with self.app.db.read() as session:
+            message = session.get(Message, int(ref))
+            return message is not None and message.platform == "shell"
+
+    def _show(self, replies: list[Reply]) -> None:
+        for reply in replies:
+            self.platform.reply(reply)
+
+    @staticmethod
+    def _event_id() -> str:
+        return uuid.uuid4().hex
+
+
+def _login_name() -> str:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "me"
+    return re.sub(r"[^\w.-]", "", name) or "me"
+
+
+def default_shell_approvers(app_config: Any, configured: list[str]) -> list[str]:
+    """With nothing configured, drafts in the shell are approved by `shell:editor`."""
+    if configured:
+        return configured
+    names_approvers = any(
+        s.approval and s.approval.approvers
+        for wf in app_config.workflows.values()
+        for s in wf.steps
+    )
+    return [] if names_approvers else ["shell:editor"]

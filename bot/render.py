@@ -1,0 +1,57 @@
+"""Message rendering: one Jinja2 environment per platform, escaping every value it prints.
+
+Template text is ours and trusted; every `{{ value }}` is user or LLM text until proven
+otherwise, so `finalize` escapes it for the platform. Values a template builds on purpose
+(mentions of approvers) come from filters that return Markup, which passes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from bot.escaping import ESCAPERS
+
+Mention = Callable[[str], str]
+
+
+def _duration(seconds: Any) -> str:
+    s = int(seconds or 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+class Renderer:
+    def __init__(self, platform: str, mention: Mention) -> None:
+        escape = ESCAPERS[platform]
+
+        def finalize(value: Any) -> Any:
+            if value is None:
+                return ""
+            if isinstance(value, Markup):
+                return str(value)
+            return escape(str(value))
+
+        self.env = Environment(
+            loader=PackageLoader("bot", f"templates/{platform}"),
+            finalize=finalize,
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+            autoescape=False,
+        )
+        self.env.filters["duration"] = _duration
+        self.env.filters["mention"] = lambda who: Markup(mention(str(who)))
+        self.env.filters["mentions"] = lambda ids: Markup(", ".join(mention(str(w)) for w in ids))
+
+    def render(self, template: str, context: dict[str, Any]) -> str:
+        return self.env.get_template(f"{template}.j2").render(context).strip()

@@ -1,0 +1,109 @@
+"""From an inbound event to a decision: one transaction per event, de-duplicated by its id.
+
+Adapters call `handle(event)` and show the replies; everything the event changes, including
+the messages it causes, is committed before `handle` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from agents.approvals import ApprovalService
+from agents.engine import Engine, audit
+from commands.events import InboundEvent, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
+from commands.handlers import REGISTRY, Context
+from commands.spec import Reply, UsageError
+from storage import models
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, approvals: ApprovalService) -> None:
+        self.engine = engine
+        self.approvals = approvals
+
+    def handle(self, event: InboundEvent) -> list[Reply]:
+        """Record and decide `event`; a delivery seen before returns no replies."""
+        try:
+            with self.engine.db.transaction() as session:
+                if not self._first_delivery(session, event):
+                    return []
+                return self._route(session, event)
+        except UsageError as exc:
+            # Nothing the bad input touched was committed; record only that we saw it.
+            self._remember(event)
+            return [usage_reply(exc)]
+        except PermissionError as exc:
+            self._remember(event)
+            with self.engine.db.transaction() as session:
+                audit(session, event.actor.qualified, "command.refused", None, reason=str(exc))
+            return [Reply("notice", {"text": str(exc)})]
+
+    def _first_delivery(self, session: Session, event: InboundEvent) -> bool:
+        key = f"{event.actor.platform}:{event.event_id}"
+        try:
+            with session.begin_nested():
+                session.add(models.InboundEvent(key=key))
+        except IntegrityError:
+            log.info("duplicate delivery %s ignored", key)
+            return False
+        return True
+
+    def _remember(self, event: InboundEvent) -> None:
+        try:
+            with self.engine.db.transaction() as session:
+                self._first_delivery(session, event)
+        except IntegrityError:
+            pass  # a concurrent delivery of the same event recorded it first
+
+    def _route(self, session: Session, event: InboundEvent) -> list[Reply]:
+        ctx = Context(self.engine, self.approvals, session, event.actor, event.channel)
+        if isinstance(event, SlashCommand):
+            spec, args = REGISTRY.parse(event.text)
+            if not spec.visible(ctx):
+                raise PermissionError(f"you may not run {spec.name}; /crew help lists what you may")
+            return [spec.handler(ctx, args)]
+        if isinstance(event, ThreadReply):
+            return self._thread_reply(ctx, event)
+        message = self._message(session, event.actor.platform, event.message_platform_id)
+        if message is None:
+            return []  # a reaction on someone else's message: not ours to judge
+        if isinstance(event, ReactionAdded):
+            outcome = self.approvals.reaction_added(session, ctx.who, message, event.emoji)
+        else:
+            assert isinstance(event, ReactionRemoved)
+            outcome = self.approvals.reaction_removed(session, ctx.who, message, event.emoji)
+        if outcome.effect == "ignored" and outcome.notice:
+            return [Reply("notice", {"text": outcome.notice})]
+        if outcome.effect == "counted":
+            return [
+                Reply(
+                    "notice",
+                    {"text": "approval counted: {count} of {quorum}".format(**outcome.context)},
+                )
+            ]
+        return []
+
+    def _thread_reply(self, ctx: Context, event: ThreadReply) -> list[Reply]:
+        parent = self._message(ctx.session, event.actor.platform, event.thread_platform_id)
+        if parent is None or parent.run_id is None:
+            return []
+        ctx.session.add(models.ThreadReply(run_id=parent.run_id, author=ctx.who, text=event.text))
+        return []
+
+    def _message(self, session: Session, platform: str, platform_id: str) -> models.Message | None:
+        return session.exec(
+            select(models.Message).where(
+                models.Message.platform == platform, models.Message.platform_id == platform_id
+            )
+        ).first()
+
+
+def usage_reply(exc: UsageError) -> Reply:
+    return Reply(
+        "usage_error", {"error": str(exc), "usage": exc.usage, "suggestion": exc.suggestion}
+    )

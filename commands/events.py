@@ -1,0 +1,55 @@
+"""Typed, platform-neutral inbound events: what an adapter turns a chat payload into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Actor:
+    platform: str  # "shell" | "slack" | "discord"
+    user_id: str  # the platform's own id: "bob", "U012AB", "81234..."
+    display_name: str = ""
+
+    @property
+    def qualified(self) -> str:
+        """The id used in config and storage: `slack:U012AB`, `shell:bob`."""
+        return f"{self.platform}:{self.user_id}"
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    event_id: str  # unique per delivery attempt group; duplicates are dropped
+    actor: Actor
+    channel: str
+    text: str  # everything after `/crew`
+
+
+@dataclass(frozen=True)
+class ReactionAdded:
+    event_id: str
+    actor: Actor
+    channel: str
+    message_platform_id: str  # the platform's id of the message reacted to
+    emoji: str  # the unicode character or the platform's name ("white_check_mark")
+
+
+@dataclass(frozen=True)
+class ReactionRemoved:
+    event_id: str
+    actor: Actor
+    channel: str
+    message_platform_id: str
+    emoji: str
+
+
+@dataclass(frozen=True)
+class ThreadReply:
+    event_id: str
+    actor: Actor
+    channel: str
+    thread_platform_id: str  # the platform's id of the thread's parent message
+    text: str
+
+
+InboundEvent = SlashCommand | ReactionAdded | ReactionRemoved | ThreadReply

@@ -1,0 +1,216 @@
+"""The tables: every run, step, draft, vote, inbound event, outgoing message and LLM call is a row.
+
+Status columns hold plain strings (the StrEnum values below) so that a migration never has to
+alter a database enum type, and so `crewchief runs --json` prints exactly what is stored.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.RUNNING, RunStatus.AWAITING_APPROVAL)
+
+
+class StepStatus(StrEnum):
+    WAITING = "waiting"  # an earlier step has not finished yet
+    PENDING = "pending"  # runnable: a worker may claim it
+    RUNNING = "running"  # claimed under a lease
+    AWAITING_APPROVAL = "awaiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+class Vote(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+    REVISE = "revise"
+    CANCEL = "cancel"
+
+
+class OutboxKind(StrEnum):
+    POST = "post"  # a new message (Message row), possibly in a thread
+    UPDATE = "update"  # edit a message already posted
+    NOTICE = "notice"  # a private answer to one person (ephemeral / DM / shell aside)
+    WEBHOOK = "webhook"  # an HTTP POST carrying an Idempotency-Key
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    SUPERSEDED = "superseded"  # an edit replaced by a newer edit of the same message
+    FAILED = "failed"  # gave up after the retry budget; kept for the audit trail
+
+
+class Run(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    workflow: str = Field(index=True)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    requester: str  # platform-qualified user id, e.g. "shell:bob"
+    platform: str
+    channel: str
+    status: str = Field(default=RunStatus.RUNNING, index=True)
+    current_step: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    decided_by: str | None = None
+    cost_usd: float = 0.0
+    tokens: int = 0
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class Step(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("run_id", "position"),
+        Index("ix_step_claim", "status", "available_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    position: int
+    name: str
+    agent: str
+    status: str = Field(default=StepStatus.WAITING)
+    attempts: int = 0
+    version: int = 0  # draft version produced last (0 before the first draft)
+    available_at: datetime = Field(default_factory=utcnow)
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    awaiting_since: datetime | None = None
+    deadline_at: datetime | None = None  # approval timeout
+    escalated: bool = False
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    feedback: str | None = Field(default=None, sa_column=Column(Text))
+    decided_by: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class DraftVersion(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("step_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    step_id: int = Field(foreign_key="step.id")
+    version: int
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    feedback: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApprovalVote(SQLModel, table=True):
+    """One person's standing vote on one draft version; quorum counts unique approvers."""
+
+    __table_args__ = (UniqueConstraint("step_id", "version", "approver", "vote"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    step_id: int = Field(foreign_key="step.id")
+    version: int
+    approver: str
+    vote: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class InboundEvent(SQLModel, table=True):
+    """Ids of platform events already handled: a retried delivery finds its id here."""
+
+    key: str = Field(primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class Message(SQLModel, table=True):
+    """A message the bot posts, by its own idempotency key; `id` is the short ref (#4)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)
+    kind: str  # run_card, notes, draft, published, failure, reminder, ...
+    platform: str
+    channel: str
+    run_id: int | None = Field(default=None, foreign_key="run.id", index=True)
+    step_id: int | None = None
+    version: int | None = None
+    thread_of: int | None = None  # Message.id of the thread's parent (the run card)
+    platform_id: str | None = Field(default=None, index=True)  # Slack ts, Discord id, ...
+    locked: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Outbox(SQLModel, table=True):
+    __table_args__ = (Index("ix_outbox_claim", "status", "available_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)  # idempotency key, e.g. "post:run:3:draft:v2"
+    kind: str
+    platform: str
+    channel: str
+    order_key: str = Field(index=True)  # rows sharing it are delivered strictly in id order
+    message_id: int | None = Field(default=None, foreign_key="message.id")
+    recipient: str | None = None  # NOTICE: platform-qualified user id
+    template: str
+    context: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=OutboxStatus.PENDING)
+    attempts: int = 0
+    available_at: datetime = Field(default_factory=utcnow)
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+
+
+class ThreadReply(SQLModel, table=True):
+    """A person's reply in a run's thread; the latest one is the feedback of a 🔁."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    author: str
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class LLMCall(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id", index=True)
+    step_id: int | None = None
+    agent: str
+    provider: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class AuditEntry(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str
+    action: str  # e.g. "vote.refused", "run.started", "command.refused"
+    run_id: int | None = None
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -1,0 +1,131 @@
+"""Writing to the outbox: called inside the transaction of the state change that causes it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from storage.models import Message, Outbox, OutboxKind, OutboxStatus
+
+
+def post(
+    session: Session,
+    *,
+    key: str,
+    kind: str,
+    platform: str,
+    channel: str,
+    template: str,
+    context: dict[str, Any],
+    run_id: int | None = None,
+    step_id: int | None = None,
+    version: int | None = None,
+    thread_of: int | None = None,
+) -> Message:
+    """A new message, once per key: posting the same key again returns the first one."""
+    existing = session.exec(select(Message).where(Message.key == key)).first()
+    if existing is not None:
+        return existing
+    message = Message(
+        key=key,
+        kind=kind,
+        platform=platform,
+        channel=channel,
+        run_id=run_id,
+        step_id=step_id,
+        version=version,
+        thread_of=thread_of,
+    )
+    session.add(message)
+    session.flush()
+    session.add(
+        Outbox(
+            key=f"post:{key}",
+            kind=OutboxKind.POST,
+            platform=platform,
+            channel=channel,
+            order_key=_order_key(run_id),
+            message_id=message.id,
+            template=template,
+            context=context,
+        )
+    )
+    return message
+
+
+def update(session: Session, message: Message, *, template: str, context: dict[str, Any]) -> None:
+    """Edit a posted message. Older edits of it still waiting are superseded by this one."""
+    pending = session.exec(
+        select(Outbox).where(
+            Outbox.message_id == message.id,
+            Outbox.kind == OutboxKind.UPDATE,
+            Outbox.status == OutboxStatus.PENDING,
+            col(Outbox.lease_owner).is_(None),
+        )
+    ).all()
+    for row in pending:
+        row.status = OutboxStatus.SUPERSEDED
+        session.add(row)
+    session.add(
+        Outbox(
+            key=f"update:{message.key}:{uuid.uuid4().hex}",
+            kind=OutboxKind.UPDATE,
+            platform=message.platform,
+            channel=message.channel,
+            order_key=_order_key(message.run_id),
+            message_id=message.id,
+            template=template,
+            context=context,
+        )
+    )
+
+
+def notice(
+    session: Session,
+    *,
+    platform: str,
+    channel: str,
+    recipient: str,
+    template: str,
+    context: dict[str, Any],
+    key: str | None = None,
+) -> None:
+    """A private answer to one person (ephemeral in Slack, a DM in Discord)."""
+    key = key or f"notice:{uuid.uuid4().hex}"
+    if session.exec(select(Outbox.id).where(Outbox.key == key)).first() is not None:
+        return
+    session.add(
+        Outbox(
+            key=key,
+            kind=OutboxKind.NOTICE,
+            platform=platform,
+            channel=channel,
+            order_key=key,
+            recipient=recipient,
+            template=template,
+            context=context,
+        )
+    )
+
+
+def webhook(session: Session, *, key: str, url: str, payload: dict[str, Any]) -> None:
+    """An HTTP POST delivered with `Idempotency-Key: key`, once per key."""
+    if session.exec(select(Outbox.id).where(Outbox.key == f"webhook:{key}")).first() is not None:
+        return
+    session.add(
+        Outbox(
+            key=f"webhook:{key}",
+            kind=OutboxKind.WEBHOOK,
+            platform="webhook",
+            channel=url,
+            order_key=f"webhook:{key}",
+            template="webhook",
+            context={"idempotency_key": key, "payload": payload},
+        )
+    )
+
+
+def _order_key(run_id: int | None) -> str:
+    return f"run:{run_id}" if run_id is not None else f"solo:{uuid.uuid4().hex}"

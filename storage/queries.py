@@ -1,0 +1,131 @@
+"""The queries the rest of crewchief needs: claiming work under a lease, and a few figures."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col, select
+
+from storage.models import LLMCall, Outbox, OutboxStatus, Run, Step, StepStatus
+
+
+def _claimable_step(now: datetime):  # type: ignore[no-untyped-def]
+    return or_(
+        and_(col(Step.status) == StepStatus.PENDING, col(Step.available_at) <= now),
+        and_(col(Step.status) == StepStatus.RUNNING, col(Step.lease_until) < now),
+    )
+
+
+def claim_step(
+    session: Session, *, owner: str, now: datetime, lease: timedelta, skip_locked: bool
+) -> Step | None:
+    """Take the oldest runnable step (or one whose worker's lease ran out) for `owner`."""
+    query = select(Step).where(_claimable_step(now)).order_by(col(Step.available_at), col(Step.id))
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True)
+    step = session.exec(query.limit(1)).first()
+    if step is None:
+        return None
+    step.status = StepStatus.RUNNING
+    step.lease_owner = owner
+    step.lease_until = now + lease
+    step.attempts += 1
+    step.started_at = step.started_at or now
+    session.add(step)
+    session.flush()
+    return step
+
+
+def claim_outbox(
+    session: Session, *, owner: str, now: datetime, lease: timedelta, skip_locked: bool
+) -> Outbox | None:
+    """The oldest deliverable row whose earlier siblings (same order_key) are all done."""
+    earlier = aliased(Outbox)
+    blocked = (
+        select(earlier.id)
+        .where(
+            earlier.order_key == Outbox.order_key,
+            col(earlier.id) < Outbox.id,
+            col(earlier.status) == OutboxStatus.PENDING,
+        )
+        .exists()
+    )
+    ready = and_(
+        col(Outbox.status) == OutboxStatus.PENDING,
+        col(Outbox.available_at) <= now,
+        or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now),
+        ~blocked,
+    )
+    query = select(Outbox).where(ready).order_by(col(Outbox.id)).limit(1)
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True)
+    row = session.exec(query).first()
+    if row is None:
+        return None
+    row.lease_owner = owner
+    row.lease_until = now + lease
+    row.attempts += 1
+    session.add(row)
+    session.flush()
+    return row
+
+
+def next_wakeup(session: Session) -> datetime | None:
+    """When the earliest delayed step, delivery or approval deadline comes due."""
+    times = [
+        session.exec(
+            select(func.min(Step.available_at)).where(col(Step.status) == StepStatus.PENDING)
+        ).one(),
+        session.exec(
+            select(func.min(Step.lease_until)).where(col(Step.status) == StepStatus.RUNNING)
+        ).one(),
+        session.exec(
+            select(func.min(Step.deadline_at)).where(
+                col(Step.status) == StepStatus.AWAITING_APPROVAL
+            )
+        ).one(),
+        session.exec(
+            select(func.min(Outbox.available_at)).where(col(Outbox.status) == OutboxStatus.PENDING)
+        ).one(),
+    ]
+    found = [t for t in times if t is not None]
+    return min(found) if found else None
+
+
+def pending_work(session: Session) -> int:
+    """Runnable or running steps plus undelivered messages. Waiting for people is not work."""
+    steps = session.exec(
+        select(func.count())
+        .select_from(Step)
+        .where(col(Step.status).in_([StepStatus.PENDING, StepStatus.RUNNING]))
+    ).one()
+    outbox = session.exec(
+        select(func.count()).select_from(Outbox).where(col(Outbox.status) == OutboxStatus.PENDING)
+    ).one()
+    return int(steps) + int(outbox)
+
+
+def spend_since(session: Session, since: datetime) -> float:
+    total = session.exec(
+        select(func.coalesce(func.sum(LLMCall.cost_usd), 0.0)).where(
+            col(LLMCall.created_at) >= since
+        )
+    ).one()
+    return float(total)
+
+
+def runs_with_steps(session: Session, limit: int = 200) -> list[tuple[Run, list[Step]]]:
+    runs = session.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)).all()
+    if not runs:
+        return []
+    steps = session.exec(
+        select(Step)
+        .where(col(Step.run_id).in_([r.id for r in runs]))
+        .order_by(col(Step.run_id), col(Step.position))
+    ).all()
+    by_run: dict[int, list[Step]] = {}
+    for step in steps:
+        by_run.setdefault(step.run_id, []).append(step)
+    return [(run, by_run.get(run.id or 0, [])) for run in runs]
