@@ -79,11 +79,6 @@ def _keywords(text: str) -> list[str]:
     return list(seen.values()) or ["context", "impact", "adoption", "risks"]
 
 
-def _pick(word: str, options: tuple[str, ...]) -> str:
-    digest = int(hashlib.sha256(word.encode()).hexdigest(), 16)
-    return options[digest % len(options)]
-
-
 def _revision_block(request: LLMRequest) -> str:
     """Quotes the feedback so reviewers can see their request was picked up."""
     if request.feedback and request.version > 1:
@@ -92,16 +87,16 @@ def _revision_block(request: LLMRequest) -> str:
     return ""
 
 
-def _strip_marker(text: str) -> str:
-    return "\n".join(line for line in text.splitlines() if line.strip() != OFFLINE_MARKER).strip()
-
-
 def _research(request: LLMRequest) -> str:
     topic = _topic(request)
     words = _keywords(topic)
     angles = [words[i % len(words)] for i in range(min(6, max(4, len(words))))]
+    # A stable hash (not hash(), which is salted per process) picks each angle's wording.
+    digests = [
+        int(hashlib.sha256(f"{w}{i}".encode()).hexdigest(), 16) for i, w in enumerate(angles)
+    ]
     findings = "\n".join(
-        f"- {_pick(f'{w}{i}', _ANGLES).format(w=w, t=topic)}" for i, w in enumerate(angles)
+        f"- {_ANGLES[d % len(_ANGLES)].format(w=w, t=topic)}" for w, d in zip(angles, digests)
     )
     return (
         f"# Research notes: {topic}\n\n{_revision_block(request)}"
@@ -190,11 +185,9 @@ def _publish(request: LLMRequest) -> str:
     draft = request.inputs.get("draft") or next(
         (v for k, v in request.inputs.items() if "draft" in k.lower() or "writ" in k.lower()), ""
     )
-    lines = [
-        line
-        for line in _strip_marker(draft).splitlines()
-        if not line.startswith("> **Revision notes")
-    ]
+    # Reviewers' notes and the draft's own offline marker do not belong in the published text.
+    drop = ("> **Revision notes", OFFLINE_MARKER)
+    lines = [line for line in draft.strip().splitlines() if not line.startswith(drop)]
     title = next((line[2:].strip() for line in lines if line.startswith("# ")), topic)
     body = "\n".join(line for line in lines if not line.startswith("# ")).strip()
     body = re.sub(r"\n{3,}", "\n\n", body) or f"_(no approved draft was provided for {topic})_"
@@ -208,15 +201,10 @@ def _generic(request: LLMRequest) -> str:
     task = " ".join(request.prompt.split()[:40]) or topic
     words = _keywords(f"{topic} {request.prompt}")[:4]
     points = "\n".join(f"- {w.capitalize()}: what it implies for {topic}." for w in words)
-    inputs = (
-        "\n".join(
-            f"- `{name}`: {len(text.split())} words"
-            for name, text in sorted(request.inputs.items())
-        )
-        or "- none"
-    )
+    used = sorted(request.inputs.items())
+    inputs = "\n".join(f"- `{k}`: {len(v.split())} words" for k, v in used) or "- none"
     return (
-        f"# {request.role.strip().capitalize() or 'Agent'}: {topic}\n\n{_revision_block(request)}"
+        f"# {_cap(request.role.strip()) or 'Agent'}: {topic}\n\n{_revision_block(request)}"
         f"## Task\n{task}\n\n## Inputs used\n{inputs}\n\n## Answer\n{points}\n\n"
         "## Next steps\n- Check the points above against real sources.\n"
         "- Run again with a real model for production text.\n"

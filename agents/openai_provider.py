@@ -210,7 +210,7 @@ class OpenAIProvider:
     def _status_error(self, exc: openai.APIStatusError) -> LLMError:
         status = exc.status_code
         phrase = _phrase(status)
-        detail = self._detail(_server_message(exc.body))
+        detail = _first_sentence(self._detail(_server_message(exc.body)))
         if status in _FINAL_STATUSES:
             hint = " (check the API key)" if status in (401, 403) else ""
             message = f"{self._label} rejected the request: {status} {phrase}{hint}"
@@ -255,6 +255,12 @@ def _server_message(body: object) -> str:
         if isinstance(message, str):
             return message
     return body if isinstance(body, str) else ""
+
+
+def _first_sentence(text: str) -> str:
+    """Servers pad errors with advice and links; the first sentence carries the cause."""
+    head, dot, _ = text.partition(". ")
+    return head + dot.strip()
 
 
 def _server_refused_retry(exc: openai.APIStatusError) -> str:

@@ -174,7 +174,7 @@ class Outbox(SQLModel, table=True):
     context: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = Field(default=OutboxStatus.PENDING)
     attempts: int = 0
-    available_at: datetime = Field(default_factory=utcnow)
+    available_at: datetime | None = None  # None: now; set when a retry must wait
     lease_owner: str | None = None
     lease_until: datetime | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))

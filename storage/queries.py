@@ -54,7 +54,7 @@ def claim_outbox(
     )
     ready = and_(
         col(Outbox.status) == OutboxStatus.PENDING,
-        col(Outbox.available_at) <= now,
+        or_(col(Outbox.available_at).is_(None), col(Outbox.available_at) <= now),
         or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now),
         ~blocked,
     )

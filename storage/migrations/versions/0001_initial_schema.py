@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 18:15:16.970573
+Create Date: 2026-11-24 18:23:47.880568
 """
 
 from collections.abc import Sequence
@@ -220,7 +220,7 @@ def upgrade() -> None:
         sa.Column("context", sa.JSON(), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("available_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("available_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("lease_owner", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("lease_until", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),

@@ -1,0 +1,182 @@
+"""Fixtures: a real database per test (a SQLite file, and PostgreSQL when it is configured)
+and a test bot driven through the shell platform, as a person would type."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from rich.console import Console
+from sqlmodel import select
+
+from agents.config import CrewConfig, builtin_defaults, merge
+from agents.llm import LLMProvider
+from bot.app import App, build_app
+from bot.platforms.shell import ShellPlatform, ShellSession
+from bot.settings import Settings
+from storage import models
+
+POSTGRES_URL = os.environ.get("CREWCHIEF_TEST_POSTGRES_URL")
+
+backends = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
+
+
+@pytest.fixture(params=backends)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a schema of its own in PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'crewchief.db'}"
+        return
+    assert POSTGRES_URL
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+class FakeClock:
+    """Time that tests move by hand, for timeouts and leases."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+def make_config(overrides: dict[str, Any] | None = None) -> CrewConfig:
+    return CrewConfig.model_validate(merge(builtin_defaults(), overrides or {}))
+
+
+@dataclass
+class Bot:
+    """The whole bot, driven through the shell platform (errbot's testbot, for crewchief)."""
+
+    app: App
+    session: ShellSession
+    output: io.StringIO
+    clock: FakeClock | None = None
+    _seen: int = field(default=0)
+
+    async def type(self, *lines: str) -> str:
+        """Type lines as the current user; returns what was printed meanwhile."""
+        start = self.output.tell()
+        for line in lines:
+            await self.session.execute(line)
+        return self._since(start)
+
+    async def wait(self) -> str:
+        start = self.output.tell()
+        await self.app.wait_idle(timeout=30)
+        return self._since(start)
+
+    def _since(self, start: int) -> str:
+        return self.output.getvalue()[start:]
+
+    @property
+    def transcript(self) -> str:
+        return self.output.getvalue()
+
+    def act_as(self, name: str) -> None:
+        self.session.user = name
+
+    # -- what is stored ------------------------------------------------------------------
+
+    def run(self, run_id: int = 1) -> models.Run:
+        with self.app.db.read() as s:
+            run = s.get(models.Run, run_id)
+            assert run is not None
+            return run
+
+    def steps(self, run_id: int = 1) -> list[models.Step]:
+        with self.app.db.read() as s:
+            return list(
+                s.exec(
+                    select(models.Step)
+                    .where(models.Step.run_id == run_id)
+                    .order_by(models.Step.position)  # type: ignore[arg-type]
+                ).all()
+            )
+
+    def messages(self, kind: str | None = None, run_id: int | None = None) -> list[models.Message]:
+        with self.app.db.read() as s:
+            q = select(models.Message).order_by(models.Message.id)  # type: ignore[arg-type]
+            if kind:
+                q = q.where(models.Message.kind == kind)
+            if run_id:
+                q = q.where(models.Message.run_id == run_id)
+            return list(s.exec(q).all())
+
+    def latest_draft(self, run_id: int = 1) -> models.Message:
+        drafts = self.messages("draft", run_id)
+        assert drafts, "no draft posted"
+        return drafts[-1]
+
+    def rows(self, table: type[Any]) -> list[Any]:
+        with self.app.db.read() as s:
+            return list(s.exec(select(table)).all())
+
+    def audit(self, action: str) -> list[models.AuditEntry]:
+        return [a for a in self.rows(models.AuditEntry) if a.action == action]
+
+
+@pytest.fixture
+def bot_factory(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Build bots on the test's database; several calls share it (a restart)."""
+    built: list[App] = []
+
+    def factory(
+        config: dict[str, Any] | None = None,
+        *,
+        approvers: list[str] | None = None,
+        user: str = "alice",
+        clock: FakeClock | None = None,
+        llm: LLMProvider | None = None,
+        env: dict[str, Any] | None = None,
+    ) -> Bot:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            crewchief_database_url=db_url,
+            crewchief_config=tmp_path / "absent.yml",
+            crewchief_llm="offline",
+            **(env or {}),
+        )
+        app = build_app(
+            settings,
+            config=make_config(config),
+            default_approvers=["shell:editor"] if approvers is None else approvers,
+            clock=clock or models.utcnow,
+            llm=llm,
+        )
+        output = io.StringIO()
+        console = Console(file=output, width=200, highlight=False, color_system=None)
+        platform = ShellPlatform(console)
+        app.add_platform(platform)
+        built.append(app)
+        return Bot(app, ShellSession(app, platform, user=user), output, clock)
+
+    return factory
+
+
+@pytest.fixture
+async def bot(bot_factory) -> AsyncIterator[Bot]:  # type: ignore[no-untyped-def]
+    b: Bot = bot_factory()
+    async with b.app.running():
+        yield b
+    await b.app.aclose()

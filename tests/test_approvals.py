@@ -1,0 +1,266 @@
+"""Who may decide, quorum, duplicates and races, timeouts, cancel: one decision, never two."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from commands.events import Actor, ReactionAdded, ReactionRemoved
+from storage import models
+from tests.conftest import Bot, FakeClock
+
+EDITORS = {"roles": {"editors": ["shell:ed", "shell:eve", "shell:fay"]}}
+
+
+def policy(**approval: Any) -> dict[str, Any]:
+    return {
+        **EDITORS,
+        "workflows": {
+            "blog-post": {
+                "steps": [
+                    {"name": "research", "agent": "researcher"},
+                    {
+                        "name": "draft",
+                        "agent": "writer",
+                        "approval": {"approvers": ["role:editors"], **approval},
+                    },
+                    {"name": "publish", "agent": "publisher", "publish": {"to": "thread"}},
+                ]
+            }
+        },
+    }
+
+
+async def started(bot: Bot) -> models.Message:
+    await bot.type("/crew run blog-post Why heat pumps beat gas boilers")
+    await bot.wait()
+    return bot.latest_draft()
+
+
+def react(bot: Bot, who: str, message: models.Message, emoji: str, event_id: str) -> None:
+    bot.app.dispatcher.handle(
+        ReactionAdded(event_id, Actor("shell", who), "shell", str(message.id), emoji)
+    )
+
+
+async def test_the_same_reaction_delivered_three_times_counts_once(bot_factory) -> None:
+    bot: Bot = bot_factory(policy(quorum=2))
+    async with bot.app.running():
+        draft = await started(bot)
+        for _ in range(3):
+            react(bot, "ed", draft, "white_check_mark", event_id="Ev01")
+        await bot.wait()
+        assert len(bot.rows(models.ApprovalVote)) == 1
+        assert len(bot.rows(models.InboundEvent)) == 2  # the command and the reaction
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+        # the same person reacting again (a new event) is still one vote toward quorum 2
+        react(bot, "ed", draft, "✅", event_id="Ev02")
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    await bot.app.aclose()
+
+
+async def test_racing_reactions_make_exactly_one_decision(bot_factory) -> None:
+    bot: Bot = bot_factory(policy(quorum=1))
+    async with bot.app.running():
+        draft = await started(bot)
+        barrier = threading.Barrier(3)
+
+        def vote(who: str, emoji: str) -> None:
+            barrier.wait()
+            react(bot, who, draft, emoji, event_id=f"race-{who}")
+
+        await asyncio.gather(
+            asyncio.to_thread(vote, "ed", "✅"),
+            asyncio.to_thread(vote, "eve", "❌"),
+            asyncio.to_thread(vote, "fay", "✅"),
+        )
+        await bot.wait()
+        decisions = bot.messages("decision")
+        assert len(decisions) == 1
+        run = bot.run()
+        assert run.status in (models.RunStatus.SUCCEEDED, models.RunStatus.REJECTED)
+        assert len(bot.messages("published")) == (run.status == models.RunStatus.SUCCEEDED)
+    await bot.app.aclose()
+
+
+async def test_an_outsiders_reaction_changes_nothing_and_is_answered_privately(
+    bot_factory,
+) -> None:
+    bot: Bot = bot_factory(policy())
+    async with bot.app.running():
+        draft = await started(bot)
+        bot.act_as("mallory")
+        await bot.type(f"react #{draft.id} ✅")
+        out = await bot.wait()
+        assert "only shell:mallory sees: only the approvers of this step can decide" in out
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+        assert bot.rows(models.ApprovalVote) == []
+        refused = bot.audit("vote.refused")
+        assert [a.actor for a in refused] == ["shell:mallory"]
+        # and /crew approve is no back door
+        out = await bot.type("/crew approve 1")
+        assert "may not run approve" in out
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    await bot.app.aclose()
+
+
+async def test_quorum_of_two_needs_two_different_editors(bot_factory) -> None:
+    bot: Bot = bot_factory(policy(quorum=2))
+    async with bot.app.running():
+        draft = await started(bot)
+        bot.act_as("ed")
+        out = await bot.type(f"react #{draft.id} ✅")
+        assert "approval counted: 1 of 2" in out
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+        bot.act_as("eve")
+        await bot.type(f"react #{draft.id} ✅")
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.SUCCEEDED
+        assert bot.run().decided_by == "shell:eve"
+    await bot.app.aclose()
+
+
+async def test_removing_a_reaction_before_the_decision_withdraws_the_vote(bot_factory) -> None:
+    bot: Bot = bot_factory(policy(quorum=2))
+    async with bot.app.running():
+        draft = await started(bot)
+        react(bot, "ed", draft, "✅", "a1")
+        bot.app.dispatcher.handle(
+            ReactionRemoved("r1", Actor("shell", "ed"), "shell", str(draft.id), "✅")
+        )
+        react(bot, "eve", draft, "✅", "a2")
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL  # ed's vote was withdrawn
+        assert [v.approver for v in bot.rows(models.ApprovalVote)] == ["shell:eve"]
+        assert len(bot.audit("vote.withdrawn")) == 1
+    await bot.app.aclose()
+
+
+async def test_the_requester_cannot_approve_their_own_run(bot_factory) -> None:
+    bot: Bot = bot_factory(policy(), user="ed")
+    async with bot.app.running():
+        draft = await started(bot)
+        await bot.type(f"react #{draft.id} ✅")
+        out = await bot.wait()
+        assert "does not allow self-approval" in out
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    await bot.app.aclose()
+
+
+async def test_self_approval_when_the_workflow_allows_it(bot_factory) -> None:
+    bot: Bot = bot_factory(policy(allow_self_approval=True), user="ed")
+    async with bot.app.running():
+        draft = await started(bot)
+        await bot.type(f"react #{draft.id} ✅")
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.SUCCEEDED
+    await bot.app.aclose()
+
+
+async def test_revise_loop_to_v3_uses_each_reactors_latest_reply(bot_factory) -> None:
+    bot: Bot = bot_factory(policy())
+    async with bot.app.running():
+        draft = await started(bot)
+        bot.act_as("ed")
+        await bot.type(f"reply #{draft.id} too long", f"reply #{draft.id} shorter please")
+        await bot.type(f"react #{draft.id} 🔁")
+        await bot.wait()
+        v2 = bot.latest_draft()
+        bot.act_as("eve")
+        await bot.type(f"reply #{v2.id} add a table of costs", f"react #{v2.id} :repeat:")
+        await bot.wait()
+        v3 = bot.latest_draft()
+        assert [d.version for d in bot.messages("draft")] == [1, 2, 3]
+        with bot.app.db.read() as s:
+            drafts = s.exec(models.DraftVersion.__table__.select()).all()  # type: ignore[attr-defined]
+        feedback = {d.version: d.feedback for d in drafts}
+        assert feedback == {1: None, 2: "shorter please", 3: "add a table of costs"}
+        await bot.type(f"react #{v3.id} ✅")
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.SUCCEEDED
+    await bot.app.aclose()
+
+
+async def test_approval_timeout_escalates_once_with_a_reminder(bot_factory) -> None:
+    clock = FakeClock()
+    bot: Bot = bot_factory(policy(timeout="2h", on_timeout="escalate"), clock=clock)
+    async with bot.app.running():
+        await started(bot)
+        assert bot.app.engine.check_deadlines() == 0
+        clock.advance(hours=2, seconds=1)
+        assert bot.app.engine.check_deadlines() == 1
+        out = await bot.wait()
+        assert "has waited 2h 00m for a decision · @ed, @eve, @fay" in out
+        assert bot.app.engine.check_deadlines() == 0  # once
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+        assert len(bot.messages("reminder")) == 1
+    await bot.app.aclose()
+
+
+async def test_approval_timeout_can_reject(bot_factory) -> None:
+    clock = FakeClock()
+    bot: Bot = bot_factory(policy(timeout="30m", on_timeout="reject"), clock=clock)
+    async with bot.app.running():
+        await started(bot)
+        clock.advance(minutes=31)
+        assert bot.app.engine.check_deadlines() == 1
+        out = await bot.wait()
+        run = bot.run()
+        assert run.status == models.RunStatus.REJECTED
+        assert run.decided_by == "timeout"
+        assert "rejected by timeout: approval timed out" in out
+        assert bot.messages("published") == []
+    await bot.app.aclose()
+
+
+async def test_cancel_by_reaction_and_by_command(bot_factory) -> None:
+    bot: Bot = bot_factory(policy())
+    async with bot.app.running():
+        draft = await started(bot)
+        bot.act_as("mallory")
+        await bot.type(f"react #{draft.id} 🛑")
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+        bot.act_as("alice")  # the requester
+        await bot.type(f"react #{draft.id} 🛑")
+        await bot.wait()
+        run = bot.run()
+        assert run.status == models.RunStatus.CANCELLED
+        assert run.decided_by == "shell:alice"
+        assert {s.status for s in bot.steps()} == {"succeeded", "cancelled"}
+
+        await bot.type("/crew run blog-post second topic")
+        out = await bot.type("/crew cancel 2")
+        assert "run 2 cancelled" in out
+        await bot.wait()
+        assert bot.run(2).status == models.RunStatus.CANCELLED
+        assert len(bot.messages("draft", run_id=2)) == 0  # the worker dropped its result
+        out = await bot.type("/crew cancel 2")
+        assert "already finished" in out
+    await bot.app.aclose()
+
+
+async def test_approve_and_reject_by_command(bot_factory) -> None:
+    bot: Bot = bot_factory(policy())
+    async with bot.app.running():
+        await started(bot)
+        bot.act_as("ed")
+        out = await bot.type("/crew reject 1 off-brand tone")
+        assert "reject recorded" in out
+        await bot.wait()
+        run = bot.run()
+        assert run.status == models.RunStatus.REJECTED
+        assert "rejected by shell:ed: off-brand tone" in bot.transcript
+    await bot.app.aclose()
+
+
+async def test_unknown_emoji_gets_an_answer_and_changes_nothing(bot: Bot) -> None:
+    draft = await started(bot)
+    bot.act_as("editor")
+    out = await bot.type(f"react #{draft.id} 🎉")
+    assert "🎉 means nothing to crewchief here" in out
+    assert bot.rows(models.ApprovalVote) == []
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
