@@ -1,0 +1,280 @@
+"""When things go wrong: LLM errors, budgets, restarts, webhooks. Nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from sqlmodel import select
+
+from agents.openai_provider import OpenAIProvider
+from storage import models
+from storage.db import Database
+from tests.conftest import Bot
+from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAIServer, running_fake_openai
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[FakeOpenAIServer]:
+    async with running_fake_openai() as server:
+        yield server
+
+
+def provider(server: FakeOpenAIServer, *, timeout: float = 5.0, retries: int = 2) -> OpenAIProvider:
+    return OpenAIProvider(
+        api_key=DEFAULT_API_KEY, base_url=server.base_url, timeout=timeout, max_retries=retries
+    )
+
+
+async def test_llm_429_then_success_records_usage_and_cost(bot_factory, openai_server) -> None:
+    openai_server.script(("status", 429, {"Retry-After": "0"}))
+    bot: Bot = bot_factory(llm=provider(openai_server))
+    async with bot.app.running():
+        await bot.type("/crew run research-brief heat pumps")
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.SUCCEEDED
+    calls = bot.rows(models.LLMCall)
+    assert len(calls) == 1 and calls[0].error is None
+    assert calls[0].provider == "openai" and calls[0].model == "gpt-4o-mini"
+    assert calls[0].input_tokens > 0 and calls[0].output_tokens > 0 and calls[0].cost_usd > 0
+    assert bot.run().cost_usd == pytest.approx(calls[0].cost_usd)
+    assert len(openai_server.completion_requests) == 2  # the 429 was retried
+    assert "(offline model)" not in bot.transcript
+    await bot.app.aclose()
+
+
+async def test_llm_500s_fail_the_step_and_retry_resumes_it(bot_factory, openai_server) -> None:
+    openai_server.script(*[("status", 500, {"Retry-After": "0"})] * 3)
+    bot: Bot = bot_factory(llm=provider(openai_server, retries=2))
+    async with bot.app.running():
+        await bot.type("/crew run blog-post heat pumps")
+        out = await bot.wait()
+        run = bot.run()
+        assert run.status == models.RunStatus.FAILED
+        assert "step research failed" in out and "/crew retry 1" in out
+        assert "500" in (run.error or "")
+        assert len(openai_server.completion_requests) == 3
+        assert bot.rows(models.LLMCall)[0].error
+        # the server recovers; the requester retries the failed step
+        out = await bot.type("/crew retry 1")
+        assert "retrying step research" in out
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+        assert [s.status for s in bot.steps()][:2] == ["succeeded", "awaiting_approval"]
+    await bot.app.aclose()
+
+
+async def test_llm_timeout_fails_the_step_with_a_clear_error(bot_factory, openai_server) -> None:
+    openai_server.script(("delay", 2.0), ("delay", 2.0))
+    bot: Bot = bot_factory(llm=provider(openai_server, timeout=0.3, retries=1))
+    async with bot.app.running():
+        await bot.type("/crew run research-brief heat pumps")
+        await bot.wait()
+        run = bot.run()
+        assert run.status == models.RunStatus.FAILED
+        assert "timed out" in (run.error or "")
+        assert DEFAULT_API_KEY not in bot.transcript
+    await bot.app.aclose()
+
+
+async def test_per_run_budget_stops_work(bot_factory, openai_server) -> None:
+    bot: Bot = bot_factory({"budgets": {"per_run_usd": 0.000001}}, llm=provider(openai_server))
+    async with bot.app.running():
+        await bot.type("/crew run blog-post heat pumps")
+        out = await bot.wait()
+    run = bot.run()
+    assert run.status == models.RunStatus.FAILED
+    assert "budget: this run has spent" in (run.error or "")
+    assert "step draft failed" in out
+    assert len(openai_server.completion_requests) == 1  # the draft was never asked for
+    await bot.app.aclose()
+
+
+async def test_token_budget_works_offline_too(bot_factory) -> None:
+    bot: Bot = bot_factory({"budgets": {"per_run_tokens": 10}})
+    async with bot.app.running():
+        await bot.type("/crew run blog-post heat pumps")
+        await bot.wait()
+    assert "budget: this run has used" in (bot.run().error or "")
+    await bot.app.aclose()
+
+
+async def test_daily_budget_counts_every_run(bot_factory, openai_server) -> None:
+    bot: Bot = bot_factory({"budgets": {"per_day_usd": 0.000001}}, llm=provider(openai_server))
+    async with bot.app.running():
+        await bot.type("/crew run research-brief one")
+        await bot.wait()
+        await bot.type("/crew run research-brief two")
+        await bot.wait()
+    assert bot.run(1).status == models.RunStatus.SUCCEEDED
+    assert "daily cap" in (bot.run(2).error or "")
+    await bot.app.aclose()
+
+
+async def test_a_restarted_bot_picks_up_a_run_awaiting_approval(bot_factory) -> None:
+    first: Bot = bot_factory()
+    async with first.app.running():
+        await first.type("/crew run blog-post heat pumps")
+        await first.wait()
+    draft = first.latest_draft()
+    await first.app.aclose()
+
+    second: Bot = bot_factory(user="editor")
+    async with second.app.running():
+        await second.type(f"react #{draft.id} ✅")
+        await second.wait()
+        assert second.run().status == models.RunStatus.SUCCEEDED
+        assert len(second.messages("published")) == 1
+    await second.app.aclose()
+
+
+@pytest.fixture
+async def webhook_receiver() -> AsyncIterator[dict[str, Any]]:
+    """A receiver that processes each Idempotency-Key once, as a careful API would."""
+    state: dict[str, Any] = {"requests": [], "processed": {}, "fail_first": 0}
+
+    async def hook(request: web.Request) -> web.Response:
+        key = request.headers.get("Idempotency-Key", "")
+        state["requests"].append(key)
+        if state["fail_first"]:
+            state["fail_first"] -= 1
+            return web.json_response({"error": "busy"}, status=503)
+        state["processed"].setdefault(key, await request.json())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state["url"] = f"http://127.0.0.1:{port}/hook"
+    yield state
+    await runner.cleanup()
+
+
+def publish_to(target: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "workflows": {
+            "blog-post": {
+                "steps": [
+                    {"name": "research", "agent": "researcher"},
+                    {"name": "draft", "agent": "writer", "approval": {}},
+                    {"name": "publish", "agent": "publisher", "publish": target},
+                ]
+            }
+        }
+    }
+
+
+async def test_webhook_sees_each_idempotency_key_once(bot_factory, webhook_receiver) -> None:
+    bot: Bot = bot_factory(publish_to({"to": "webhook", "url": webhook_receiver["url"]}))
+    async with bot.app.running():
+        for topic in ("heat pumps", "solar"):
+            await bot.type(f"/crew run blog-post {topic}")
+        await bot.wait()
+        bot.act_as("editor")
+        for run_id in (1, 2):
+            draft = bot.latest_draft(run_id)
+            await bot.type(f"react #{draft.id} ✅", f"react #{draft.id} ✅")
+        await bot.wait()
+    assert sorted(webhook_receiver["requests"]) == ["1:publish:1", "2:publish:1"]
+    payload = webhook_receiver["processed"][webhook_receiver["requests"][0]]
+    assert payload["approved_by"] == "shell:editor" and "content" in payload
+    await bot.app.aclose()
+
+
+async def test_webhook_retries_with_the_same_key(bot_factory, webhook_receiver) -> None:
+    webhook_receiver["fail_first"] = 1
+    bot: Bot = bot_factory(publish_to({"to": "webhook", "url": webhook_receiver["url"]}))
+    async with bot.app.running():
+        await bot.type("/crew run blog-post heat pumps")
+        await bot.wait()
+        bot.act_as("editor")
+        await bot.type(f"react #{bot.latest_draft().id} ✅")
+        await bot.wait()
+    requests = webhook_receiver["requests"]
+    assert len(requests) == 2 and len(set(requests)) == 1
+    assert len(webhook_receiver["processed"]) == 1
+    await bot.app.aclose()
+
+
+async def test_folder_publishing_writes_one_file_per_run(bot_factory, tmp_path: Path) -> None:
+    folder = tmp_path / "published"
+    bot: Bot = bot_factory(publish_to({"to": "folder", "path": str(folder)}))
+    async with bot.app.running():
+        await bot.type("/crew run blog-post Why heat pumps beat gas boilers")
+        await bot.wait()
+        bot.act_as("editor")
+        await bot.type(f"react #{bot.latest_draft().id} ✅")
+        await bot.wait()
+    files = list(folder.iterdir())
+    assert [f.name for f in files] == ["00001-why-heat-pumps-beat-gas-boilers.md"]
+    assert "heat pumps" in files[0].read_text().lower()
+    assert str(files[0]) in bot.transcript
+    await bot.app.aclose()
+
+
+async def test_kill_9_mid_step_then_another_process_finishes_the_run(
+    tmp_path: Path, openai_server: FakeOpenAIServer, db_url: str
+) -> None:
+    """A worker killed while its LLM call is in flight: the lease runs out, the step resumes."""
+    (tmp_path / "crewchief.yml").write_text(
+        textwrap.dedent("""
+            engine:
+              lease: 2s
+        """)
+    )
+    openai_server.script(("delay", 60.0))
+    env = {
+        **os.environ,
+        "CREWCHIEF_DATABASE_URL": db_url,
+        "CREWCHIEF_LLM": "openai",
+        "OPENAI_API_KEY": DEFAULT_API_KEY,
+        "OPENAI_BASE_URL": openai_server.base_url,
+        "CREWCHIEF_APPROVERS": "shell:editor",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "shell", "--as", "alice", "--script", "-",
+        cwd=tmp_path, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"/crew run research-brief heat pumps\nwait\n")
+    await proc.stdin.drain()
+    proc.stdin.close()
+    db = Database(db_url)
+    for _ in range(300):
+        if openai_server.completion_requests:
+            break
+        await asyncio.sleep(0.05)
+    assert openai_server.completion_requests, "the first process never called the model"
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    with db.read() as s:
+        step = s.exec(select(models.Step)).one()
+        assert step.status == models.StepStatus.RUNNING  # left mid-flight
+
+    proc2 = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "shell", "--as", "alice", "--script", "-",
+        cwd=tmp_path, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, errs = await asyncio.wait_for(proc2.communicate(b"wait\n"), timeout=60)
+    assert proc2.returncode == 0, errs.decode()
+    with db.read() as s:
+        run = s.exec(select(models.Run)).one()
+        step = s.exec(select(models.Step)).one()
+    assert run.status == models.RunStatus.SUCCEEDED
+    assert step.attempts == 2
+    assert b"#2 researcher" in out
+    db.dispose()
