@@ -91,13 +91,12 @@ def _research(request: LLMRequest) -> str:
     topic = _topic(request)
     words = _keywords(topic)
     angles = [words[i % len(words)] for i in range(min(6, max(4, len(words))))]
-    # A stable hash (not hash(), which is salted per process) picks each angle's wording.
-    digests = [
-        int(hashlib.sha256(f"{w}{i}".encode()).hexdigest(), 16) for i, w in enumerate(angles)
-    ]
-    findings = "\n".join(
-        f"- {_ANGLES[d % len(_ANGLES)].format(w=w, t=topic)}" for w, d in zip(angles, digests)
-    )
+    bullets = []
+    for i, word in enumerate(angles):
+        # A stable hash (hash() is salted per process) picks each angle's wording.
+        digest = int(hashlib.sha256(f"{word}{i}".encode()).hexdigest(), 16)
+        bullets.append(f"- {_ANGLES[digest % len(_ANGLES)].format(w=word, t=topic)}")
+    findings = "\n".join(bullets)
     return (
         f"# Research notes: {topic}\n\n{_revision_block(request)}"
         "## Key questions\n"

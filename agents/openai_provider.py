@@ -268,12 +268,18 @@ def _server_refused_retry(exc: openai.APIStatusError) -> str:
     headers = exc.response.headers
     if headers.get("x-should-retry") == "false":
         return "server asked not to retry"
-    retry_after = headers.get("retry-after")
-    try:
-        wait = float(retry_after) if retry_after is not None else 0.0
-    except ValueError:
-        return ""
-    return f"server asked to wait {wait:g}s; not retried" if wait > 120 else ""
+    # Same precedence as the client: milliseconds first, then seconds; longer than 2 min is
+    # not retried.
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            wait = float(value) / divisor
+        except ValueError:
+            continue
+        return f"server asked to wait {wait:g}s; not retried" if wait > 120 else ""
+    return ""
 
 
 def _phrase(status: int) -> str:

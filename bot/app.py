@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from agents.approvals import ApprovalService
 from agents.config import CrewConfig
 from agents.engine import Clock, Engine
-from agents.llm import LLMProvider
+from agents.llm import LLMError, LLMProvider
 from agents.offline import OfflineProvider
 from agents.openai_provider import OpenAIProvider
 from agents.wakeup import Wakeup
-from bot.config_file import load_config
+from bot.config_file import ConfigError, load_config
 from bot.delivery import OutboxSender
 from bot.platforms.base import Platform
 from bot.settings import Settings
@@ -87,14 +87,19 @@ class App:
 
 
 def build_llm(settings: Settings) -> LLMProvider:
-    if settings.llm_provider == "openai":
+    if settings.llm_provider == "offline":
+        return OfflineProvider()
+    try:
         return OpenAIProvider(
-            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else "",
+            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             base_url=settings.openai_base_url,
             timeout=settings.crewchief_llm_timeout,
             max_retries=settings.crewchief_llm_retries,
         )
-    return OfflineProvider()
+    except LLMError as exc:
+        raise ConfigError(
+            f"CREWCHIEF_LLM=openai: {exc} (or set OPENAI_BASE_URL for a compatible server)"
+        ) from None
 
 
 def build_app(
