@@ -244,9 +244,19 @@ async def test_kill_9_mid_step_then_another_process_finishes_the_run(
         "CREWCHIEF_APPROVERS": "shell:editor",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "shell", "--as", "alice", "--script", "-",
-        cwd=tmp_path, env=env, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "shell",
+        "--as",
+        "alice",
+        "--script",
+        "-",
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdin is not None
     proc.stdin.write(b"/crew run research-brief heat pumps\nwait\n")
@@ -265,9 +275,19 @@ async def test_kill_9_mid_step_then_another_process_finishes_the_run(
         assert step.status == models.StepStatus.RUNNING  # left mid-flight
 
     proc2 = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "shell", "--as", "alice", "--script", "-",
-        cwd=tmp_path, env=env, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "shell",
+        "--as",
+        "alice",
+        "--script",
+        "-",
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, errs = await asyncio.wait_for(proc2.communicate(b"wait\n"), timeout=60)
     assert proc2.returncode == 0, errs.decode()

@@ -21,9 +21,7 @@ async def test_blog_post_from_command_to_published(bot: Bot) -> None:
 
     # 3. an editor replies with notes and sends the draft back: the writer posts v2.
     bot.act_as("editor")
-    await bot.type(
-        f"reply #{draft1.id} shorter, add a cost table", f"react #{draft1.id} 🔁"
-    )
+    await bot.type(f"reply #{draft1.id} shorter, add a cost table", f"react #{draft1.id} 🔁")
     await bot.wait()
     draft2 = bot.latest_draft()
     assert draft2.version == 2
