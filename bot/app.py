@@ -120,8 +120,13 @@ def build_app(
     llm = llm or build_llm(settings)
     engine_wakeup, outbox_wakeup = Wakeup(), Wakeup()
     engine = Engine(
-        db, config, llm, default_approvers=approvers, clock=clock,
-        wakeup=engine_wakeup, outbox_wakeup=outbox_wakeup,
+        db,
+        config,
+        llm,
+        default_approvers=approvers,
+        clock=clock,
+        wakeup=engine_wakeup,
+        outbox_wakeup=outbox_wakeup,
     )
     approvals = ApprovalService(engine)
     sender = OutboxSender(db, {}, wakeup=outbox_wakeup, clock=clock)

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -103,7 +103,7 @@ def runs(
     db.upgrade()
     with db.read() as session:
         rows = runs_with_steps(session, limit=limit)
-        data = [
+        data: list[dict[str, Any]] = [
             {
                 "id": run.id,
                 "workflow": run.workflow,
@@ -115,7 +115,9 @@ def runs(
                 "cost_usd": round(run.cost_usd, 6),
                 "created_at": run.created_at.isoformat(),
                 "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                "steps": [{"name": s.name, "status": s.status, "version": s.version} for s in steps],
+                "steps": [
+                    {"name": s.name, "status": s.status, "version": s.version} for s in steps
+                ],
             }
             for run, steps in rows
         ]

@@ -87,7 +87,10 @@ class OutboxSender:
     def _claim(self) -> tuple[int, Delivery, str] | None:
         with self.db.transaction() as session:
             row = claim_outbox(
-                session, owner=self.owner, now=self.clock(), lease=LEASE,
+                session,
+                owner=self.owner,
+                now=self.clock(),
+                lease=LEASE,
                 skip_locked=self.db.is_postgres,
             )
             if row is None:

@@ -118,10 +118,15 @@ class ShellSession:
             return False
         if verb.startswith("/"):
             if verb != "/crew":
-                self.platform.say(f"[red]unknown slash command {escape_markup(verb)}[/red]; try /crew help")
+                self.platform.say(
+                    f"[red]unknown slash command {escape_markup(verb)}[/red]; try /crew help"
+                )
             else:
-                self._show(self.app.dispatcher.handle(
-                    SlashCommand(self._event_id(), self.actor, CHANNEL, rest)))
+                self._show(
+                    self.app.dispatcher.handle(
+                        SlashCommand(self._event_id(), self.actor, CHANNEL, rest)
+                    )
+                )
         elif verb == "as":
             self._switch(rest)
         elif verb == "whoami":
@@ -143,8 +148,10 @@ class ShellSession:
     async def run_script(self, lines: Iterable[str]) -> None:
         for line in lines:
             if line.strip():
-                self.platform.say(f"[dim]{escape_markup(self.actor.qualified)}>[/dim] "
-                                  f"{escape_markup(line.rstrip())}")
+                self.platform.say(
+                    f"[dim]{escape_markup(self.actor.qualified)}>[/dim] "
+                    f"{escape_markup(line.rstrip())}"
+                )
             if not await self.execute(line):
                 break
         await self.app.wait_idle()
@@ -187,8 +194,11 @@ class ShellSession:
             self.platform.say(f"there is no message #{ref}")
             return
         event_type = ReactionAdded if verb == "react" else ReactionRemoved
-        self._show(self.app.dispatcher.handle(
-            event_type(self._event_id(), self.actor, CHANNEL, ref, emoji)))
+        self._show(
+            self.app.dispatcher.handle(
+                event_type(self._event_id(), self.actor, CHANNEL, ref, emoji)
+            )
+        )
 
     def _reply(self, rest: str) -> None:
         ref_text, _, text = rest.strip().partition(" ")
@@ -199,9 +209,14 @@ class ShellSession:
         if not self._known(ref):
             self.platform.say(f"there is no message #{ref}")
             return
-        self._show(self.app.dispatcher.handle(
-            ThreadReply(self._event_id(), self.actor, CHANNEL, ref, text.strip())))
-        self.platform.say(f"[dim]{escape_markup(self.actor.qualified)} replied in the thread of #{ref}[/dim]")
+        self._show(
+            self.app.dispatcher.handle(
+                ThreadReply(self._event_id(), self.actor, CHANNEL, ref, text.strip())
+            )
+        )
+        self.platform.say(
+            f"[dim]{escape_markup(self.actor.qualified)} replied in the thread of #{ref}[/dim]"
+        )
 
     def _known(self, ref: str) -> bool:
         from storage.models import Message
