@@ -53,5 +53,8 @@ class Renderer:
         self.env.filters["mention"] = lambda who: Markup(mention(str(who)))
         self.env.filters["mentions"] = lambda ids: Markup(", ".join(mention(str(w)) for w in ids))
 
+    def has(self, template: str) -> bool:
+        return f"{template}.j2" in self.env.list_templates()
+
     def render(self, template: str, context: dict[str, Any]) -> str:
         return self.env.get_template(f"{template}.j2").render(context).strip()

@@ -48,7 +48,10 @@ class ShellPlatform:
         self.renderer = Renderer("shell", _mention)
 
     async def deliver(self, delivery: Delivery) -> str | None:
-        body = self.renderer.render(delivery.template, delivery.context)
+        template = delivery.template
+        if delivery.kind == "update" and self.renderer.has(f"edit_{template}"):
+            template = f"edit_{template}"  # the terminal shows what changed, not the whole card
+        body = self.renderer.render(template, delivery.context)
         ref = f"#{delivery.ref}" if delivery.ref is not None else ""
         if delivery.kind == "notice":
             self.say(f"[dim]only {escape_markup(delivery.recipient or '')} sees:[/dim] {body}")
@@ -62,7 +65,7 @@ class ShellPlatform:
 
     def _print(self, text: str, *, threaded: bool) -> None:
         if threaded:
-            self.console.print(Padding(text, (0, 0, 0, 4)), style=None)
+            self.console.print(Padding(text, (0, 0, 0, 4), expand=False))
         else:
             self.console.print(text)
 
@@ -71,7 +74,7 @@ class ShellPlatform:
 
     def reply(self, reply: Reply) -> None:
         body = self.renderer.render(reply.template, reply.context)
-        self.console.print(body if not reply.private else Padding(body, (0, 0, 0, 2)))
+        self.console.print(body if not reply.private else Padding(body, (0, 0, 0, 2), expand=False))
 
 
 class ShellSession:

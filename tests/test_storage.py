@@ -1,0 +1,184 @@
+"""Storage on real databases: migrations, claiming under concurrency, outbox order."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel, select
+
+from storage import outbox
+from storage.db import Database
+from storage.models import Outbox, OutboxStatus, Run, Step, StepStatus
+from storage.queries import claim_outbox, claim_step, pending_work
+
+
+def fresh(db_url: str) -> Database:
+    db = Database(db_url)
+    db.upgrade()
+    return db
+
+
+def test_migrations_match_the_models_and_are_idempotent(db_url: str) -> None:
+    db = fresh(db_url)
+    db.upgrade()
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
+    db.dispose()
+
+
+def add_runs(db: Database, n: int) -> None:
+    now = datetime.now(UTC)
+    with db.transaction() as s:
+        for i in range(n):
+            run = Run(
+                workflow="w", text=f"t{i}", requester="shell:a", platform="shell", channel="c"
+            )
+            s.add(run)
+            s.flush()
+            assert run.id is not None
+            s.add(
+                Step(
+                    run_id=run.id,
+                    position=0,
+                    name="s",
+                    agent="a",
+                    status=StepStatus.PENDING,
+                    available_at=now,
+                )
+            )
+
+
+def test_concurrent_workers_claim_each_step_exactly_once(db_url: str) -> None:
+    db = fresh(db_url)
+    add_runs(db, 40)
+    claimed: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+
+    def worker(name: str) -> None:
+        start.wait()
+        while True:
+            with db.transaction() as s:
+                step = claim_step(
+                    s,
+                    owner=name,
+                    now=datetime.now(UTC),
+                    lease=timedelta(minutes=1),
+                    skip_locked=db.is_postgres,
+                )
+                if step is None:
+                    return
+                with lock:
+                    claimed.append(step.id or 0)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 40
+    db.dispose()
+
+
+def test_an_expired_lease_is_claimed_again_and_a_live_one_is_not(db_url: str) -> None:
+    db = fresh(db_url)
+    add_runs(db, 1)
+    now = datetime.now(UTC)
+    lease = timedelta(seconds=30)
+    with db.transaction() as s:
+        assert claim_step(s, owner="a", now=now, lease=lease, skip_locked=False) is not None
+    with db.transaction() as s:
+        assert (
+            claim_step(
+                s, owner="b", now=now + timedelta(seconds=10), lease=lease, skip_locked=False
+            )
+            is None
+        )
+    with db.transaction() as s:
+        step = claim_step(
+            s, owner="b", now=now + timedelta(seconds=31), lease=lease, skip_locked=False
+        )
+        assert step is not None and step.lease_owner == "b" and step.attempts == 2
+    db.dispose()
+
+
+def test_outbox_delivers_one_thread_in_order_and_waits_behind_a_delayed_row(db_url: str) -> None:
+    db = fresh(db_url)
+    add_runs(db, 1)
+    with db.transaction() as s:
+        for i in range(3):
+            outbox.post(
+                s,
+                key=f"m{i}",
+                kind="notes",
+                platform="shell",
+                channel="c",
+                run_id=1,
+                template="notice",
+                context={"text": str(i)},
+            )
+        outbox.notice(
+            s,
+            platform="shell",
+            channel="c",
+            recipient="shell:x",
+            template="notice",
+            context={"text": "aside"},
+        )
+    now = datetime.now(UTC)
+    lease = timedelta(minutes=1)
+
+    def claim(at: datetime) -> Outbox | None:
+        with db.transaction() as s:
+            return claim_outbox(s, owner="o", now=at, lease=lease, skip_locked=db.is_postgres)
+
+    first = claim(now)
+    assert first is not None and first.key == "post:m0"
+    # m0 is out for delivery: m1 must wait for it; the unrelated notice may go
+    other = claim(now)
+    assert other is not None and other.kind == "notice"
+    assert claim(now) is None
+    # the platform said "retry in 5 s" for m0: m1 still waits behind it
+    with db.transaction() as s:
+        row = s.get(Outbox, first.id)
+        assert row is not None
+        row.lease_owner, row.lease_until = None, None
+        row.available_at = now + timedelta(seconds=5)
+        s.add(row)
+    assert claim(now + timedelta(seconds=1)) is None
+    again = claim(now + timedelta(seconds=6))
+    assert again is not None and again.key == "post:m0"
+    with db.transaction() as s:
+        row = s.get(Outbox, again.id)
+        assert row is not None
+        row.status = OutboxStatus.SENT
+        s.add(row)
+    nxt = claim(now + timedelta(seconds=6))
+    assert nxt is not None and nxt.key == "post:m1"
+    with db.read() as s:
+        assert pending_work(s) == 4  # the step, the notice and m1 (out for delivery), m2
+    db.dispose()
+
+
+def test_posting_the_same_key_twice_makes_one_message(db_url: str) -> None:
+    db = fresh(db_url)
+    add_runs(db, 1)
+    for _ in range(2):
+        with db.transaction() as s:
+            outbox.post(
+                s,
+                key="run:1:card",
+                kind="run_card",
+                platform="shell",
+                channel="c",
+                run_id=1,
+                template="notice",
+                context={"text": "x"},
+            )
+    with db.read() as s:
+        assert len(s.exec(select(Outbox)).all()) == 1
+    db.dispose()
