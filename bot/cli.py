@@ -135,6 +135,50 @@ def runs(
         )
 
 
+@cli.command()
+def start(
+    platform: Annotated[
+        list[str],
+        typer.Option("--platform", "-p", help="slack, discord or shell; repeat to serve several."),
+    ],
+    host: Annotated[
+        str, typer.Option(help="HTTP address (Slack HTTP mode, /healthz).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+) -> None:
+    """Run the bot on chat platforms until interrupted."""
+    from bot.runner import serve
+
+    unknown = sorted(set(platform) - {"slack", "discord", "shell"})
+    if unknown:
+        raise _fail(f"unknown platform {unknown[0]!r}: use slack, discord or shell")
+    if "discord" in platform:
+        raise _fail("the Discord platform is not available in this version; use slack or shell")
+    settings = _settings()
+    try:
+        asyncio.run(serve(settings, platforms=set(platform), host=host, port=port))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+@cli.command()
+def manifest(
+    url: Annotated[
+        str | None,
+        typer.Option(help="Public base URL for HTTP mode, e.g. https://crewchief.example.com"),
+    ] = None,
+) -> None:
+    """Print the Slack app manifest (Socket Mode; with --url, HTTP mode request URLs)."""
+    from bot.manifest import render_manifest
+
+    try:
+        typer.echo(render_manifest(url), nl=False)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
 STARTER = """\
 # crewchief.yml: extends the built-in defaults (agents researcher/writer/publisher,
 # workflows research-brief and blog-post). Mappings merge key by key.

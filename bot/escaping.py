@@ -70,20 +70,28 @@ _TERMINAL_SEQUENCE = re.compile(
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-# What rich's markup parser treats as a tag: `[` + a lowercase letter, `#`, `/` or `@`, up to
-# the next `]`, with any run of backslashes in front deciding whether it is escaped.
-_RICH_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+# Every `[` with the backslashes in front of it, and the rest of a tag when rich's markup parser
+# would read one there: a lowercase letter, `#`, `/` or `@`, then anything up to the next `]`.
+_RICH_BRACKET = re.compile(r"(\\*)\[([a-z#/@][^[]*?\])?")
 
 
 def _escape_rich_markup(text: str) -> str:
-    """`rich.markup.escape`, with the trailing-backslash case made safe for any run length.
+    """Escape text for rich console markup so that it renders exactly as written.
 
-    rich doubles backslashes in front of a tag and adds one to escape it; it also protects a
-    single trailing backslash, which would otherwise escape the tag that follows the inserted
-    text. Its check misses odd runs of three or more (`a\\\\\\` then `[/b]` leaves `[/b]`
-    escaped and the style open), so here the whole trailing run is doubled.
+    It follows `rich.markup.escape` (a tag's backslashes are doubled, plus one to escape it)
+    and fixes its blind spots: rich turns any `\\[` in plain text into `[`, so a bracket that
+    starts no tag gets one extra backslash too; and a trailing run of backslashes, which would
+    escape a tag placed right after the text, is doubled whatever its length (rich only
+    protects a single one: `a\\\\\\` then `[/b]` leaves the style open).
     """
-    text = _RICH_TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+
+    def escape(match: re.Match[str]) -> str:
+        backslashes, tag = match.group(1), match.group(2)
+        if tag is None:
+            return backslashes + "\\["
+        return backslashes * 2 + "\\[" + tag
+
+    text = _RICH_BRACKET.sub(escape, text)
     body = text.rstrip("\\")
     return body + "\\" * (2 * (len(text) - len(body)))
 
@@ -95,7 +103,7 @@ def escape_shell(text: str) -> str:
     hyperlinks (OSC 8) or move the cursor to overwrite earlier lines, so a draft could forge
     what the operator believes they approve. Complete sequences are removed, carriage returns
     become newlines (a lone `\\r` would overwrite the line), and any other C0/C1 control is
-    dropped. What remains is escaped the way `rich.markup.escape` does it, so `[bold]` or
+    dropped. What remains is escaped for rich markup (see `_escape_rich_markup`), so `[bold]` or
     `[link=...]` in a draft prints as written.
 
     Like rich's, the result is meant to sit inside markup: trailing backslashes are doubled so
@@ -145,7 +153,8 @@ def truncate(text: str, limit: int, notice: str) -> str:
     backslash that would escape the notice's first character, a surrogate half, or a
     character separated from the combining mark, joiner or ZWSP that follows it.
 
-    Text that already fits is returned unchanged. `limit` counts code points (`len`).
+    Text that already fits is returned unchanged. `limit` counts code points (`len`). The
+    notice is the bot's own text, already in the platform's format; it is not escaped here.
     Raises ValueError when the notice alone does not fit: that is a programming error.
     """
     if len(text) <= limit:

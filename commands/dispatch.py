@@ -78,7 +78,8 @@ class Dispatcher:
             assert isinstance(event, ReactionRemoved)
             outcome = self.approvals.reaction_removed(session, ctx.who, message, event.emoji)
         if outcome.effect == "ignored" and outcome.notice:
-            return [Reply("notice", {"text": outcome.notice})]
+            # e.g. a 🎉 on a draft: worth a word in the shell, noise in a busy channel
+            return [Reply("notice", {"text": outcome.notice}, quiet=True)]
         if outcome.effect == "counted":
             return [
                 Reply(

@@ -32,6 +32,7 @@ class Reply:
     template: str
     context: dict[str, Any] = field(default_factory=dict)
     private: bool = True  # ephemeral in Slack/Discord; an aside in the shell
+    quiet: bool = False  # informational: chat platforms may drop it where it would be noise
 
 
 Handler = Callable[["Context", dict[str, str]], Reply]

@@ -129,6 +129,7 @@ LONE_CONTROLS = [
 @given(printable_text, st.lists(st.tuples(st.integers(0, 500), st.sampled_from(LONE_CONTROLS))))
 @example("a\\\\\\", [])
 @example("[/]\\", [])
+@example("\\[ not a tag \\\\[x", [])
 def test_shell_renders_printable_text_literally(text: str, controls: list[tuple[int, str]]) -> None:
     noisy = text
     for position, char in controls:
@@ -154,6 +155,7 @@ def test_shell_renders_printable_text_literally(text: str, controls: list[tuple[
         ("bell\x07 and nul\x00", "bell and nul"),
         ("[bold red]loud[/bold red]", "[bold red]loud[/bold red]"),
         ("[link=https://evil.example]docs[/link]", "[link=https://evil.example]docs[/link]"),
+        ("C:\\[drafts]\\[1]", "C:\\[drafts]\\[1]"),
     ],
 )
 def test_shell_examples(draft: str, shown: str) -> None:

@@ -69,3 +69,11 @@ async def test_concurrent_runs_progress_independently(bot: Bot) -> None:
     assert len(runs) == 4
     assert all(r.status == models.RunStatus.AWAITING_APPROVAL for r in runs)
     assert len(bot.messages("draft")) == 4
+
+
+async def test_user_text_cannot_drive_the_terminal(bot: Bot) -> None:
+    hostile = "\x1b[2J\x1b]0;pwned\x07[bold red]boom[/bold red] <!channel>"
+    await bot.type(f"/crew run research-brief {hostile}")
+    await bot.wait()
+    assert "\x1b" not in bot.transcript and "\x07" not in bot.transcript
+    assert "[bold red]boom[/bold red] <!channel>" in bot.transcript  # shown literally

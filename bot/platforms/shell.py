@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape as escape_markup
 from rich.padding import Padding
 
 from bot.app import App
+from bot.escaping import escape_shell as escape_markup
 from bot.platforms.base import Delivery
 from bot.render import Renderer
 from commands.events import Actor, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
@@ -65,16 +65,18 @@ class ShellPlatform:
 
     def _print(self, text: str, *, threaded: bool) -> None:
         if threaded:
-            self.console.print(Padding(text, (0, 0, 0, 4), expand=False))
+            self.console.print(Padding(text, (0, 0, 0, 4), expand=False), emoji=False)
         else:
-            self.console.print(text)
+            self.console.print(text, emoji=False)
 
     def say(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, emoji=False)
 
     def reply(self, reply: Reply) -> None:
         body = self.renderer.render(reply.template, reply.context)
-        self.console.print(body if not reply.private else Padding(body, (0, 0, 0, 2), expand=False))
+        self.console.print(
+            body if not reply.private else Padding(body, (0, 0, 0, 2), expand=False), emoji=False
+        )
 
 
 class ShellSession:

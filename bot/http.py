@@ -1,0 +1,73 @@
+"""The HTTP side: Slack's Events API endpoint, and /healthz and /metrics for operators."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from bot.app import App
+from bot.platforms.slack import SlackPlatform
+from storage.models import Outbox, OutboxStatus, Run, Step, StepStatus
+
+
+def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/healthz")
+    async def healthz(_: web.Request) -> web.Response:
+        try:
+            app.pending()
+        except Exception:
+            return web.json_response({"ok": False, "database": "unreachable"}, status=503)
+        return web.json_response({"ok": True})
+
+    @routes.get("/metrics")
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=render_metrics(app), content_type="text/plain")
+
+    if slack is not None:
+
+        @routes.post("/slack/events")
+        async def slack_events(request: web.Request) -> web.Response:
+            response = await slack.bolt.async_dispatch(await to_bolt_request(request))
+            return await to_aiohttp_response(response)
+
+    web_application = web.Application()
+    web_application.add_routes(routes)
+    return web_application
+
+
+def render_metrics(app: App) -> str:
+    """Prometheus text format: gauges read from the database, so every replica agrees."""
+    with app.db.read() as session:
+        runs = session.exec(select(Run.status, func.count()).group_by(Run.status)).all()
+        steps = session.exec(
+            select(func.count()).select_from(Step).where(col(Step.status) == StepStatus.PENDING)
+        ).one()
+        undelivered = session.exec(
+            select(func.count())
+            .select_from(Outbox)
+            .where(col(Outbox.status) == OutboxStatus.PENDING)
+        ).one()
+        failed = session.exec(
+            select(func.count())
+            .select_from(Outbox)
+            .where(col(Outbox.status) == OutboxStatus.FAILED)
+        ).one()
+    lines = [
+        "# HELP crewchief_runs Runs by status.",
+        "# TYPE crewchief_runs gauge",
+        *(f'crewchief_runs{{status="{status}"}} {n}' for status, n in sorted(runs)),
+        "# HELP crewchief_steps_runnable Steps waiting for a worker.",
+        "# TYPE crewchief_steps_runnable gauge",
+        f"crewchief_steps_runnable {steps}",
+        "# HELP crewchief_outbox_pending Messages not yet delivered.",
+        "# TYPE crewchief_outbox_pending gauge",
+        f"crewchief_outbox_pending {undelivered}",
+        "# HELP crewchief_outbox_failed Messages given up on after retries.",
+        "# TYPE crewchief_outbox_failed gauge",
+        f"crewchief_outbox_failed {failed}",
+    ]
+    return "\n".join(lines) + "\n"

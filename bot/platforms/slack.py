@@ -1,0 +1,376 @@
+"""The Slack platform: a slack-bolt AsyncApp (HTTP or Socket Mode) behind the platform interface.
+
+Inbound: each listener turns the payload into a platform-neutral event, lets the dispatcher
+commit it, and only then lets Bolt acknowledge (process_before_response), so what Slack was
+told arrived is never lost. Outbound: the outbox sender calls `deliver`, which renders the
+message kind's mrkdwn template into Block Kit and posts or edits it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.app import App
+from bot.config_file import ConfigError
+from bot.escaping import escape_slack
+from bot.platforms.base import Delivery, DeliveryError
+from bot.render import Renderer
+from bot.settings import Settings
+from commands.events import (
+    Actor,
+    InboundEvent,
+    ReactionAdded,
+    ReactionRemoved,
+    SlashCommand,
+    ThreadReply,
+)
+from storage import outbox
+
+log = logging.getLogger(__name__)
+
+COMMAND = "/crew"
+# Exactly what the code below uses; manifest.yml must declare these and nothing else.
+SCOPES = frozenset(
+    {
+        "commands",  # /crew
+        "chat:write",  # chat.postMessage, chat.update, chat.postEphemeral
+        "reactions:read",  # reaction_added / reaction_removed
+        "channels:history",  # message.channels: thread replies (feedback for 🔁)
+        "groups:history",  # message.groups: the same in private channels
+        "app_mentions:read",  # app_mention
+        "files:write",  # long drafts are attached as a file
+    }
+)
+EVENTS = frozenset(
+    {"reaction_added", "reaction_removed", "message.channels", "message.groups", "app_mention"}
+)
+
+SECTION_LIMIT = 3000  # characters of mrkdwn per section block
+BLOCK_LIMIT = 50  # blocks per message
+TEXT_LIMIT = 3900  # the notification `text`, under Slack's 4,000 guidance
+ATTACH_OVER = 12_000  # longer messages post a preview and attach the whole text as a file
+
+STATUS_COLOURS = {
+    "succeeded": "#2eb886",
+    "failed": "#e01e5a",
+    "rejected": "#e01e5a",
+    "cancelled": "#9e9ea6",
+    "awaiting_approval": "#ecb22e",
+    "running": "#1d9bd1",
+}
+PERMANENT_ERRORS = {
+    "channel_not_found",
+    "not_in_channel",
+    "is_archived",
+    "invalid_auth",
+    "account_inactive",
+    "token_revoked",
+    "missing_scope",
+    "message_not_found",
+    "cant_update_message",
+    "edit_window_closed",
+    "user_not_in_channel",
+    "msg_too_long",
+    "invalid_blocks",
+    "no_text",
+}
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    bot_token: str
+    signing_secret: str | None
+    app_token: str | None
+    api_url: str | None
+
+    @property
+    def socket_mode(self) -> bool:
+        return self.app_token is not None
+
+
+def slack_settings(settings: Settings) -> SlackSettings:
+    """The Slack tokens, checked: a missing or malformed one is named, never printed."""
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
+    if not token:
+        raise ConfigError("SLACK_BOT_TOKEN is not set (the Bot User OAuth Token, xoxb-…)")
+    if not token.startswith("xoxb-"):
+        raise ConfigError("SLACK_BOT_TOKEN does not look like a bot token (it starts with xoxb-)")
+    app_token = settings.slack_app_token.get_secret_value() if settings.slack_app_token else None
+    if app_token is not None and not app_token.startswith("xapp-"):
+        raise ConfigError("SLACK_APP_TOKEN does not look like an app-level token (xapp-…)")
+    secret = (
+        settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+    )
+    if app_token is None and not secret:
+        raise ConfigError(
+            "SLACK_SIGNING_SECRET is not set: HTTP mode needs it to verify requests "
+            "(or set SLACK_APP_TOKEN for Socket Mode)"
+        )
+    api_url = settings.slack_api_url
+    if api_url is not None:
+        if not re.match(r"^https?://", api_url):
+            raise ConfigError(
+                f"SLACK_API_URL must be an http(s) URL ending in /api/, got {api_url!r}"
+            )
+        api_url = api_url if api_url.endswith("/") else api_url + "/"
+    return SlackSettings(token, secret, app_token, api_url)
+
+
+def mention(who: str) -> str:
+    if who.startswith("slack:"):
+        return f"<@{who.removeprefix('slack:')}>"
+    return escape_slack(who)
+
+
+def to_blocks(text: str) -> list[dict[str, Any]]:
+    """Section blocks of at most 3,000 characters, cut at paragraph or line boundaries."""
+    chunks: list[str] = []
+    current = ""
+    for paragraph in text.split("\n"):
+        candidate = f"{current}\n{paragraph}" if current else paragraph
+        if len(candidate) <= SECTION_LIMIT:
+            current = candidate
+            continue
+        if current:
+            chunks.append(current)
+        while len(paragraph) > SECTION_LIMIT:
+            cut = paragraph.rfind(" ", 0, SECTION_LIMIT)
+            cut = cut if cut > SECTION_LIMIT // 2 else SECTION_LIMIT
+            # never split an escape entity such as &amp; in two
+            amp = paragraph.rfind("&", max(0, cut - 6), cut)
+            if amp != -1 and ";" not in paragraph[amp:cut]:
+                cut = amp
+            chunks.append(paragraph[:cut])
+            paragraph = paragraph[cut:].lstrip(" ")
+        current = paragraph
+    if current.strip():
+        chunks.append(current)
+    chunks = [c for c in chunks if c.strip()] or ["\u200b"]
+    if len(chunks) > BLOCK_LIMIT:
+        chunks = [*chunks[: BLOCK_LIMIT - 1], "_… cut here: the full text is attached_"]
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": c}} for c in chunks]
+
+
+def headline(text: str) -> str:
+    first = next((line for line in text.splitlines() if line.strip()), "crewchief")
+    return first[:TEXT_LIMIT]
+
+
+class SlackPlatform:
+    name = "slack"
+
+    def __init__(self, app: App, settings: SlackSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.renderer = Renderer("slack", mention)
+        self.client = AsyncWebClient(
+            token=settings.bot_token,
+            base_url=settings.api_url or AsyncWebClient.BASE_URL,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+                AsyncServerErrorRetryHandler(max_retry_count=2),
+            ],
+        )
+        self.bolt = AsyncApp(
+            token=settings.bot_token,
+            signing_secret=settings.signing_secret or "socket-mode-needs-no-signing-secret",
+            client=self.client,
+            process_before_response=True,
+            logger=logging.getLogger("crewchief.slack.bolt"),
+        )
+        self._register()
+
+    # -- inbound ----------------------------------------------------------------------
+
+    def _register(self) -> None:
+        bolt = self.bolt
+
+        @bolt.command(COMMAND)
+        async def on_command(ack: Any, command: dict[str, Any]) -> None:
+            event = SlashCommand(
+                event_id=f"cmd:{command.get('trigger_id') or command.get('command_ts', '')}",
+                actor=Actor("slack", command["user_id"], command.get("user_name", "")),
+                channel=command["channel_id"],
+                text=command.get("text", ""),
+            )
+            replies = self.app.dispatcher.handle(event)
+            public = [r for r in replies if not r.private]
+            if replies:
+                text = "\n\n".join(self.renderer.render(r.template, r.context) for r in replies)
+                await ack(
+                    text=headline(text),
+                    blocks=to_blocks(text),
+                    response_type="in_channel" if public else "ephemeral",
+                )
+            else:
+                await ack()
+
+        @bolt.event("reaction_added")
+        async def on_reaction_added(body: dict[str, Any], event: dict[str, Any]) -> None:
+            self._reaction(body, event, ReactionAdded)
+
+        @bolt.event("reaction_removed")
+        async def on_reaction_removed(body: dict[str, Any], event: dict[str, Any]) -> None:
+            self._reaction(body, event, ReactionRemoved)
+
+        @bolt.event("message")
+        async def on_message(body: dict[str, Any], event: dict[str, Any]) -> None:
+            thread_ts = event.get("thread_ts")
+            if (
+                event.get("subtype")
+                or event.get("bot_id")
+                or not thread_ts
+                or thread_ts == event.get("ts")
+                or not event.get("user")
+            ):
+                return  # only people's replies in a thread are feedback
+            self._handle(
+                ThreadReply(
+                    event_id=body.get("event_id", f"msg:{event.get('ts')}"),
+                    actor=Actor("slack", event["user"]),
+                    channel=event["channel"],
+                    thread_platform_id=thread_ts,
+                    text=event.get("text", ""),
+                ),
+                reply_in=event["channel"],
+            )
+
+        @bolt.event("app_mention")
+        async def on_mention(body: dict[str, Any], event: dict[str, Any]) -> None:
+            self._handle(
+                SlashCommand(
+                    event_id=body.get("event_id", f"mention:{event.get('ts')}"),
+                    actor=Actor("slack", event.get("user", "")),
+                    channel=event["channel"],
+                    text="help",
+                ),
+                reply_in=event["channel"],
+            )
+
+    def _reaction(self, body: dict[str, Any], event: dict[str, Any], kind: type) -> None:
+        item = event.get("item") or {}
+        if item.get("type") != "message" or not event.get("user"):
+            return
+        self._handle(
+            kind(
+                event_id=body.get("event_id", ""),
+                actor=Actor("slack", event["user"]),
+                channel=item["channel"],
+                message_platform_id=item["ts"],
+                emoji=event.get("reaction", ""),
+            ),
+            reply_in=item["channel"],
+        )
+
+    def _handle(self, event: InboundEvent, *, reply_in: str) -> None:
+        """Commit the event; answers to it go privately, through the outbox."""
+        replies = [r for r in self.app.dispatcher.handle(event) if not r.quiet]
+        if not replies:
+            return
+        with self.app.db.transaction() as session:
+            for reply in replies:
+                outbox.notice(
+                    session,
+                    platform=self.name,
+                    channel=reply_in,
+                    recipient=event.actor.qualified,
+                    template=reply.template,
+                    context=reply.context,
+                )
+        self.app.sender.wakeup.wake()
+
+    # -- outbound ---------------------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        text = self.renderer.render(delivery.template, delivery.context)
+        try:
+            if delivery.kind == "notice":
+                await self.client.chat_postEphemeral(
+                    channel=delivery.channel,
+                    user=(delivery.recipient or "").removeprefix("slack:"),
+                    text=headline(text),
+                    blocks=to_blocks(text),
+                )
+                return None
+            long = len(text) > ATTACH_OVER
+            shown = text[: SECTION_LIMIT - 200].rsplit("\n", 1)[0] if long else text
+            if long:
+                shown += "\n_… the full text is attached in this thread_"
+            message = self._message(delivery.template, delivery.context, shown)
+            if delivery.kind == "update":
+                await self.client.chat_update(
+                    channel=delivery.channel, ts=delivery.platform_id or "", **message
+                )
+                return None
+            response = await self.client.chat_postMessage(
+                channel=delivery.channel,
+                thread_ts=delivery.thread_platform_id,
+                unfurl_links=False,
+                unfurl_media=False,
+                **message,
+            )
+            ts = str(response["ts"])
+            if long:
+                await self._attach(delivery, text, thread_ts=delivery.thread_platform_id or ts)
+            return ts
+        except SlackApiError as exc:
+            raise self._delivery_error(exc) from None
+        except (SlackClientError, OSError, TimeoutError) as exc:
+            raise DeliveryError(f"Slack unreachable: {type(exc).__name__}") from None
+
+    def _message(self, template: str, context: dict[str, Any], text: str) -> dict[str, Any]:
+        blocks = to_blocks(text)
+        if template == "run_card":
+            colour = STATUS_COLOURS.get(str(context.get("status")), "#1d9bd1")
+            return {
+                "text": headline(text),
+                "blocks": [],
+                "attachments": [{"color": colour, "blocks": blocks}],
+            }
+        return {"text": headline(text), "blocks": blocks}
+
+    async def _attach(self, delivery: Delivery, text: str, *, thread_ts: str) -> None:
+        name = f"{delivery.template}-{delivery.ref or 'message'}.md"
+        try:
+            await self.client.files_upload_v2(
+                channel=delivery.channel,
+                thread_ts=thread_ts,
+                content=text,
+                filename=name,
+                title=name,
+            )
+        except SlackApiError as exc:
+            # The message itself is posted; the full text stays in the database and in
+            # `/crew status`. Posting it again would duplicate the card.
+            log.error("could not attach %s: %s", name, exc.response.get("error"))
+
+    @staticmethod
+    def _delivery_error(exc: SlackApiError) -> DeliveryError:
+        status = exc.response.status_code
+        error = str(exc.response.get("error") or f"HTTP {status}")
+        if status == 429:
+            after = exc.response.headers.get("Retry-After") or exc.response.headers.get(
+                "retry-after"
+            )
+            return DeliveryError("Slack rate limit", retry_after=float(after) if after else 1.0)
+        if status >= 500:
+            return DeliveryError(f"Slack answered {status}")
+        return DeliveryError(f"Slack refused it: {error}", permanent=error in PERMANENT_ERRORS)
+
+    async def aclose(self) -> None:
+        session = getattr(self.client, "session", None)
+        if session is not None and not session.closed:
+            await session.close()

@@ -1,0 +1,323 @@
+"""Slack end to end: the real Bolt app in HTTP mode (and Socket Mode), really signed requests,
+a local fake of the Slack Web API reached through SLACK_API_URL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bot.app import App, build_app
+from bot.config_file import ConfigError
+from bot.http import web_app
+from bot.platforms.slack import SCOPES, SlackPlatform, slack_settings
+from bot.settings import Settings
+from storage import models
+from tests.conftest import make_config
+from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack, fake_slack
+from tests.fakes.slack_signing import (
+    SIGNING_SECRET,
+    WORKSPACE,
+    event_callback,
+    reaction_added,
+    signed_form,
+    signed_json,
+    slash_command,
+    thread_message,
+    url_verification,
+)
+
+CHANNEL = "C0CONTENT1"
+ALICE, EDITH, ERIC, MALLORY = "U0ALICE001", "U0EDITH001", "U0ERIC0001", "U0MALLORY1"
+
+
+@dataclass
+class SlackBot:
+    app: App
+    slack: FakeSlack
+    url: str
+    http: aiohttp.ClientSession
+
+    async def command(self, text: str, user: str = ALICE) -> tuple[int, dict[str, Any]]:
+        body, headers = signed_form(slash_command(text, user_id=user, channel_id=CHANNEL))
+        async with self.http.post(self.url, data=body, headers=headers) as resp:
+            return resp.status, (await resp.json() if resp.status == 200 else {})
+
+    async def event(self, payload: dict[str, Any], **kwargs: Any) -> int:
+        body, headers = signed_json(payload, **kwargs)
+        async with self.http.post(self.url, data=body, headers=headers) as resp:
+            return resp.status
+
+    async def wait(self) -> None:
+        await self.app.wait_idle(timeout=30)
+
+    def top(self) -> list[Any]:
+        return self.slack.top_level(CHANNEL)
+
+    def thread(self) -> list[Any]:
+        return self.slack.thread(CHANNEL, self.top()[0].ts)
+
+    def ts_of(self, kind: str, index: int = -1) -> str:
+        with self.app.db.read() as s:
+            from sqlmodel import select
+
+            rows = s.exec(select(models.Message).where(models.Message.kind == kind)).all()
+            ts = rows[index].platform_id
+            assert ts is not None
+            return ts
+
+    def run(self, run_id: int = 1) -> models.Run:
+        with self.app.db.read() as s:
+            run = s.get(models.Run, run_id)
+            assert run is not None
+            return run
+
+
+def slack_env(db_url: str, tmp_path: Path, api_url: str, **extra: Any) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        crewchief_database_url=db_url,
+        crewchief_config=tmp_path / "absent.yml",
+        crewchief_llm="offline",
+        slack_bot_token=BOT_TOKEN,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_api_url=api_url,
+        **extra,
+    )
+
+
+def build(settings: Settings, config: dict[str, Any] | None = None) -> tuple[App, SlackPlatform]:
+    app = build_app(
+        settings,
+        config=make_config(config),
+        default_approvers=[f"slack:{EDITH}", f"slack:{ERIC}"],
+    )
+    platform = SlackPlatform(app, slack_settings(settings))
+    app.add_platform(platform)
+    return app, platform
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    # The fake refuses any method whose scope the manifest does not declare (missing_scope).
+    async with fake_slack(channels=[CHANNEL], scopes=SCOPES) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def bot(db_url: str, tmp_path: Path, slack: FakeSlack) -> AsyncIterator[SlackBot]:
+    app, platform = build(slack_env(db_url, tmp_path, slack.api_url))
+    runner = web.AppRunner(web_app(app, platform))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with app.running(), aiohttp.ClientSession() as http:
+        yield SlackBot(app, slack, f"http://127.0.0.1:{port}/slack/events", http)
+    await runner.cleanup()
+    await app.aclose()
+
+
+async def test_walkthrough_in_slack_http_mode(bot: SlackBot) -> None:
+    started = time.monotonic()
+    status, answer = await bot.command("run blog-post Why heat pumps beat gas boilers")
+    assert status == 200 and time.monotonic() - started < 3
+    assert "run 1 (blog-post) started" in answer["text"]
+    await bot.wait()
+    card = bot.top()[0]
+    assert "blog-post" in card.text
+    thread = bot.thread()
+    assert [m.thread_ts for m in thread] == [card.ts] * len(thread)
+    draft1 = thread[-1]
+    draft_text = " ".join(b["text"]["text"] for b in draft1.blocks or [])
+    assert "draft v1" in draft_text and ":repeat: send back" in draft_text
+
+    # an editor replies in the thread, then sends the draft back
+    await bot.event(
+        thread_message(
+            user=EDITH, text="shorter, add a cost table", channel=CHANNEL, thread_ts=card.ts
+        )
+    )
+    await bot.event(reaction_added(user=EDITH, reaction="repeat", channel=CHANNEL, ts=draft1.ts))
+    await bot.wait()
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    v2_ts = bot.ts_of("draft")
+    assert v2_ts != draft1.ts
+    v2 = bot.slack.message(CHANNEL, v2_ts)
+    assert "| Cost item" in " ".join(b["text"]["text"] for b in v2.blocks or [])
+
+    # another editor approves v2: the cards are edited in place, publishing happens once
+    await bot.event(
+        reaction_added(user=ERIC, reaction="white_check_mark", channel=CHANNEL, ts=v2_ts)
+    )
+    await bot.wait()
+    run = bot.run()
+    assert run.status == models.RunStatus.SUCCEEDED and run.decided_by == f"slack:{ERIC}"
+    assert bot.slack.message(CHANNEL, card.ts).edits, "the run card was never edited"
+    locked = " ".join(b["text"]["text"] for b in bot.slack.message(CHANNEL, v2_ts).blocks or [])
+    assert "approved" in locked and ":repeat: send back" not in locked
+    assert len(bot.slack.calls_to("chat.update")) >= 3
+    published = [m for m in bot.thread() if "published" in m.text.lower()]
+    assert len(published) == 1
+
+
+@pytest.mark.parametrize(
+    "headers_change",
+    ["unsigned", "wrong-secret", "six-minutes-old"],
+)
+async def test_badly_signed_requests_are_refused_with_no_effect(
+    bot: SlackBot, headers_change: str
+) -> None:
+    fields = slash_command("run research-brief heat pumps", channel_id=CHANNEL)
+    if headers_change == "wrong-secret":
+        body, headers = signed_form(fields, secret="not-the-secret")
+    elif headers_change == "six-minutes-old":
+        body, headers = signed_form(fields, timestamp=int(time.time()) - 360)
+    else:
+        body, headers = signed_form(fields)
+        headers = {"Content-Type": headers["Content-Type"]}
+    async with bot.http.post(bot.url, data=body, headers=headers) as resp:
+        assert resp.status == 401
+    await bot.wait()
+    assert bot.slack.calls_to("chat.postMessage") == []
+    with bot.app.db.read() as s:
+        assert s.get(models.Run, 1) is None
+
+
+async def test_url_verification_and_health(bot: SlackBot) -> None:
+    body, headers = signed_json(url_verification("ch4ll3ng3"))
+    async with bot.http.post(bot.url, data=body, headers=headers) as resp:
+        assert resp.status == 200 and "ch4ll3ng3" in await resp.text()
+    base = bot.url.removesuffix("/slack/events")
+    async with bot.http.get(base + "/healthz") as resp:
+        assert resp.status == 200 and (await resp.json())["ok"] is True
+    await bot.command("run research-brief heat pumps")
+    await bot.wait()
+    async with bot.http.get(base + "/metrics") as resp:
+        text = await resp.text()
+    assert 'crewchief_runs{status="succeeded"} 1' in text
+    assert "crewchief_outbox_pending 0" in text
+
+
+async def test_the_same_event_delivered_three_times_has_one_effect(bot: SlackBot) -> None:
+    await bot.command("run blog-post heat pumps")
+    await bot.wait()
+    draft_ts = bot.ts_of("draft")
+    payload = reaction_added(user=EDITH, reaction="white_check_mark", channel=CHANNEL, ts=draft_ts)
+    for retry in (None, 1, 2):
+        assert await bot.event(payload, retry_num=retry) == 200
+    await bot.wait()
+    with bot.app.db.read() as s:
+        from sqlmodel import select
+
+        assert len(s.exec(select(models.ApprovalVote)).all()) == 1
+    assert bot.run().status == models.RunStatus.SUCCEEDED
+    assert len([m for m in bot.thread() if "published" in m.text.lower()]) == 1
+
+
+async def test_an_outsiders_reaction_is_answered_ephemerally(bot: SlackBot) -> None:
+    await bot.command("run blog-post heat pumps")
+    await bot.wait()
+    draft_ts = bot.ts_of("draft")
+    await bot.event(
+        reaction_added(user=MALLORY, reaction="white_check_mark", channel=CHANNEL, ts=draft_ts)
+    )
+    await bot.wait()
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    notes = [e for e in bot.slack.ephemerals if e.user == MALLORY]
+    assert len(notes) == 1 and "only the approvers" in notes[0].text
+
+
+async def test_rate_limited_posts_are_delivered_once_and_in_order(bot: SlackBot) -> None:
+    bot.slack.script_rate_limit("chat.postMessage", retry_after=1, times=1)
+    await bot.command("run research-brief heat pumps")
+    await bot.wait()
+    posts = [c for c in bot.slack.calls_to("chat.postMessage") if c.ok]
+    assert len(posts) == 2  # the run card, then the notes in its thread
+    card, notes = bot.slack.top_level(CHANNEL)[0], bot.thread()
+    assert len(notes) == 1 and notes[0].thread_ts == card.ts
+    assert bot.run().status == models.RunStatus.SUCCEEDED
+
+
+async def test_llm_text_is_escaped_so_it_cannot_ping_or_link(bot: SlackBot) -> None:
+    await bot.command("run research-brief <!channel> hello <@U123> <https://evil.example|bank>")
+    await bot.wait()
+    everything = " ".join(
+        m.text + " ".join(b.get("text", {}).get("text", "") for b in m.blocks or [])
+        for m in bot.slack.messages[CHANNEL]
+    )
+    assert "&lt;!channel&gt;" in everything
+    for live in ("<!channel>", "<@U123>", "<https://evil"):
+        assert live not in everything
+
+
+async def test_app_mention_answers_with_help(bot: SlackBot) -> None:
+    from tests.fakes.slack_signing import app_mention
+
+    await bot.event(app_mention(user=ALICE, text=f"<@{WORKSPACE.bot_user_id}> hi", channel=CHANNEL))
+    await bot.wait()
+    shown = [
+        " ".join(b["text"]["text"] for b in e.blocks or [])
+        for e in bot.slack.ephemerals
+        if e.user == ALICE
+    ]
+    assert len(shown) == 1 and "/crew run &lt;workflow&gt; &lt;text&gt;" in shown[0]
+
+
+def test_missing_and_malformed_settings_are_named(tmp_path: Path) -> None:
+    base = {"_env_file": None}
+    with pytest.raises(ConfigError, match="SLACK_BOT_TOKEN is not set"):
+        slack_settings(Settings(**base))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="starts with xoxb-"):
+        slack_settings(Settings(**base, slack_bot_token="xoxp-user-token"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="SLACK_SIGNING_SECRET is not set"):
+        slack_settings(Settings(**base, slack_bot_token=BOT_TOKEN))  # type: ignore[arg-type]
+    socket = slack_settings(
+        Settings(**base, slack_bot_token=BOT_TOKEN, slack_app_token=APP_TOKEN)  # type: ignore[arg-type]
+    )
+    assert socket.socket_mode
+
+
+async def test_socket_mode_command_and_reaction(
+    db_url: str, tmp_path: Path, slack: FakeSlack
+) -> None:
+    from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+    settings = slack_env(db_url, tmp_path, slack.api_url, slack_app_token=APP_TOKEN)
+    app, platform = build(settings)
+    handler = AsyncSocketModeHandler(platform.bolt, APP_TOKEN)
+    async with app.running():
+        await handler.connect_async()
+        await slack.wait_for_socket()
+        ack = await slack.push_envelope(
+            "slash_commands", slash_command("run blog-post heat pumps", channel_id=CHANNEL)
+        )
+        assert "run 1 (blog-post) started" in str(ack.get("payload"))
+        await app.wait_idle(timeout=30)
+        with app.db.read() as s:
+            from sqlmodel import select
+
+            draft = s.exec(select(models.Message).where(models.Message.kind == "draft")).one()
+        await slack.push_envelope(
+            "events_api",
+            event_callback(
+                reaction_added(
+                    user=EDITH,
+                    reaction="white_check_mark",
+                    channel=CHANNEL,
+                    ts=draft.platform_id or "",
+                )["event"]
+            ),
+        )
+        await app.wait_idle(timeout=30)
+        with app.db.read() as s:
+            run = s.get(models.Run, 1)
+            assert run is not None and run.status == models.RunStatus.SUCCEEDED
+        await handler.close_async()
+    await app.aclose()
