@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlmodel import Session, col, select
 
@@ -555,7 +556,7 @@ class Engine:
                     "approved_by": run.decided_by,
                 },
             )
-            location = target.url
+            location = urlsplit(target.url).netloc  # a webhook URL often holds a secret
         cards.post_in_thread(
             session,
             run,

@@ -141,3 +141,44 @@ def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "database is up to date" in done.stdout
     assert (tmp_path / "crewchief.db").exists()
+
+
+def test_manifest_command_prints_socket_and_http_manifests(tmp_path: Path) -> None:
+    import yaml
+
+    from bot.manifest import build_manifest
+
+    socket = crewchief(tmp_path, "manifest")
+    assert yaml.safe_load(socket.stdout) == build_manifest()
+    http = crewchief(tmp_path, "manifest", "--url", "https://bot.example.com")
+    data = yaml.safe_load(http.stdout)
+    assert data["settings"]["event_subscriptions"]["request_url"] == (
+        "https://bot.example.com/slack/events"
+    )
+    bad = crewchief(tmp_path, "manifest", "--url", "bot.example.com")
+    assert bad.returncode == 2 and "https://" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "SLACK_BOT_TOKEN is not set"),
+        ({"SLACK_BOT_TOKEN": "xoxb-1"}, "SLACK_SIGNING_SECRET is not set"),
+        (
+            {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xoxb-2"},
+            "SLACK_APP_TOKEN does not look",
+        ),
+    ],
+)
+def test_start_names_a_missing_or_malformed_slack_setting(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    done = crewchief(tmp_path, "start", "--platform", "slack", env=env)
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert "xoxb-2" not in done.stderr  # a token is named, never printed
+
+
+def test_start_rejects_unknown_platforms(tmp_path: Path) -> None:
+    done = crewchief(tmp_path, "start", "--platform", "irc")
+    assert done.returncode == 2 and "unknown platform 'irc'" in done.stderr

@@ -321,3 +321,118 @@ async def test_socket_mode_command_and_reaction(
             assert run is not None and run.status == models.RunStatus.SUCCEEDED
         await handler.close_async()
     await app.aclose()
+
+
+def draft_context(content: str) -> dict[str, Any]:
+    return {
+        "run_id": 1,
+        "step": "draft",
+        "agent": "writer",
+        "version": 1,
+        "content": content,
+        "feedback": None,
+        "offline": False,
+        "approvers": [f"slack:{EDITH}"],
+        "quorum": 1,
+        "decision": None,
+        "decided_by": None,
+    }
+
+
+async def test_long_drafts_are_split_and_very_long_ones_attached(
+    db_url: str, tmp_path: Path, slack: FakeSlack
+) -> None:
+    from bot.platforms.base import Delivery
+
+    app, platform = build(slack_env(db_url, tmp_path, slack.api_url))
+    paragraph = "Heat pumps move heat instead of making it. " * 20
+    medium = "\n\n".join([paragraph] * 10)  # about 8,600 characters
+    ts = await platform.deliver(
+        Delivery(kind="post", channel=CHANNEL, template="draft", context=draft_context(medium))
+    )
+    blocks = slack.message(CHANNEL, ts or "").blocks or []
+    assert 3 <= len(blocks) <= 50
+    assert all(len(b["text"]["text"]) <= 3000 for b in blocks)
+    assert slack.files == {}
+
+    huge = "\n\n".join([paragraph] * 80)  # about 69,000 characters
+    ts = await platform.deliver(
+        Delivery(kind="post", channel=CHANNEL, template="draft", context=draft_context(huge), ref=7)
+    )
+    shown = " ".join(b["text"]["text"] for b in slack.message(CHANNEL, ts or "").blocks or [])
+    assert "the full text is attached" in shown
+    assert ":white_check_mark: approve" in shown  # the hint people act on survives the cut
+    [upload] = slack.files.values()
+    assert upload.content is not None and len(upload.content.decode()) >= len(huge)
+    assert upload.filename == "draft-7.md"
+    await platform.aclose()
+    await app.aclose()
+
+
+async def test_crewchief_start_serves_slack_http_until_sigterm(
+    db_url: str, tmp_path: Path, slack: FakeSlack
+) -> None:
+    """The real `crewchief start` process: a signed command in, a run card out, a clean stop."""
+    import asyncio
+    import os
+    import signal
+    import socket
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CREWCHIEF_"))},
+        "CREWCHIEF_DATABASE_URL": db_url,
+        "CREWCHIEF_LLM": "offline",
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "CREWCHIEF_APPROVERS": f"slack:{EDITH}",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "start",
+        "--platform",
+        "slack",
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(url + "/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+            body, headers = signed_form(
+                slash_command("run research-brief heat pumps", channel_id=CHANNEL)
+            )
+            async with http.post(url + "/slack/events", data=body, headers=headers) as resp:
+                assert resp.status == 200
+            for _ in range(200):
+                if (
+                    len(
+                        slack.thread(CHANNEL, slack.top_level(CHANNEL)[0].ts)
+                        if slack.top_level(CHANNEL)
+                        else []
+                    )
+                    == 1
+                ):
+                    break
+                await asyncio.sleep(0.05)
+        assert "research-brief" in slack.top_level(CHANNEL)[0].text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert BOT_TOKEN not in err.decode() and SIGNING_SECRET not in err.decode()

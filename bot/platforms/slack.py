@@ -61,6 +61,8 @@ SECTION_LIMIT = 3000  # characters of mrkdwn per section block
 BLOCK_LIMIT = 50  # blocks per message
 TEXT_LIMIT = 3900  # the notification `text`, under Slack's 4,000 guidance
 ATTACH_OVER = 12_000  # longer messages post a preview and attach the whole text as a file
+PREVIEW_HEAD = 2_500
+PREVIEW_TAIL = 600
 
 STATUS_COLOURS = {
     "succeeded": "#2eb886",
@@ -161,6 +163,14 @@ def to_blocks(text: str) -> list[dict[str, Any]]:
     if len(chunks) > BLOCK_LIMIT:
         chunks = [*chunks[: BLOCK_LIMIT - 1], "_… cut here: the full text is attached_"]
     return [{"type": "section", "text": {"type": "mrkdwn", "text": c}} for c in chunks]
+
+
+def preview(text: str) -> str:
+    """The start of a long message and its last lines (a draft's reaction hint and approvers),
+    with a pointer to the attached full text."""
+    head = text[:PREVIEW_HEAD].rsplit("\n", 1)[0]
+    tail = "\n".join(text[-PREVIEW_TAIL:].splitlines()[1:])
+    return f"{head}\n\n_… cut here: the full text is attached in this thread_\n\n{tail}"
 
 
 def headline(text: str) -> str:
@@ -306,9 +316,7 @@ class SlackPlatform:
                 )
                 return None
             long = len(text) > ATTACH_OVER
-            shown = text[: SECTION_LIMIT - 200].rsplit("\n", 1)[0] if long else text
-            if long:
-                shown += "\n_… the full text is attached in this thread_"
+            shown = preview(text) if long else text
             message = self._message(delivery.template, delivery.context, shown)
             if delivery.kind == "update":
                 await self.client.chat_update(
