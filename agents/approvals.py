@@ -7,15 +7,21 @@ whole vote, so racing reactions are counted one after the other and decide once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from agents.engine import Engine, audit
+from agents import cards
+from agents.engine import Engine
 from storage import outbox
+from storage.audit import audit
 from storage.models import (
     ApprovalVote,
     Message,
@@ -26,6 +32,10 @@ from storage.models import (
     ThreadReply,
     Vote,
 )
+
+log = logging.getLogger(__name__)
+
+DEADLINE_POLL = 1.0  # seconds between checks of approval timeouts
 
 DECISIONS = {Vote.APPROVE: "approved", Vote.REJECT: "rejected", Vote.REVISE: "sent back"}
 
@@ -198,10 +208,146 @@ class ApprovalService:
             if count < policy.quorum:
                 return Outcome("counted", context={"count": count, "quorum": policy.quorum})
         feedback = self.latest_reply(session, run, who) if vote == Vote.REVISE else None
-        decided = self.engine.decide(
+        decided = self.decide(
             session, run, step, DECISIONS[vote], who, reason=reason, feedback=feedback
         )
         return Outcome("decided" if decided else "duplicate")
+
+    # -- timeouts and decisions -----------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Watch approval deadlines until `stop` is set."""
+        while not stop.is_set():
+            try:
+                self.check_deadlines()
+            except Exception:
+                log.exception("approval deadlines could not be checked; retrying shortly")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), DEADLINE_POLL)
+
+    def check_deadlines(self) -> int:
+        """Escalate or reject drafts whose approval waited past its timeout."""
+        handled = 0
+        now = self.engine.clock()
+        with self.engine.db.transaction() as session:
+            due = session.exec(
+                select(Step)
+                .where(
+                    Step.status == StepStatus.AWAITING_APPROVAL,
+                    col(Step.deadline_at).is_not(None),
+                    col(Step.deadline_at) <= now,
+                    col(Step.escalated).is_(False),
+                )
+                .with_for_update()
+            ).all()
+            for step in due:
+                run = session.get(Run, step.run_id)
+                assert run is not None and run.id is not None
+                policy = self.engine.step_spec(run, step).approval
+                assert policy is not None
+                handled += 1
+                if policy.on_timeout == "reject":
+                    self.decide(
+                        session, run, step, "rejected", "timeout", reason="approval timed out"
+                    )
+                    continue
+                step.escalated = True
+                session.add(step)
+                waited = int((now - (step.awaiting_since or now)).total_seconds())
+                cards.post_in_thread(
+                    session,
+                    run,
+                    key=f"run:{run.id}:step:{step.position}:v{step.version}:reminder",
+                    kind="reminder",
+                    step=step,
+                    version=step.version,
+                    context={
+                        "version": step.version,
+                        "waited_s": waited,
+                        "approvers": sorted(self.engine.approvers(policy)),
+                    },
+                )
+                audit(session, "crewchief", "approval.escalated", run.id, version=step.version)
+            if handled:
+                self.engine.after_commit(session)
+        return handled
+
+    def decide(
+        self,
+        session: Session,
+        run: Run,
+        step: Step,
+        decision: str,
+        who: str,
+        reason: str | None = None,
+        feedback: str | None = None,
+    ) -> bool:
+        """Apply a decision on the current draft: one conditional update, first one wins."""
+        now = self.engine.clock()
+        target = {
+            "approved": StepStatus.SUCCEEDED,
+            "rejected": StepStatus.REJECTED,
+            "sent back": StepStatus.PENDING,
+        }[decision]
+        result = session.execute(
+            update(Step)
+            .where(
+                col(Step.id) == step.id,
+                col(Step.status) == StepStatus.AWAITING_APPROVAL,
+                col(Step.version) == step.version,
+            )
+            .values(status=target, decided_by=who)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return False
+        session.refresh(step)
+        self.engine.lock_draft(session, run, step, decision, who)
+        cards.post_in_thread(
+            session,
+            run,
+            key=f"run:{run.id}:step:{step.position}:v{step.version}:decision",
+            kind="decision",
+            step=step,
+            version=step.version,
+            context={
+                "version": step.version,
+                "decision": decision,
+                "decided_by": who,
+                "reason": reason,
+                "feedback": feedback,
+            },
+        )
+        audit(
+            session,
+            who,
+            f"draft.{decision.replace(' ', '_')}",
+            run.id,
+            version=step.version,
+            reason=reason,
+        )
+        run.decided_by = who
+        if decision == "approved":
+            self.engine.advance(session, run, step, now)
+        elif decision == "rejected":
+            step.finished_at = now
+            session.add(step)
+            run.status = RunStatus.REJECTED
+            run.error = reason
+            run.finished_at = run.updated_at = now
+            session.add(run)
+            cards.refresh_run_card(session, run, now, offline=self.engine.offline)
+        else:
+            step.feedback = feedback
+            step.available_at = now
+            step.deadline_at = None
+            session.add(step)
+            run.status = RunStatus.RUNNING
+            run.updated_at = now
+            session.add(run)
+            cards.refresh_run_card(session, run, now, offline=self.engine.offline)
+        self.engine.after_commit(session)
+        return True
 
     def latest_reply(self, session: Session, run: Run, who: str) -> str | None:
         reply = session.exec(

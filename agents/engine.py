@@ -10,26 +10,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from sqlmodel import Session, col, select
+from sqlalchemy import event
+from sqlmodel import Session, select
 
 from agents import cards
+from agents.budgets import BudgetExceeded, check_budget
 from agents.config import ApprovalPolicy, CrewConfig, StepSpec, WorkflowSpec
 from agents.llm import Completion, LLMError, LLMProvider
 from agents.prompts import build_request
+from agents.publishing import publish, write_atomically
 from agents.wakeup import Wakeup
 from storage import outbox
+from storage.audit import audit
 from storage.db import Database
 from storage.models import (
-    AuditEntry,
     DraftVersion,
     LLMCall,
     Run,
@@ -38,15 +39,11 @@ from storage.models import (
     StepStatus,
     utcnow,
 )
-from storage.queries import claim_step, next_wakeup, spend_since
+from storage.queries import claim_step, next_wakeup
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-
-
-class BudgetExceeded(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -147,7 +144,7 @@ class Engine:
         session.flush()
         audit(session, requester, "run.started", run.id, workflow=workflow)
         cards.post_run_card(session, run, now, offline=self.offline)
-        self._after_commit(session)
+        self.after_commit(session)
         return run
 
     def cancel(self, session: Session, run: Run, who: str) -> None:
@@ -164,14 +161,14 @@ class Engine:
                 StepStatus.AWAITING_APPROVAL,
             ):
                 if step.status == StepStatus.AWAITING_APPROVAL:
-                    self._lock_draft(session, run, step, "cancelled", who)
+                    self.lock_draft(session, run, step, "cancelled", who)
                 step.status = StepStatus.CANCELLED
                 step.lease_owner = None
                 step.finished_at = now
                 session.add(step)
         audit(session, who, "run.cancelled", run.id)
         cards.refresh_run_card(session, run, now, offline=self.offline)
-        self._after_commit(session)
+        self.after_commit(session)
 
     def retry(self, session: Session, run: Run, who: str) -> Step | None:
         """Make the failed step runnable again; None when nothing failed."""
@@ -195,18 +192,17 @@ class Engine:
         session.add(run)
         audit(session, who, "run.retried", run.id, step=failed.name)
         cards.refresh_run_card(session, run, now, offline=self.offline)
-        self._after_commit(session)
+        self.after_commit(session)
         return failed
 
     # -- the workers ----------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Run the workers and the deadline watcher until `stop` is set."""
+        """Run the workers until `stop` is set."""
         tasks = [
             asyncio.create_task(self._worker(stop, i), name=f"crewchief-worker-{i}")
             for i in range(self.config.engine.workers)
         ]
-        tasks.append(asyncio.create_task(self._deadlines(stop), name="crewchief-deadlines"))
         try:
             await stop.wait()
         finally:
@@ -226,14 +222,6 @@ class Engine:
                 worked = False
             if not worked:
                 await self.wakeup.wait(self._idle_timeout())
-
-    async def _deadlines(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.check_deadlines()
-            except Exception:
-                log.exception("approval deadlines could not be checked; retrying shortly")
-            await asyncio.sleep(1.0)
 
     def _idle_timeout(self) -> float:
         with self.db.read() as session:
@@ -300,7 +288,7 @@ class Engine:
             run.updated_at = now
             session.add(run)
             cards.refresh_run_card(session, run, now, offline=self.offline)
-            self._after_commit(session, engine=False)
+            self.after_commit(session, engine=False)
             return Claimed(
                 step_id=step.id,
                 run_id=run.id,
@@ -318,27 +306,10 @@ class Engine:
             )
 
     def _check_budget(self, run_id: int) -> None:
-        budgets = self.config.budgets
         with self.db.read() as session:
             run = session.get(Run, run_id)
             assert run is not None
-            if budgets.per_run_usd is not None and run.cost_usd >= budgets.per_run_usd:
-                raise BudgetExceeded(
-                    f"budget: this run has spent ${run.cost_usd:.4f} of its "
-                    f"${budgets.per_run_usd:.4f} cap"
-                )
-            if budgets.per_run_tokens is not None and run.tokens >= budgets.per_run_tokens:
-                raise BudgetExceeded(
-                    f"budget: this run has used {run.tokens} of its {budgets.per_run_tokens} tokens"
-                )
-            if budgets.per_day_usd is not None:
-                now = self.clock()
-                spent = spend_since(session, now.replace(hour=0, minute=0, second=0, microsecond=0))
-                if spent >= budgets.per_day_usd:
-                    raise BudgetExceeded(
-                        f"budget: ${spent:.4f} spent today of the ${budgets.per_day_usd:.4f} "
-                        "daily cap"
-                    )
+            check_budget(session, self.config.budgets, run, self.clock())
 
     def _call_row(
         self, claimed: Claimed, completion: Completion | None, error: str | None
@@ -405,7 +376,7 @@ class Engine:
             context={"step": step.name, "agent": step.agent, "error": error},
         )
         cards.refresh_run_card(session, run, now, offline=self.offline)
-        self._after_commit(session)
+        self.after_commit(session)
 
     def _complete(self, claimed: Claimed, completion: Completion) -> None:
         spec = claimed.spec
@@ -426,7 +397,15 @@ class Engine:
                 self._await_approval(session, run, step, spec.approval, completion.text, now)
             else:
                 if spec.publish is not None:
-                    publish_file = self._publish(session, run, step, completion.text, now)
+                    publish_file = publish(
+                        session,
+                        run,
+                        step,
+                        spec.publish,
+                        completion.text,
+                        version=self._approved_version(session, run, step),
+                        offline=self.offline,
+                    )
                 else:
                     cards.post_in_thread(
                         session,
@@ -445,7 +424,7 @@ class Engine:
             if publish_file is not None:
                 path, content = publish_file
                 write_atomically(path, content)
-            self._after_commit(session)
+            self.after_commit(session)
 
     def _await_approval(
         self,
@@ -508,7 +487,7 @@ class Engine:
             "decided_by": decided_by,
         }
 
-    def _lock_draft(self, session: Session, run: Run, step: Step, decision: str, who: str) -> None:
+    def lock_draft(self, session: Session, run: Run, step: Step, decision: str, who: str) -> None:
         """Edit the current draft card to show the decision; it takes no more votes."""
         assert run.id is not None
         message = cards.draft_message(session, run.id, step, step.version)
@@ -527,51 +506,11 @@ class Engine:
             },
         )
 
-    def _publish(
-        self, session: Session, run: Run, step: Step, text: str, now: datetime
-    ) -> tuple[Path, str] | None:
-        """Publish the approved text once per run; a folder file is written before the commit
-        (same path and content on a retry, so writing it again is harmless)."""
-        assert run.id is not None
-        target = self.step_spec(run, step).publish
-        assert target is not None
-        key = f"{run.id}:{step.name}:{step.version or 1}"
-        location = "this thread"
-        file: tuple[Path, str] | None = None
-        if target.to == "folder" and target.path:
-            path = Path(target.path).expanduser() / f"{run.id:05d}-{slugify(run.text)}.md"
-            file = (path, text)
-            location = str(path)
-        elif target.to == "webhook" and target.url:
-            outbox.webhook(
-                session,
-                key=key,
-                url=target.url,
-                payload={
-                    "run_id": run.id,
-                    "workflow": run.workflow,
-                    "topic": run.text,
-                    "content": text,
-                    "requester": run.requester,
-                    "approved_by": run.decided_by,
-                },
-            )
-            location = urlsplit(target.url).netloc  # a webhook URL often holds a secret
-        cards.post_in_thread(
-            session,
-            run,
-            key=f"run:{run.id}:published",
-            kind="published",
-            step=step,
-            context={
-                "to": target.to,
-                "location": location,
-                "content": text,
-                "offline": self.offline,
-            },
-        )
-        audit(session, "crewchief", "run.published", run.id, to=target.to, key=key)
-        return file
+    def _approved_version(self, session: Session, run: Run, step: Step) -> int:
+        """The version of the last draft approved before `step` (1 when none needed approval)."""
+        earlier = [s for s in cards.steps_of(session, run.id or 0) if s.position < step.position]
+        approved = [s.version for s in earlier if self.step_spec(run, s).approval]
+        return approved[-1] if approved else 1
 
     def advance(self, session: Session, run: Run, step: Step, now: datetime) -> None:
         """Mark `step` done and make the next one runnable, or finish the run."""
@@ -595,165 +534,19 @@ class Engine:
         session.add(run)
         cards.refresh_run_card(session, run, now, offline=self.offline)
 
-    # -- approval deadlines --------------------------------------------------------------
+    def after_commit(self, session: Session, *, engine: bool = True) -> None:
+        """Wake the outbox sender (and the workers) once this transaction has committed."""
+        wake = session.info.setdefault("crewchief_wake", set())
+        if not wake:
+            outbox_wakeup, engine_wakeup = self.outbox_wakeup, self.wakeup
 
-    def check_deadlines(self) -> int:
-        """Escalate or reject drafts whose approval waited past its timeout."""
-        handled = 0
-        now = self.clock()
-        with self.db.transaction() as session:
-            due = session.exec(
-                select(Step)
-                .where(
-                    Step.status == StepStatus.AWAITING_APPROVAL,
-                    col(Step.deadline_at).is_not(None),
-                    col(Step.deadline_at) <= now,
-                    col(Step.escalated).is_(False),
-                )
-                .with_for_update()
-            ).all()
-            for step in due:
-                run = session.get(Run, step.run_id)
-                assert run is not None and run.id is not None
-                policy = self.step_spec(run, step).approval
-                assert policy is not None
-                handled += 1
-                if policy.on_timeout == "reject":
-                    self.decide(
-                        session, run, step, "rejected", "timeout", reason="approval timed out"
-                    )
-                    continue
-                step.escalated = True
-                session.add(step)
-                waited = int((now - (step.awaiting_since or now)).total_seconds())
-                cards.post_in_thread(
-                    session,
-                    run,
-                    key=f"run:{run.id}:step:{step.position}:v{step.version}:reminder",
-                    kind="reminder",
-                    step=step,
-                    version=step.version,
-                    context={
-                        "version": step.version,
-                        "waited_s": waited,
-                        "approvers": sorted(self.approvers(policy)),
-                    },
-                )
-                audit(session, "crewchief", "approval.escalated", run.id, version=step.version)
-            if handled:
-                self._after_commit(session)
-        return handled
+            def on_commit(_session: Session) -> None:
+                outbox_wakeup.wake()
+                if "engine" in wake:
+                    engine_wakeup.wake()
+                wake.clear()
 
-    # -- decisions (called by the approval service, inside its transaction) -----------
-
-    def decide(
-        self,
-        session: Session,
-        run: Run,
-        step: Step,
-        decision: str,
-        who: str,
-        reason: str | None = None,
-        feedback: str | None = None,
-    ) -> bool:
-        """Apply a decision on the current draft: one conditional update, first one wins."""
-        from sqlalchemy import update
-
-        now = self.clock()
-        target = {
-            "approved": StepStatus.SUCCEEDED,
-            "rejected": StepStatus.REJECTED,
-            "sent back": StepStatus.PENDING,
-        }[decision]
-        result = session.execute(
-            update(Step)
-            .where(
-                col(Step.id) == step.id,
-                col(Step.status) == StepStatus.AWAITING_APPROVAL,
-                col(Step.version) == step.version,
-            )
-            .values(status=target, decided_by=who)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(result, "rowcount", 0) != 1:
-            return False
-        session.refresh(step)
-        self._lock_draft(session, run, step, decision, who)
-        cards.post_in_thread(
-            session,
-            run,
-            key=f"run:{run.id}:step:{step.position}:v{step.version}:decision",
-            kind="decision",
-            step=step,
-            version=step.version,
-            context={
-                "version": step.version,
-                "decision": decision,
-                "decided_by": who,
-                "reason": reason,
-                "feedback": feedback,
-            },
-        )
-        audit(
-            session,
-            who,
-            f"draft.{decision.replace(' ', '_')}",
-            run.id,
-            version=step.version,
-            reason=reason,
-        )
-        run.decided_by = who
-        if decision == "approved":
-            self.advance(session, run, step, now)
-        elif decision == "rejected":
-            step.finished_at = now
-            session.add(step)
-            run.status = RunStatus.REJECTED
-            run.error = reason
-            run.finished_at = run.updated_at = now
-            session.add(run)
-            cards.refresh_run_card(session, run, now, offline=self.offline)
-        else:
-            step.feedback = feedback
-            step.available_at = now
-            step.deadline_at = None
-            session.add(step)
-            run.status = RunStatus.RUNNING
-            run.updated_at = now
-            session.add(run)
-            cards.refresh_run_card(session, run, now, offline=self.offline)
-        self._after_commit(session)
-        return True
-
-    def _after_commit(self, session: Session, *, engine: bool = True) -> None:
-        """Wake the workers and the outbox sender once this transaction has committed."""
-        wake_outbox = self.outbox_wakeup.wake
-        wake_engine = self.wakeup.wake
-
-        def on_commit(_session: Session) -> None:
-            wake_outbox()
-            if engine:
-                wake_engine()
-
-        from sqlalchemy import event
-
-        if not event.contains(session, "after_commit", on_commit):
             event.listen(session, "after_commit", on_commit, once=True)
-
-
-def audit(session: Session, actor: str, action: str, run_id: int | None, **detail: Any) -> None:
-    session.add(
-        AuditEntry(actor=actor, action=action, run_id=run_id, detail=detail, at=datetime.now(UTC))
-    )
-
-
-def slugify(text: str, limit: int = 60) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:limit].rstrip("-") or "run"
-
-
-def write_atomically(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(content, encoding="utf-8")
-    tmp.replace(path)
+        wake.add("outbox")
+        if engine:
+            wake.add("engine")

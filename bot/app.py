@@ -68,6 +68,7 @@ class App:
         tasks = [
             asyncio.create_task(self.engine.serve(stop), name="crewchief-engine"),
             asyncio.create_task(self.sender.serve(stop), name="crewchief-outbox"),
+            asyncio.create_task(self.approvals.serve(stop), name="crewchief-deadlines"),
         ]
         try:
             yield

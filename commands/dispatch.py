@@ -12,11 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from agents.approvals import ApprovalService
-from agents.engine import Engine, audit
+from agents.engine import Engine
 from commands.events import InboundEvent, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
 from commands.handlers import REGISTRY, Context
 from commands.spec import Reply, UsageError
 from storage import models
+from storage.audit import audit
 
 log = logging.getLogger(__name__)
 

@@ -189,12 +189,12 @@ async def test_approval_timeout_escalates_once_with_a_reminder(bot_factory) -> N
     bot: Bot = bot_factory(policy(timeout="2h", on_timeout="escalate"), clock=clock)
     async with bot.app.running():
         await started(bot)
-        assert bot.app.engine.check_deadlines() == 0
+        assert bot.app.approvals.check_deadlines() == 0
         clock.advance(hours=2, seconds=1)
-        assert bot.app.engine.check_deadlines() == 1
+        assert bot.app.approvals.check_deadlines() == 1
         out = await bot.wait()
         assert "has waited 2h 00m for a decision · @ed, @eve, @fay" in out
-        assert bot.app.engine.check_deadlines() == 0  # once
+        assert bot.app.approvals.check_deadlines() == 0  # once
         assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
         assert len(bot.messages("reminder")) == 1
     await bot.app.aclose()
@@ -206,7 +206,7 @@ async def test_approval_timeout_can_reject(bot_factory) -> None:
     async with bot.app.running():
         await started(bot)
         clock.advance(minutes=31)
-        assert bot.app.engine.check_deadlines() == 1
+        assert bot.app.approvals.check_deadlines() == 1
         out = await bot.wait()
         run = bot.run()
         assert run.status == models.RunStatus.REJECTED
