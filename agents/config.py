@@ -119,6 +119,7 @@ class Reactions(Strict):
 class Engine(Strict):
     workers: int = Field(default=4, ge=1, le=256)
     llm_concurrency: int = Field(default=4, ge=1, le=256)
+    senders: int = Field(default=4, ge=1, le=64)  # concurrent outbox deliveries
     lease: Duration = timedelta(minutes=10)  # longer than an LLM call with its retries
     max_attempts: int = Field(default=3, ge=1)
 

@@ -67,8 +67,11 @@ class App:
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(self.engine.serve(stop), name="crewchief-engine"),
-            asyncio.create_task(self.sender.serve(stop), name="crewchief-outbox"),
             asyncio.create_task(self.approvals.serve(stop), name="crewchief-deadlines"),
+            *(
+                asyncio.create_task(self.sender.serve(stop), name=f"crewchief-outbox-{i}")
+                for i in range(self.config.engine.senders)
+            ),
         ]
         try:
             yield
