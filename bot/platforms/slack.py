@@ -195,7 +195,6 @@ class SlackPlatform:
             ],
         )
         self.bolt = AsyncApp(
-            token=settings.bot_token,
             signing_secret=settings.signing_secret or "socket-mode-needs-no-signing-secret",
             client=self.client,
             process_before_response=True,
