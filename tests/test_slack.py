@@ -436,3 +436,33 @@ async def test_crewchief_start_serves_slack_http_until_sigterm(
         _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 0, err.decode()
     assert BOT_TOKEN not in err.decode() and SIGNING_SECRET not in err.decode()
+
+
+async def test_the_bots_own_reactions_and_messages_are_ignored(bot: SlackBot) -> None:
+    await bot.command("run blog-post heat pumps")
+    await bot.wait()
+    card_ts, draft_ts = bot.ts_of("run_card"), bot.ts_of("draft")
+    await bot.event(
+        reaction_added(
+            user=WORKSPACE.bot_user_id, reaction="white_check_mark", channel=CHANNEL, ts=draft_ts
+        )
+    )
+    bot_reply = thread_message(
+        user=WORKSPACE.bot_user_id, text="a note", channel=CHANNEL, thread_ts=card_ts
+    )
+    bot_reply["event"]["bot_id"] = WORKSPACE.bot_id
+    await bot.event(bot_reply)
+    await bot.wait()
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    with bot.app.db.read() as s:
+        from sqlmodel import select
+
+        assert s.exec(select(models.ApprovalVote)).all() == []
+        assert s.exec(select(models.ThreadReply)).all() == []
+        assert (
+            s.exec(
+                select(models.AuditEntry).where(models.AuditEntry.action == "vote.refused")
+            ).all()
+            == []
+        )
+    assert [e for e in bot.slack.ephemerals if e.user == WORKSPACE.bot_user_id] == []
