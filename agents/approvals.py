@@ -12,6 +12,7 @@ import contextlib
 import logging
 import unicodedata
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import update
@@ -32,6 +33,7 @@ from storage.models import (
     ThreadReply,
     Vote,
 )
+from storage.queries import lock_run
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ class ApprovalService:
                 f"{emoji} means nothing to crewchief here; use {self.hint()} · "
                 f"{self.engine.config.reactions.cancel[0]} cancel",
             )
-        run = session.get(Run, message.run_id) if message.run_id else None
+        run = lock_run(session, message.run_id) if message.run_id else None
         if run is None:
             return Outcome("ignored", "that message does not belong to a run")
         if vote == Vote.CANCEL:
@@ -103,8 +105,9 @@ class ApprovalService:
     def reaction_removed(self, session: Session, who: str, message: Message, emoji: str) -> Outcome:
         """Removing a reaction before the decision withdraws that vote; after it, nothing."""
         vote = self.vote_for(emoji)
-        if vote is None or vote == Vote.CANCEL or message.step_id is None:
+        if vote is None or vote == Vote.CANCEL or message.step_id is None or not message.run_id:
             return Outcome("ignored")
+        lock_run(session, message.run_id)
         step = self._lock_step(session, message.step_id)
         if step.status != StepStatus.AWAITING_APPROVAL or step.version != message.version:
             return Outcome("ignored")
@@ -156,8 +159,10 @@ class ApprovalService:
         if step.status != StepStatus.AWAITING_APPROVAL or version != step.version:
             current = f" (v{step.version} is the current draft)" if step.version else ""
             return Outcome("ignored", f"that draft is no longer waiting for a decision{current}")
-        policy = self.engine.step_spec(run, step).approval
-        assert policy is not None
+        spec = self.engine.spec_for(run, step)
+        if spec is None or spec.approval is None:
+            return Outcome("ignored", f"workflow {run.workflow!r} is no longer configured")
+        policy = spec.approval
         approvers = self.engine.approvers(policy)
         refusal = None
         if who not in approvers:
@@ -226,51 +231,63 @@ class ApprovalService:
                 await asyncio.wait_for(stop.wait(), DEADLINE_POLL)
 
     def check_deadlines(self) -> int:
-        """Escalate or reject drafts whose approval waited past its timeout."""
-        handled = 0
+        """Escalate or reject drafts whose approval waited past its timeout.
+
+        Each draft is handled in a transaction of its own that locks the run, then the step,
+        and looks again: a decision that landed meanwhile wins.
+        """
         now = self.engine.clock()
-        with self.engine.db.transaction() as session:
+        with self.engine.db.read() as session:
             due = session.exec(
-                select(Step)
+                select(Step.id, Step.run_id)
                 .where(
                     Step.status == StepStatus.AWAITING_APPROVAL,
                     col(Step.deadline_at).is_not(None),
                     col(Step.deadline_at) <= now,
                     col(Step.escalated).is_(False),
                 )
-                .with_for_update()
+                .order_by(col(Step.id))
             ).all()
-            for step in due:
-                run = session.get(Run, step.run_id)
-                assert run is not None and run.id is not None
-                policy = self.engine.step_spec(run, step).approval
-                assert policy is not None
-                handled += 1
-                if policy.on_timeout == "reject":
-                    self.decide(
-                        session, run, step, "rejected", "timeout", reason="approval timed out"
-                    )
-                    continue
-                step.escalated = True
-                session.add(step)
-                waited = int((now - (step.awaiting_since or now)).total_seconds())
-                cards.post_in_thread(
-                    session,
-                    run,
-                    key=f"run:{run.id}:step:{step.position}:v{step.version}:reminder",
-                    kind="reminder",
-                    step=step,
-                    version=step.version,
-                    context={
-                        "version": step.version,
-                        "waited_s": waited,
-                        "approvers": sorted(self.engine.approvers(policy)),
-                    },
-                )
-                audit(session, "crewchief", "approval.escalated", run.id, version=step.version)
-            if handled:
-                self.engine.after_commit(session)
+        handled = 0
+        for step_id, run_id in due:
+            assert step_id is not None
+            with self.engine.db.transaction() as session:
+                handled += self._timeout(session, run_id, step_id, now)
         return handled
+
+    def _timeout(self, session: Session, run_id: int, step_id: int, now: datetime) -> int:
+        run = lock_run(session, run_id)
+        step = self._lock_step(session, step_id)
+        if run is None or step.status != StepStatus.AWAITING_APPROVAL or step.escalated:
+            return 0
+        spec = self.engine.spec_for(run, step)
+        if spec is None or spec.approval is None:
+            step.escalated = True  # its workflow is gone: nothing to escalate to
+            session.add(step)
+            return 0
+        policy = spec.approval
+        if policy.on_timeout == "reject":
+            self.decide(session, run, step, "rejected", "timeout", reason="approval timed out")
+            return 1
+        step.escalated = True
+        session.add(step)
+        waited = int((now - (step.awaiting_since or now)).total_seconds())
+        cards.post_in_thread(
+            session,
+            run,
+            key=f"run:{run.id}:step:{step.position}:v{step.version}:reminder",
+            kind="reminder",
+            step=step,
+            version=step.version,
+            context={
+                "version": step.version,
+                "waited_s": waited,
+                "approvers": sorted(self.engine.approvers(policy)),
+            },
+        )
+        audit(session, "crewchief", "approval.escalated", run.id, version=step.version)
+        self.engine.after_commit(session)
+        return 1
 
     def decide(
         self,
@@ -339,6 +356,7 @@ class ApprovalService:
             cards.refresh_run_card(session, run, now, offline=self.engine.offline)
         else:
             step.feedback = feedback
+            step.attempts = 0  # a new version is new work, not a retry of the old one
             step.available_at = now
             step.deadline_at = None
             session.add(step)

@@ -11,6 +11,8 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 import yaml
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -47,12 +49,42 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What a prompt template may use; a custom prompt is rendered with these at load time, so a
+# typo (`{{ topik }}`) stops start-up with the key named instead of failing a run later.
+PROMPT_SAMPLE: dict[str, Any] = {
+    "topic": "a topic",
+    "inputs": {"research": "notes", "draft": "a draft"},
+    "version": 2,
+    "feedback": "shorter",
+    "previous": "an earlier draft",
+    "approved": "an approved draft",
+    "role": "writer",
+    "agent": "writer",
+}
+
+
+def check_prompt(template: str | None) -> str | None:
+    if template is None:
+        return None
+    try:
+        SandboxedEnvironment(undefined=StrictUndefined).from_string(template).render(PROMPT_SAMPLE)
+    except TemplateSyntaxError as exc:
+        raise ValueError(
+            f"not a valid Jinja2 template (line {exc.lineno}): {exc.message}"
+        ) from None
+    except TemplateError as exc:
+        raise ValueError(f"{exc}; a prompt may use {', '.join(sorted(PROMPT_SAMPLE))}") from None
+    return template
+
+
 class AgentSpec(Strict):
     role: str
     model: str = "gpt-4o-mini"
     prompt: str | None = None  # a Jinja2 template replacing the role's built-in prompt
     system: str | None = None
     max_output_tokens: int | None = Field(default=None, gt=0)
+
+    _prompt = field_validator("prompt", "system")(check_prompt)
 
 
 class ApprovalPolicy(Strict):

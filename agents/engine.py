@@ -14,19 +14,19 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlmodel import Session, select
+from jinja2 import TemplateError
+from sqlalchemy import event, update
+from sqlmodel import Session, col, select
 
 from agents import cards
 from agents.budgets import BudgetExceeded, check_budget
 from agents.config import ApprovalPolicy, CrewConfig, StepSpec, WorkflowSpec
 from agents.llm import Completion, LLMError, LLMProvider
 from agents.prompts import build_request
-from agents.publishing import publish, write_atomically
-from agents.wakeup import Wakeup
+from agents.publishing import Publication, Publisher, PublishError, record
+from agents.wakeup import Wakeup, seconds_until
 from storage import outbox
 from storage.audit import audit
 from storage.db import Database
@@ -39,7 +39,7 @@ from storage.models import (
     StepStatus,
     utcnow,
 )
-from storage.queries import claim_step, next_wakeup
+from storage.queries import claim_step, lock_run, next_step_due
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,19 @@ Clock = Callable[[], datetime]
 
 @dataclass(frozen=True)
 class Claimed:
+    """What a worker needs to run a step with no transaction open."""
+
     step_id: int
     run_id: int
+    agent: str
     spec: StepSpec
+    approved_version: int
+    run: dict[str, Any]
     request_kwargs: dict[str, Any]
+
+
+class _RunBusy(Exception):
+    """The run is locked by a decision in progress; the claim is rolled back."""
 
 
 class Engine:
@@ -65,6 +74,7 @@ class Engine:
         clock: Clock = utcnow,
         wakeup: Wakeup | None = None,
         outbox_wakeup: Wakeup | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.db = db
         self.config = config
@@ -73,6 +83,7 @@ class Engine:
         self.clock = clock
         self.wakeup = wakeup or Wakeup()
         self.outbox_wakeup = outbox_wakeup or Wakeup()
+        self.publisher = publisher or Publisher()
         self.owner = f"worker-{uuid.uuid4().hex[:8]}"
         self._llm_slots = asyncio.Semaphore(config.engine.llm_concurrency)
 
@@ -86,7 +97,18 @@ class Engine:
         return self.config.workflows[name]
 
     def step_spec(self, run: Run, step: Step) -> StepSpec:
-        return self.workflow(run.workflow).steps[step.position]
+        spec = self.spec_for(run, step)
+        if spec is None:
+            raise LookupError(f"workflow {run.workflow!r} is no longer configured")
+        return spec
+
+    def spec_for(self, run: Run, step: Step) -> StepSpec | None:
+        """The step's spec, or None when crewchief.yml no longer has it (renamed, removed)."""
+        workflow = self.config.workflows.get(run.workflow)
+        if workflow is None or step.position >= len(workflow.steps):
+            return None
+        spec = workflow.steps[step.position]
+        return spec if spec.name == step.name else None
 
     def approvers(self, policy: ApprovalPolicy) -> set[str]:
         return self.config.members(policy.approvers or self.default_approvers)
@@ -102,8 +124,9 @@ class Engine:
         """Cancel and retry: the requester, the run's approvers and admins."""
         if who == run.requester or self.is_admin(who):
             return True
-        wf = self.workflow(run.workflow)
-        return any(who in self.approvers(s.approval) for s in wf.steps if s.approval)
+        wf = self.config.workflows.get(run.workflow)
+        steps = wf.steps if wf else []
+        return any(who in self.approvers(s.approval) for s in steps if s.approval)
 
     # -- starting, cancelling, retrying (called inside the caller's transaction) ---------
 
@@ -198,7 +221,7 @@ class Engine:
     # -- the workers ----------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Run the workers until `stop` is set."""
+        """Run the workers until `stop` is set; steps in flight are handed back."""
         tasks = [
             asyncio.create_task(self._worker(stop, i), name=f"crewchief-worker-{i}")
             for i in range(self.config.engine.workers)
@@ -221,89 +244,150 @@ class Engine:
                 log.exception("worker %s: a step could not be processed; retrying shortly", index)
                 worked = False
             if not worked:
-                await self.wakeup.wait(self._idle_timeout())
-
-    def _idle_timeout(self) -> float:
-        with self.db.read() as session:
-            due = next_wakeup(session)
-        if due is None:
-            return 5.0
-        return max(0.05, min(5.0, (due - self.clock()).total_seconds()))
+                with self.db.read() as session:
+                    due = next_step_due(session)
+                await self.wakeup.wait(seconds_until(due, self.clock()))
 
     async def work_once(self) -> bool:
-        """Claim one step and run it to its next state. False when nothing was runnable."""
+        """Claim one step and take it to its next state. False when nothing was runnable."""
         claimed = self._claim()
         if claimed is None:
             return False
         try:
-            self._check_budget(claimed.run_id)
-            async with self._llm_slots:
-                completion = await self.llm.complete(build_request(**claimed.request_kwargs))
-        except BudgetExceeded as exc:
-            self._fail(claimed, str(exc), call=None)
-        except LLMError as exc:
-            self._fail(claimed, str(exc), call=self._call_row(claimed, None, str(exc)))
-        else:
-            self._complete(claimed, completion)
+            await self._execute(claimed)
+        except asyncio.CancelledError:
+            self._release(claimed)  # a graceful stop: another worker takes it at once
+            raise
+        except Exception as exc:
+            log.exception("step %s of run %s failed unexpectedly", claimed.step_id, claimed.run_id)
+            self._fail(claimed, f"internal error ({type(exc).__name__}); see the bot's log")
         return True
 
+    async def _execute(self, claimed: Claimed) -> None:
+        try:
+            self._check_budget(claimed.run_id)
+            request = build_request(**claimed.request_kwargs)
+        except BudgetExceeded as exc:
+            self._fail(claimed, str(exc))
+            return
+        except TemplateError as exc:
+            self._fail(claimed, f"the prompt of agent {claimed.agent!r} failed to render: {exc}")
+            return
+        try:
+            async with self._llm_slots:
+                completion = await self.llm.complete(request)
+        except LLMError as exc:
+            self._record_call(claimed, None, str(exc))
+            self._fail(claimed, str(exc))
+            return
+        self._record_call(claimed, completion, None)
+        publication: Publication | None = None
+        if claimed.spec.publish is not None:
+            publication = Publication(
+                key=f"{claimed.run_id}:{claimed.spec.name}:{claimed.approved_version}",
+                content=claimed.request_kwargs["approved"] or completion.text,
+                notes=completion.text,
+                version=claimed.approved_version,
+            )
+            try:
+                await self.publisher.perform(claimed.spec.publish, claimed.run, publication)
+            except PublishError as exc:
+                self._fail(claimed, str(exc))
+                return
+        self._complete(claimed, completion, publication)
+
     def _claim(self) -> Claimed | None:
-        with self.db.transaction() as session:
-            now = self.clock()
-            step = claim_step(
+        try:
+            with self.db.transaction() as session:
+                return self._claim_in(session)
+        except _RunBusy:
+            return None
+
+    def _claim_in(self, session: Session) -> Claimed | None:
+        now = self.clock()
+        step = claim_step(
+            session,
+            owner=self.owner,
+            now=now,
+            lease=self.config.engine.lease,
+            skip_locked=self.db.is_postgres,
+        )
+        if step is None:
+            return None
+        run = lock_run(session, step.run_id, skip_locked=self.db.is_postgres)
+        if run is None:
+            raise _RunBusy  # someone is deciding on this run right now: roll back, try later
+        assert run.id is not None and step.id is not None
+        if RunStatus(run.status).finished:
+            step.status = StepStatus.CANCELLED
+            step.lease_owner = None
+            session.add(step)
+            return None
+        spec = self.spec_for(run, step)
+        agent = self.config.agents.get(step.agent)
+        if spec is None or agent is None:
+            self._fail_in(
                 session,
-                owner=self.owner,
-                now=now,
-                lease=self.config.engine.lease,
-                skip_locked=self.db.is_postgres,
+                run,
+                step,
+                f"workflow {run.workflow!r} (step {step.name}, agent {step.agent}) is no longer "
+                "configured in crewchief.yml",
             )
-            if step is None:
-                return None
-            run = session.get(Run, step.run_id)
-            assert run is not None and run.id is not None and step.id is not None
-            if RunStatus(run.status).finished:
-                step.status = StepStatus.CANCELLED
-                session.add(step)
-                return None
-            if step.attempts > self.config.engine.max_attempts:
-                self._fail_in(session, run, step, f"gave up after {step.attempts - 1} attempts")
-                return None
-            spec = self.step_spec(run, step)
-            steps = cards.steps_of(session, run.id)
-            inputs = {s.name: s.output or "" for s in steps if s.position < step.position}
-            approved = next(
-                (
-                    s.output
-                    for s in reversed(steps)
-                    if s.position < step.position
-                    and s.status == StepStatus.SUCCEEDED
-                    and self.step_spec(run, s).approval
-                ),
-                None,
+            return None
+        if step.attempts > self.config.engine.max_attempts:
+            self._fail_in(session, run, step, f"gave up after {step.attempts - 1} attempts")
+            return None
+        steps = cards.steps_of(session, run.id)
+        earlier = [s for s in steps if s.position < step.position]
+        approvals = [s for s in earlier if (sp := self.spec_for(run, s)) and sp.approval]
+        run.current_step = step.position
+        run.status = RunStatus.RUNNING
+        run.updated_at = now
+        session.add(run)
+        cards.refresh_run_card(session, run, now, offline=self.offline)
+        self.after_commit(session, engine=False)
+        return Claimed(
+            step_id=step.id,
+            run_id=run.id,
+            agent=step.agent,
+            spec=spec,
+            approved_version=approvals[-1].version if approvals else 1,
+            run={
+                "id": run.id,
+                "workflow": run.workflow,
+                "topic": run.text,
+                "requester": run.requester,
+                "approved_by": run.decided_by,
+            },
+            request_kwargs={
+                "name": step.agent,
+                "spec": agent,
+                "topic": run.text,
+                "inputs": {s.name: s.output or "" for s in earlier},
+                "version": step.version + 1 if spec.approval else 1,
+                "feedback": step.feedback,
+                "previous": step.output if spec.approval and step.version else None,
+                "approved": approvals[-1].output if approvals else None,
+            },
+        )
+
+    def _release(self, claimed: Claimed) -> None:
+        with self.db.transaction() as session:
+            session.execute(
+                update(Step)
+                .where(
+                    col(Step.id) == claimed.step_id,
+                    col(Step.status) == StepStatus.RUNNING,
+                    col(Step.lease_owner) == self.owner,
+                )
+                .values(
+                    status=StepStatus.PENDING,
+                    lease_owner=None,
+                    lease_until=None,
+                    attempts=Step.attempts - 1,
+                )
             )
-            version = step.version + 1 if spec.approval else 1
-            previous = step.output if spec.approval and step.version else None
-            run.current_step = step.position
-            run.status = RunStatus.RUNNING
-            run.updated_at = now
-            session.add(run)
-            cards.refresh_run_card(session, run, now, offline=self.offline)
-            self.after_commit(session, engine=False)
-            return Claimed(
-                step_id=step.id,
-                run_id=run.id,
-                spec=spec,
-                request_kwargs={
-                    "name": step.agent,
-                    "spec": self.config.agents[step.agent],
-                    "topic": run.text,
-                    "inputs": inputs,
-                    "version": version,
-                    "feedback": step.feedback,
-                    "previous": previous,
-                    "approved": approved,
-                },
-            )
+            self.after_commit(session)
 
     def _check_budget(self, run_id: int) -> None:
         with self.db.read() as session:
@@ -311,30 +395,40 @@ class Engine:
             assert run is not None
             check_budget(session, self.config.budgets, run, self.clock())
 
-    def _call_row(
-        self, claimed: Claimed, completion: Completion | None, error: str | None
-    ) -> LLMCall:
-        spec = self.config.agents[claimed.request_kwargs["name"]]
-        return LLMCall(
-            run_id=claimed.run_id,
-            step_id=claimed.step_id,
-            agent=claimed.request_kwargs["name"],
-            provider=completion.provider if completion else self.llm.name,
-            model=completion.model if completion else spec.model,
-            input_tokens=completion.input_tokens if completion else 0,
-            output_tokens=completion.output_tokens if completion else 0,
-            cost_usd=completion.cost_usd if completion else 0.0,
-            latency_ms=completion.latency_ms if completion else 0,
-            error=error,
-            created_at=self.clock(),
-        )
+    def _record_call(self, claimed: Claimed, done: Completion | None, error: str | None) -> None:
+        """Every call and its cost, in a transaction of its own: spending is never lost."""
+        with self.db.transaction() as session:
+            session.add(
+                LLMCall(
+                    run_id=claimed.run_id,
+                    step_id=claimed.step_id,
+                    agent=claimed.agent,
+                    provider=done.provider if done else self.llm.name,
+                    model=done.model if done else claimed.request_kwargs["spec"].model,
+                    input_tokens=done.input_tokens if done else 0,
+                    output_tokens=done.output_tokens if done else 0,
+                    cost_usd=done.cost_usd if done else 0.0,
+                    latency_ms=done.latency_ms if done else 0,
+                    error=error,
+                    created_at=self.clock(),
+                )
+            )
+            if done is not None:
+                session.execute(
+                    update(Run)
+                    .where(col(Run.id) == claimed.run_id)
+                    .values(
+                        cost_usd=Run.cost_usd + done.cost_usd,
+                        tokens=Run.tokens + done.input_tokens + done.output_tokens,
+                    )
+                )
 
     def _own(self, session: Session, claimed: Claimed) -> tuple[Run, Step] | None:
-        """The step and run, if this worker still holds the step's lease."""
+        """The run and step (locked in that order), if this worker still holds the lease."""
+        run = lock_run(session, claimed.run_id)
         step = session.exec(
             select(Step).where(Step.id == claimed.step_id).with_for_update()
         ).first()
-        run = session.get(Run, claimed.run_id)
         assert run is not None
         if step is None or step.status != StepStatus.RUNNING or step.lease_owner != self.owner:
             log.info("step %s of run %s: lease lost, result dropped", claimed.step_id, run.id)
@@ -346,10 +440,8 @@ class Engine:
             return None
         return run, step
 
-    def _fail(self, claimed: Claimed, error: str, call: LLMCall | None) -> None:
+    def _fail(self, claimed: Claimed, error: str) -> None:
         with self.db.transaction() as session:
-            if call is not None:
-                session.add(call)
             owned = self._own(session, claimed)
             if owned is None:
                 return
@@ -378,34 +470,24 @@ class Engine:
         cards.refresh_run_card(session, run, now, offline=self.offline)
         self.after_commit(session)
 
-    def _complete(self, claimed: Claimed, completion: Completion) -> None:
+    def _complete(
+        self, claimed: Claimed, completion: Completion, publication: Publication | None
+    ) -> None:
         spec = claimed.spec
-        publish_file: tuple[Path, str] | None = None
         with self.db.transaction() as session:
-            session.add(self._call_row(claimed, completion, None))
             owned = self._own(session, claimed)
             if owned is None:
                 return
             run, step = owned
             now = self.clock()
-            run.cost_usd += completion.cost_usd
-            run.tokens += completion.input_tokens + completion.output_tokens
             run.updated_at = now
             step.lease_owner = None
             step.output = completion.text
             if spec.approval is not None:
                 self._await_approval(session, run, step, spec.approval, completion.text, now)
             else:
-                if spec.publish is not None:
-                    publish_file = publish(
-                        session,
-                        run,
-                        step,
-                        spec.publish,
-                        completion.text,
-                        version=self._approved_version(session, run, step),
-                        offline=self.offline,
-                    )
+                if spec.publish is not None and publication is not None:
+                    record(session, run, step, spec.publish, publication, offline=self.offline)
                 else:
                     cards.post_in_thread(
                         session,
@@ -421,9 +503,6 @@ class Engine:
                         },
                     )
                 self.advance(session, run, step, now)
-            if publish_file is not None:
-                path, content = publish_file
-                write_atomically(path, content)
             self.after_commit(session)
 
     def _await_approval(
@@ -491,11 +570,9 @@ class Engine:
         """Edit the current draft card to show the decision; it takes no more votes."""
         assert run.id is not None
         message = cards.draft_message(session, run.id, step, step.version)
-        spec = self.step_spec(run, step)
-        if message is None or spec.approval is None:
+        spec = self.spec_for(run, step)
+        if message is None or spec is None or spec.approval is None:
             return
-        message.locked = True
-        session.add(message)
         outbox.update(
             session,
             message,
@@ -505,12 +582,6 @@ class Engine:
                 **self.draft_context(run, step, spec.approval, step.output or "", decision, who),
             },
         )
-
-    def _approved_version(self, session: Session, run: Run, step: Step) -> int:
-        """The version of the last draft approved before `step` (1 when none needed approval)."""
-        earlier = [s for s in cards.steps_of(session, run.id or 0) if s.position < step.position]
-        approved = [s.version for s in earlier if self.step_spec(run, s).approval]
-        return approved[-1] if approved else 1
 
     def advance(self, session: Session, run: Run, step: Step, now: datetime) -> None:
         """Mark `step` done and make the next one runnable, or finish the run."""

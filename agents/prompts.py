@@ -45,7 +45,10 @@ def build_request(
             prompt = _builtin.get_template(f"{spec.role}.j2").render(values)
         except TemplateNotFound:
             prompt = f"Task for the {spec.role} agent.\n\nTopic: {topic}\n"
-    system = spec.system or _builtin.get_template("system.j2").render(values)
+    if spec.system:
+        system = _custom.from_string(spec.system).render(values)
+    else:
+        system = _builtin.get_template("system.j2").render(values)
     return LLMRequest(
         agent=name,
         role=spec.role,

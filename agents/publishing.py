@@ -1,70 +1,158 @@
-"""Publishing an approved draft, once per run: to the thread, a folder or a webhook."""
+"""Publishing an approved draft, once per run: to the thread, a folder or a webhook.
+
+What is published is the approved draft itself, word for word: people approved that text, so
+no model may change it afterwards. The publisher agent's output travels alongside as notes.
+
+The publish step performs the effect (a file, an HTTP POST) before it records success, so a
+run turns green only once the content has really gone out. A retry repeats the effect under
+the same idempotency key `<run>:<step>:<version>`: the same file path and content, the same
+`Idempotency-Key` header, so a careful receiver applies it once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from sqlmodel import Session
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from agents import cards
 from agents.config import PublishTarget
-from storage import outbox
 from storage.audit import audit
 from storage.models import Run, Step
 
 
-def publish(
+class PublishError(Exception):
+    """The effect did not happen; the message is safe to show (no URL credentials)."""
+
+
+@dataclass(frozen=True)
+class Publication:
+    key: str
+    content: str  # the approved draft
+    notes: str  # the publisher agent's output
+    version: int
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Publisher:
+    """Performs publishing effects. One HTTP client for the process, closed with it."""
+
+    def __init__(self, *, timeout: float = 15.0, attempts: int = 4, max_wait: float = 30.0):
+        self.client = httpx.AsyncClient(timeout=timeout)
+        self.attempts = attempts
+        self.max_wait = max_wait
+
+    async def perform(self, target: PublishTarget, run: dict[str, Any], pub: Publication) -> None:
+        if target.to == "folder" and target.path:
+            path = folder_path(target.path, run["id"], run["topic"])
+            try:
+                await asyncio.to_thread(write_atomically, path, pub.content)
+            except OSError as exc:
+                raise PublishError(f"could not write {path}: {exc.strerror}") from None
+        elif target.to == "webhook" and target.url:
+            await self._post(target.url, run, pub)
+
+    async def _post(self, url: str, run: dict[str, Any], pub: Publication) -> None:
+        payload = {**run, "content": pub.content, "notes": pub.notes, "version": pub.version}
+        where = display_host(url)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=_wait(self.max_wait),
+            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._post_once(url, where, pub.key, payload)
+        except _Retryable as exc:
+            raise PublishError(f"{exc} (gave up after {self.attempts} tries)") from None
+
+    async def _post_once(self, url: str, where: str, key: str, payload: dict[str, Any]) -> None:
+        try:
+            response = await self.client.post(
+                url, json=payload, headers={"Idempotency-Key": key, "User-Agent": "crewchief"}
+            )
+        except httpx.HTTPError as exc:
+            raise _Retryable(f"webhook at {where} unreachable ({type(exc).__name__})") from None
+        if response.status_code == 429 or response.status_code >= 500:
+            after = response.headers.get("Retry-After", "")
+            raise _Retryable(
+                f"webhook at {where} answered {response.status_code}",
+                retry_after=float(after) if after.isdigit() else None,
+            )
+        if response.status_code >= 400:
+            raise PublishError(f"webhook at {where} refused it: {response.status_code}")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _wait(max_wait: float) -> Any:
+    backoff = wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=0.5)
+
+    def wait(state: Any) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return min(exc.retry_after, max_wait)
+        return float(backoff(state))
+
+    return wait
+
+
+def record(
     session: Session,
     run: Run,
     step: Step,
     target: PublishTarget,
-    text: str,
+    pub: Publication,
     *,
-    version: int,
     offline: bool,
-) -> tuple[Path, str] | None:
-    """Record the publication and its messages; return the file to write, if any.
-
-    The webhook goes through the outbox under the idempotency key `<run>:<step>:<version>`
-    (the approved draft's version). A folder file is written by the caller before the commit:
-    the same path and content on a retry, so writing it again is harmless.
-    """
+) -> None:
+    """The published card and the audit entry, in the step's completing transaction."""
     assert run.id is not None
-    key = f"{run.id}:{step.name}:{version}"
     location = "this thread"
-    file: tuple[Path, str] | None = None
     if target.to == "folder" and target.path:
-        path = Path(target.path).expanduser() / f"{run.id:05d}-{slugify(run.text)}.md"
-        file = (path, text)
-        location = str(path)
+        location = str(folder_path(target.path, run.id, run.text))
     elif target.to == "webhook" and target.url:
-        outbox.webhook(
-            session,
-            key=key,
-            url=target.url,
-            payload={
-                "run_id": run.id,
-                "workflow": run.workflow,
-                "topic": run.text,
-                "content": text,
-                "requester": run.requester,
-                "approved_by": run.decided_by,
-                "version": version,
-            },
-        )
-        location = urlsplit(target.url).netloc  # a webhook URL often holds a secret
+        location = display_host(target.url)
     cards.post_in_thread(
         session,
         run,
         key=f"run:{run.id}:published",
         kind="published",
         step=step,
-        context={"to": target.to, "location": location, "content": text, "offline": offline},
+        context={"to": target.to, "location": location, "content": pub.content, "offline": offline},
     )
-    audit(session, "crewchief", "run.published", run.id, to=target.to, key=key)
-    return file
+    audit(session, "crewchief", "run.published", run.id, to=target.to, key=pub.key)
+
+
+def folder_path(folder: str, run_id: int, topic: str) -> Path:
+    return Path(folder).expanduser() / f"{run_id:05d}-{slugify(topic)}.md"
+
+
+def display_host(url: str) -> str:
+    """Host and port only: a webhook URL's credentials, path and query often hold secrets."""
+    parts = urlsplit(url)
+    host = parts.hostname or "webhook"
+    return f"{host}:{parts.port}" if parts.port else host
 
 
 def slugify(text: str, limit: int = 60) -> str:

@@ -23,7 +23,6 @@ from bot.config_file import ConfigError, load_config
 from bot.delivery import OutboxSender
 from bot.platforms.base import Platform
 from bot.settings import Settings
-from bot.webhook import WebhookPublisher
 from commands.dispatch import Dispatcher
 from storage.db import Database
 from storage.models import utcnow
@@ -50,7 +49,7 @@ class App:
 
     def pending(self) -> int:
         with self.db.read() as session:
-            return pending_work(session)
+            return pending_work(session, list(self.platforms))
 
     async def wait_idle(self, timeout: float = 120.0) -> None:
         """Until nothing is runnable or undelivered (a run waiting for people is idle)."""
@@ -83,6 +82,7 @@ class App:
 
     async def aclose(self) -> None:
         await self.llm.aclose()
+        await self.engine.publisher.aclose()
         for platform in self.platforms.values():
             close = getattr(platform, "aclose", None)
             if close is not None:
@@ -135,5 +135,4 @@ def build_app(
     approvals = ApprovalService(engine)
     sender = OutboxSender(db, {}, wakeup=outbox_wakeup, clock=clock)
     app = App(settings, config, db, llm, engine, approvals, Dispatcher(engine, approvals), sender)
-    app.add_platform(WebhookPublisher())
     return app

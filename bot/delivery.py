@@ -7,27 +7,27 @@ platform refuses for a while (429, 5xx, network) waits and is tried again, never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from agents.engine import Clock
-from agents.wakeup import Wakeup
+from agents.wakeup import Wakeup, seconds_until
 from bot.platforms.base import Delivery, DeliveryError, Platform
 from storage.db import Database
 from storage.models import Message, Outbox, OutboxKind, OutboxStatus, utcnow
-from storage.queries import claim_outbox, next_wakeup
+from storage.queries import claim_outbox, next_delivery_due
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 10
 LEASE = timedelta(minutes=2)
+GIVE_UP_AFTER = timedelta(hours=24)  # a platform down longer than this is an incident
+MAX_BACKOFF = 300.0
 
 
 def backoff(attempts: int) -> timedelta:
-    return timedelta(seconds=min(300.0, 0.5 * 2 ** max(0, attempts - 1)))
+    return timedelta(seconds=min(MAX_BACKOFF, 0.5 * 2 ** max(0, attempts - 1)))
 
 
 class OutboxSender:
@@ -53,14 +53,9 @@ class OutboxSender:
                 log.exception("outbox: a delivery could not be processed; retrying shortly")
                 sent = False
             if not sent:
-                await self.wakeup.wait(self._idle_timeout())
-
-    def _idle_timeout(self) -> float:
-        with self.db.read() as session:
-            due = next_wakeup(session)
-        if due is None:
-            return 5.0
-        return max(0.02, min(5.0, (due - self.clock()).total_seconds()))
+                with self.db.read() as session:
+                    due = next_delivery_due(session, list(self.platforms))
+                await self.wakeup.wait(seconds_until(due, self.clock()))
 
     async def send_once(self) -> bool:
         """Deliver one row. False when nothing is deliverable right now."""
@@ -68,11 +63,7 @@ class OutboxSender:
         if claimed is None:
             return False
         row_id, delivery, platform_name = claimed
-        platform = self.platforms.get(platform_name)
-        if platform is None:
-            # Another replica serves this platform; hand the row back untouched.
-            self._release(row_id, self.clock() + timedelta(seconds=5))
-            return False
+        platform = self.platforms[platform_name]
         try:
             platform_id = await platform.deliver(delivery)
         except DeliveryError as exc:
@@ -92,6 +83,7 @@ class OutboxSender:
                 now=self.clock(),
                 lease=LEASE,
                 skip_locked=self.db.is_postgres,
+                platforms=list(self.platforms),
             )
             if row is None:
                 return None
@@ -142,7 +134,7 @@ class OutboxSender:
             row.lease_owner = None
             row.lease_until = None
             row.error = str(exc)
-            if exc.permanent or row.attempts >= MAX_ATTEMPTS:
+            if exc.permanent or self.clock() - row.created_at > GIVE_UP_AFTER:
                 row.status = OutboxStatus.FAILED
                 log.error("outbox row %s (%s) given up: %s", row_id, row.key, exc)
             else:
@@ -155,20 +147,3 @@ class OutboxSender:
                 log.warning("outbox row %s: %s; next try in %s", row_id, exc, wait)
             session.add(row)
         self.wakeup.wake()
-
-    def _release(self, row_id: int, when: datetime) -> None:
-        with self.db.transaction() as session:
-            row = session.get(Outbox, row_id)
-            assert row is not None
-            row.lease_owner = None
-            row.lease_until = None
-            row.attempts = max(0, row.attempts - 1)
-            row.available_at = when
-            session.add(row)
-
-
-async def drain(sender: OutboxSender) -> None:
-    """Deliver everything deliverable now (used by one-shot CLI commands)."""
-    with contextlib.suppress(asyncio.CancelledError):
-        while await sender.send_once():
-            pass

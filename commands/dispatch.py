@@ -15,7 +15,7 @@ from agents.approvals import ApprovalService
 from agents.engine import Engine
 from commands.events import InboundEvent, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
 from commands.handlers import REGISTRY, Context
-from commands.spec import Reply, UsageError
+from commands.spec import Refused, Reply, UsageError
 from storage import models
 from storage.audit import audit
 
@@ -38,7 +38,7 @@ class Dispatcher:
             # Nothing the bad input touched was committed; record only that we saw it.
             self._remember(event)
             return [usage_reply(exc)]
-        except PermissionError as exc:
+        except Refused as exc:
             self._remember(event)
             with self.engine.db.transaction() as session:
                 audit(session, event.actor.qualified, "command.refused", None, reason=str(exc))
@@ -66,7 +66,7 @@ class Dispatcher:
         if isinstance(event, SlashCommand):
             spec, args = REGISTRY.parse(event.text)
             if not spec.visible(ctx):
-                raise PermissionError(f"you may not run {spec.name}; /crew help lists what you may")
+                raise Refused(f"you may not run {spec.name}; /crew help lists what you may")
             return [spec.handler(ctx, args)]
         if isinstance(event, ThreadReply):
             return self._thread_reply(ctx, event)

@@ -12,9 +12,10 @@ from sqlmodel import Session, col, func, select
 from agents.approvals import ApprovalService
 from agents.engine import Engine
 from commands.events import Actor
-from commands.spec import Arg, CommandSpec, Registry, Reply, UsageError, did_you_mean
+from commands.refs import run_ref
+from commands.spec import Arg, CommandSpec, Refused, Registry, Reply, UsageError, did_you_mean
 from storage.models import ApprovalVote, Message, Run, RunStatus, Step, StepStatus, Vote
-from storage.queries import spend_since
+from storage.queries import lock_run, spend_since
 
 
 @dataclass
@@ -51,20 +52,21 @@ def _may_manage_any(ctx: Context) -> bool:
 
 
 def find_run(ctx: Context, ref: str) -> Run:
-    """`3` is run 3; `#12` is the run that message #12 belongs to."""
-    text = ref.strip()
-    run: Run | None = None
-    if text.startswith("#") and text[1:].isdigit():
-        message = ctx.session.get(Message, int(text[1:]))
-        run = ctx.session.get(Run, message.run_id) if message and message.run_id else None
-    elif text.removeprefix("run").isdigit():
-        run = ctx.session.get(Run, int(text.removeprefix("run")))
-    else:
+    """`3` is run 3; `#12` is the run that message #12 belongs to. The run comes back locked:
+    whatever the command decides about it is serialized with other decisions."""
+    parsed = run_ref(ref)
+    if parsed is None:
         raise UsageError(
-            f"{ref!r} is not a run: give its number, e.g. 3, or a message ref, e.g. #12"
+            f"{ref[:40]!r} is not a run: give its number, e.g. 3, or a message ref, e.g. #12"
         )
+    kind, number = parsed
+    run_id: int | None = number
+    if kind == "message":
+        message = ctx.session.get(Message, number)
+        run_id = message.run_id if message else None
+    run = lock_run(ctx.session, run_id) if run_id is not None else None
     if run is None:
-        raise UsageError(f"there is no run {ref}; {'/crew status'} lists recent runs")
+        raise UsageError(f"there is no run {ref}; /crew status lists recent runs")
     return run
 
 
@@ -112,7 +114,7 @@ def cmd_run(ctx: Context, args: dict[str, str]) -> Reply:
             suggestion=f"/crew run {suggestion} …" if suggestion else None,
         )
     if not ctx.engine.may_launch(name, ctx.who):
-        raise PermissionError(f"you may not launch {name}")
+        raise Refused(f"you may not launch {name}")
     text = args.get("text", "").strip()
     if not text:
         raise UsageError("run needs a text", usage=REGISTRY.parse("run x y")[0].usage)
@@ -150,7 +152,7 @@ def cmd_cancel(ctx: Context, args: dict[str, str]) -> Reply:
 def cmd_retry(ctx: Context, args: dict[str, str]) -> Reply:
     run = find_run(ctx, args["run"])
     if not ctx.engine.may_manage(run, ctx.who):
-        raise PermissionError("only the requester, the run's approvers or an admin can retry it")
+        raise Refused("only the requester, the run's approvers or an admin can retry it")
     if run.status != RunStatus.FAILED:
         return Reply("notice", {"text": f"run {run.id} is {run.status}; only failed runs retry"})
     step = ctx.engine.retry(ctx.session, run, ctx.who)

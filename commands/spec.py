@@ -66,6 +66,10 @@ class UsageError(Exception):
         self.suggestion = suggestion
 
 
+class Refused(Exception):
+    """The asker may not do this; the message says so (and the refusal is audited)."""
+
+
 def did_you_mean(word: str, choices: list[str]) -> str | None:
     found = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.5)
     return found[0] if found else None

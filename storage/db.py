@@ -70,6 +70,9 @@ class Database:
     def upgrade(self) -> None:
         """Apply every pending Alembic migration (idempotent: a current schema is left alone)."""
         with self.engine.begin() as conn:
+            if self.is_postgres:
+                # Replicas starting together: one migrates, the others wait, then find it done.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(74657201)")
             cfg = alembic_config(self.url.render_as_string(hide_password=False))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

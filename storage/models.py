@@ -53,7 +53,6 @@ class OutboxKind(StrEnum):
     POST = "post"  # a new message (Message row), possibly in a thread
     UPDATE = "update"  # edit a message already posted
     NOTICE = "notice"  # a private answer to one person (ephemeral / DM / shell aside)
-    WEBHOOK = "webhook"  # an HTTP POST carrying an Idempotency-Key
 
 
 class OutboxStatus(StrEnum):
@@ -155,7 +154,6 @@ class Message(SQLModel, table=True):
     version: int | None = None
     thread_of: int | None = None  # Message.id of the thread's parent (the run card)
     platform_id: str | None = Field(default=None, index=True)  # Slack ts, Discord id, ...
-    locked: bool = False
     created_at: datetime = Field(default_factory=utcnow)
 
 

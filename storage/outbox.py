@@ -110,22 +110,5 @@ def notice(
     )
 
 
-def webhook(session: Session, *, key: str, url: str, payload: dict[str, Any]) -> None:
-    """An HTTP POST delivered with `Idempotency-Key: key`, once per key."""
-    if session.exec(select(Outbox.id).where(Outbox.key == f"webhook:{key}")).first() is not None:
-        return
-    session.add(
-        Outbox(
-            key=f"webhook:{key}",
-            kind=OutboxKind.WEBHOOK,
-            platform="webhook",
-            channel=url,
-            order_key=f"webhook:{key}",
-            template="webhook",
-            context={"idempotency_key": key, "payload": payload},
-        )
-    )
-
-
 def _order_key(run_id: int | None) -> str:
     return f"run:{run_id}" if run_id is not None else f"solo:{uuid.uuid4().hex}"

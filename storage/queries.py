@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_
@@ -39,9 +40,16 @@ def claim_step(
 
 
 def claim_outbox(
-    session: Session, *, owner: str, now: datetime, lease: timedelta, skip_locked: bool
+    session: Session,
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    skip_locked: bool,
+    platforms: Collection[str] | None = None,
 ) -> Outbox | None:
-    """The oldest deliverable row whose earlier siblings (same order_key) are all done."""
+    """The oldest deliverable row whose earlier siblings (same order_key) are all done,
+    among the platforms this process serves."""
     earlier = aliased(Outbox)
     blocked = (
         select(earlier.id)
@@ -58,6 +66,8 @@ def claim_outbox(
         or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now),
         ~blocked,
     )
+    if platforms is not None:
+        ready = and_(ready, col(Outbox.platform).in_(platforms))
     query = select(Outbox).where(ready).order_by(col(Outbox.id)).limit(1)
     if skip_locked:
         query = query.with_for_update(skip_locked=True)
@@ -72,30 +82,39 @@ def claim_outbox(
     return row
 
 
-def next_wakeup(session: Session) -> datetime | None:
-    """When the earliest delayed step, delivery or approval deadline comes due."""
-    times = [
-        session.exec(
-            select(func.min(Step.available_at)).where(col(Step.status) == StepStatus.PENDING)
-        ).one(),
-        session.exec(
-            select(func.min(Step.lease_until)).where(col(Step.status) == StepStatus.RUNNING)
-        ).one(),
-        session.exec(
-            select(func.min(Step.deadline_at)).where(
-                col(Step.status) == StepStatus.AWAITING_APPROVAL
-            )
-        ).one(),
-        session.exec(
-            select(func.min(Outbox.available_at)).where(col(Outbox.status) == OutboxStatus.PENDING)
-        ).one(),
-    ]
-    found = [t for t in times if t is not None]
+def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run | None:
+    """The run, row-locked on PostgreSQL. Every transaction that changes a run locks it
+    first (then its steps), so decisions on one run are serialized and never deadlock.
+    With skip_locked, None means another transaction holds it right now."""
+    query = select(Run).where(Run.id == run_id).with_for_update(skip_locked=skip_locked)
+    return session.exec(query).first()
+
+
+def next_step_due(session: Session) -> datetime | None:
+    """When the earliest delayed step becomes runnable, or a worker's lease runs out."""
+    pending = session.exec(
+        select(func.min(Step.available_at)).where(col(Step.status) == StepStatus.PENDING)
+    ).one()
+    leased = session.exec(
+        select(func.min(Step.lease_until)).where(col(Step.status) == StepStatus.RUNNING)
+    ).one()
+    found = [t for t in (pending, leased) if t is not None]
     return min(found) if found else None
 
 
-def pending_work(session: Session) -> int:
-    """Runnable or running steps plus undelivered messages. Waiting for people is not work."""
+def next_delivery_due(session: Session, platforms: Collection[str]) -> datetime | None:
+    """When the earliest delayed (or leased) delivery for these platforms becomes due."""
+    waiting = session.exec(
+        select(func.min(func.coalesce(Outbox.lease_until, Outbox.available_at))).where(
+            col(Outbox.status) == OutboxStatus.PENDING, col(Outbox.platform).in_(platforms)
+        )
+    ).one()
+    return waiting
+
+
+def pending_work(session: Session, platforms: Collection[str] | None = None) -> int:
+    """Runnable or running steps plus undelivered messages (for `platforms`, when given: a
+    process cannot deliver another platform's messages). Waiting for people is not work."""
     steps = session.exec(
         select(func.count())
         .select_from(Step)

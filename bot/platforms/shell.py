@@ -22,6 +22,7 @@ from bot.escaping import escape_shell as escape_markup
 from bot.platforms.base import Delivery
 from bot.render import Renderer
 from commands.events import Actor, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
+from commands.refs import message_ref
 from commands.spec import Reply
 
 CHANNEL = "shell"
@@ -183,8 +184,8 @@ class ShellSession:
         self.platform.say(f"you are now {escape_markup(self.actor.qualified)}")
 
     def _ref(self, text: str) -> str | None:
-        text = text.strip().removeprefix("#")
-        return text if text.isdigit() else None
+        number = message_ref(text)
+        return str(number) if number is not None else None
 
     def _react(self, verb: str, rest: str) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +37,11 @@ from commands.events import (
     SlashCommand,
     ThreadReply,
 )
+from commands.spec import COMMAND
 from storage import outbox
 
 log = logging.getLogger(__name__)
 
-COMMAND = "/crew"
 # Exactly what the code below uses; manifest.yml must declare these and nothing else.
 SCOPES = frozenset(
     {
@@ -130,6 +131,17 @@ def slack_settings(settings: Settings) -> SlackSettings:
     return SlackSettings(token, secret, app_token, api_url)
 
 
+def event_id(body: dict[str, Any]) -> str:
+    """Slack's id for the delivery (the same on its retries); a fresh one if it has none,
+    so a malformed event can never be mistaken for an earlier one."""
+    return str(body.get("event_id") or f"noid:{uuid.uuid4().hex}")
+
+
+def unescape_slack(text: str) -> str:
+    """Slack sends `&`, `<`, `>` in people's text as entities; store what they typed."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def mention(who: str) -> str:
     if who.startswith("slack:"):
         return f"<@{who.removeprefix('slack:')}>"
@@ -210,10 +222,10 @@ class SlackPlatform:
         @bolt.command(COMMAND)
         async def on_command(ack: Any, command: dict[str, Any]) -> None:
             event = SlashCommand(
-                event_id=f"cmd:{command.get('trigger_id') or command.get('command_ts', '')}",
+                event_id=f"cmd:{command.get('trigger_id') or uuid.uuid4().hex}",
                 actor=Actor("slack", command["user_id"], command.get("user_name", "")),
                 channel=command["channel_id"],
-                text=command.get("text", ""),
+                text=unescape_slack(command.get("text", "")),
             )
             replies = self.app.dispatcher.handle(event)
             public = [r for r in replies if not r.private]
@@ -248,11 +260,11 @@ class SlackPlatform:
                 return  # only people's replies in a thread are feedback
             self._handle(
                 ThreadReply(
-                    event_id=body.get("event_id", f"msg:{event.get('ts')}"),
+                    event_id=event_id(body),
                     actor=Actor("slack", event["user"]),
                     channel=event["channel"],
                     thread_platform_id=thread_ts,
-                    text=event.get("text", ""),
+                    text=unescape_slack(event.get("text", "")),
                 ),
                 reply_in=event["channel"],
             )
@@ -261,7 +273,7 @@ class SlackPlatform:
         async def on_mention(body: dict[str, Any], event: dict[str, Any]) -> None:
             self._handle(
                 SlashCommand(
-                    event_id=body.get("event_id", f"mention:{event.get('ts')}"),
+                    event_id=event_id(body),
                     actor=Actor("slack", event.get("user", "")),
                     channel=event["channel"],
                     text="help",
@@ -275,7 +287,7 @@ class SlackPlatform:
             return
         self._handle(
             kind(
-                event_id=body.get("event_id", ""),
+                event_id=event_id(body),
                 actor=Actor("slack", event["user"]),
                 channel=item["channel"],
                 message_platform_id=item["ts"],

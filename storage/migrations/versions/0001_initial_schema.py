@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 18:23:47.880568
+Create Date: 2026-11-24 18:51:49.226760
 """
 
 from collections.abc import Sequence
@@ -98,7 +98,6 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=True),
         sa.Column("thread_of", sa.Integer(), nullable=True),
         sa.Column("platform_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("locked", sa.Boolean(), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["run_id"],
