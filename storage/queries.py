@@ -120,10 +120,12 @@ def pending_work(session: Session, platforms: Collection[str] | None = None) -> 
         .select_from(Step)
         .where(col(Step.status).in_([StepStatus.PENDING, StepStatus.RUNNING]))
     ).one()
-    outbox = session.exec(
+    undelivered = (
         select(func.count()).select_from(Outbox).where(col(Outbox.status) == OutboxStatus.PENDING)
-    ).one()
-    return int(steps) + int(outbox)
+    )
+    if platforms is not None:
+        undelivered = undelivered.where(col(Outbox.platform).in_(platforms))
+    return int(steps) + int(session.exec(undelivered).one())
 
 
 def spend_since(session: Session, since: datetime) -> float:

@@ -264,3 +264,51 @@ async def test_unknown_emoji_gets_an_answer_and_changes_nothing(bot: Bot) -> Non
     assert "🎉 means nothing to crewchief here" in out
     assert bot.rows(models.ApprovalVote) == []
     assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+
+
+async def test_revise_loop_goes_on_past_the_step_retry_limit(bot_factory) -> None:
+    bot: Bot = bot_factory(policy())
+    async with bot.app.running():
+        draft = await started(bot)
+        bot.act_as("ed")
+        for _ in range(4):  # v1 -> v5: each version is new work, not a retry
+            await bot.type(f"reply #{draft.id} again, shorter", f"react #{draft.id} 🔁")
+            await bot.wait()
+            draft = bot.latest_draft()
+        assert draft.version == 5
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    await bot.app.aclose()
+
+
+async def test_a_vote_on_a_superseded_draft_changes_nothing(bot_factory) -> None:
+    bot: Bot = bot_factory(policy())
+    async with bot.app.running():
+        v1 = await started(bot)
+        bot.act_as("ed")
+        await bot.type(f"react #{v1.id} 🔁")
+        await bot.wait()
+        bot.act_as("eve")
+        out = await bot.type(f"react #{v1.id} ✅")
+        assert "that draft is no longer waiting for a decision (v2 is the current draft)" in out
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+        assert [v.version for v in bot.rows(models.ApprovalVote)] == [1]  # only ed's 🔁 on v1
+    await bot.app.aclose()
+
+
+async def test_an_escalated_draft_leaves_nothing_due(bot_factory) -> None:
+    """After the reminder, nothing is due until someone acts: the loops sleep, not spin."""
+    from storage.queries import next_delivery_due, next_step_due
+
+    clock = FakeClock()
+    bot: Bot = bot_factory(policy(timeout="1h"), clock=clock)
+    async with bot.app.running():
+        await started(bot)
+        clock.advance(hours=2)
+        assert bot.app.approvals.check_deadlines() == 1
+        await bot.wait()
+        with bot.app.db.read() as s:
+            assert next_step_due(s) is None
+            assert next_delivery_due(s, ["shell"]) is None
+        assert bot.app.approvals.check_deadlines() == 0
+    await bot.app.aclose()

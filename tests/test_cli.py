@@ -102,6 +102,14 @@ def test_missing_script_file_is_a_clear_error(tmp_path: Path) -> None:
         ("- just a list\n", "crewchief.yml: the top level must be a mapping"),
         ("engine:\n  worker: 3\n", "engine.worker: Extra inputs are not permitted"),
         (
+            "agents:\n  writer: {role: writer, prompt: 'Write about {{ topik }}'}\n",
+            "agents.writer.prompt: 'topik' is undefined; a prompt may use",
+        ),
+        (
+            "agents:\n  writer: {role: writer, prompt: 'Write {% if x %}'}\n",
+            "agents.writer.prompt: not a valid Jinja2 template (line 1)",
+        ),
+        (
             "workflows:\n  blog-post:\n    launchers: [bob]\n",
             "workflows.blog-post.launchers: 'bob' is not a user or role",
         ),

@@ -42,6 +42,11 @@ def state(bot: Bot) -> tuple[int, int, int]:
         ("react #1", "usage: react <ref> <emoji>"),
         ("react #999 ✅", "there is no message #999"),
         ("reply #1", "usage: reply <ref> <text>"),
+        ("/crew status ²", "'²' is not a run"),
+        ("/crew status 99999999999999999999999", "is not a run"),
+        ("react ² ✅", "usage: react <ref> <emoji>"),
+        ("react #99999999999999999999 ✅", "usage: react <ref> <emoji>"),
+        ("reply ١ hello", "usage: reply <ref> <text>"),
     ],
 )
 async def test_bad_input_gets_a_clear_answer_and_changes_nothing(

@@ -146,7 +146,7 @@ async def webhook_receiver() -> AsyncIterator[dict[str, Any]]:
         state["requests"].append(key)
         if state["fail_first"]:
             state["fail_first"] -= 1
-            return web.json_response({"error": "busy"}, status=503)
+            return web.json_response({"error": "busy"}, status=503, headers={"Retry-After": "0"})
         state["processed"].setdefault(key, await request.json())
         return web.json_response({"ok": True})
 
@@ -298,3 +298,72 @@ async def test_kill_9_mid_step_then_another_process_finishes_the_run(
     assert step.attempts == 2
     assert b"#2 researcher" in out
     db.dispose()
+
+
+async def test_a_run_whose_workflow_was_removed_fails_and_others_go_on(bot_factory) -> None:
+    custom = {"workflows": {"old-flow": {"steps": [{"name": "research", "agent": "researcher"}]}}}
+    before: Bot = bot_factory(custom)
+    await before.type("/crew run old-flow heat pumps")  # recorded, not yet worked on
+    await before.app.aclose()
+
+    after: Bot = bot_factory()  # crewchief.yml no longer has old-flow
+    async with after.app.running():
+        await after.type("/crew run research-brief solar")
+        out = await after.wait()
+    assert after.run(1).status == models.RunStatus.FAILED
+    assert "'old-flow'" in (after.run(1).error or "") and "no longer configured" in out
+    assert after.run(2).status == models.RunStatus.SUCCEEDED
+    await after.app.aclose()
+
+
+async def test_a_graceful_stop_hands_a_step_in_flight_back(
+    bot_factory, openai_server: FakeOpenAIServer
+) -> None:
+    openai_server.script(("delay", 30.0))
+    bot: Bot = bot_factory(llm=provider(openai_server, timeout=60))
+    async with bot.app.running():
+        await bot.type("/crew run research-brief heat pumps")
+        for _ in range(200):
+            if openai_server.completion_requests:
+                break
+            await asyncio.sleep(0.02)
+    [step] = bot.steps()
+    assert step.status == models.StepStatus.PENDING and step.lease_owner is None
+    assert step.attempts == 0
+    await bot.app.aclose()
+
+
+async def test_a_webhook_that_stays_down_fails_the_step_and_retry_delivers(
+    bot_factory, webhook_receiver
+) -> None:
+    webhook_receiver["fail_first"] = 4  # every try of the first attempt
+    url = webhook_receiver["url"].replace("http://", "http://svc:s3cr3t@")
+    bot: Bot = bot_factory(publish_to({"to": "webhook", "url": url}))
+    async with bot.app.running():
+        await bot.type("/crew run blog-post heat pumps")
+        await bot.wait()
+        bot.act_as("editor")
+        await bot.type(f"react #{bot.latest_draft().id} ✅")
+        out = await bot.wait()
+        run = bot.run()
+        assert run.status == models.RunStatus.FAILED
+        assert "answered 503 (gave up after 4 tries)" in (run.error or "")
+        assert "/crew retry 1" in out
+        await bot.type("/crew retry 1")
+        await bot.wait()
+    assert bot.run().status == models.RunStatus.SUCCEEDED
+    assert set(webhook_receiver["requests"]) == {"1:publish:1"}
+    assert len(webhook_receiver["requests"]) == 5 and len(webhook_receiver["processed"]) == 1
+    assert "s3cr3t" not in bot.transcript
+    await bot.app.aclose()
+
+
+async def test_another_platforms_messages_do_not_keep_the_shell_waiting(bot: Bot) -> None:
+    from commands.events import Actor, SlashCommand
+
+    bot.app.dispatcher.handle(
+        SlashCommand("ev1", Actor("slack", "U1"), "C1", "run research-brief heat pumps")
+    )
+    await bot.wait()  # returns: the run's Slack messages are for a Slack process to deliver
+    assert bot.run().status == models.RunStatus.SUCCEEDED
+    assert "research-brief" not in bot.transcript

@@ -26,6 +26,7 @@ from tests.fakes.slack_signing import (
     WORKSPACE,
     event_callback,
     reaction_added,
+    reaction_removed,
     signed_form,
     signed_json,
     slash_command,
@@ -111,8 +112,14 @@ async def slack() -> AsyncIterator[FakeSlack]:
 
 
 @pytest.fixture
-async def bot(db_url: str, tmp_path: Path, slack: FakeSlack) -> AsyncIterator[SlackBot]:
-    app, platform = build(slack_env(db_url, tmp_path, slack.api_url))
+async def bot(
+    request: pytest.FixtureRequest, db_url: str, tmp_path: Path, slack: FakeSlack
+) -> AsyncIterator[SlackBot]:
+    """The bot serving HTTP; `@pytest.mark.crew_config({...})` extends its crewchief.yml."""
+    marker = request.node.get_closest_marker("crew_config")
+    app, platform = build(
+        slack_env(db_url, tmp_path, slack.api_url), marker.args[0] if marker else None
+    )
     runner = web.AppRunner(web_app(app, platform))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -205,6 +212,27 @@ async def test_url_verification_and_health(bot: SlackBot) -> None:
     assert "crewchief_outbox_pending 0" in text
 
 
+def votes(bot: SlackBot) -> list[str]:
+    with bot.app.db.read() as s:
+        from sqlmodel import select
+
+        return [v.approver for v in s.exec(select(models.ApprovalVote)).all()]
+
+
+QUORUM_2 = {
+    "workflows": {
+        "blog-post": {
+            "steps": [
+                {"name": "research", "agent": "researcher"},
+                {"name": "draft", "agent": "writer", "approval": {"quorum": 2}},
+                {"name": "publish", "agent": "publisher", "publish": {"to": "thread"}},
+            ]
+        }
+    }
+}
+
+
+@pytest.mark.crew_config(QUORUM_2)
 async def test_the_same_event_delivered_three_times_has_one_effect(bot: SlackBot) -> None:
     await bot.command("run blog-post heat pumps")
     await bot.wait()
@@ -213,10 +241,20 @@ async def test_the_same_event_delivered_three_times_has_one_effect(bot: SlackBot
     for retry in (None, 1, 2):
         assert await bot.event(payload, retry_num=retry) == 200
     await bot.wait()
-    with bot.app.db.read() as s:
-        from sqlmodel import select
-
-        assert len(s.exec(select(models.ApprovalVote)).all()) == 1
+    # three deliveries of one ✅ are one vote: quorum 2 is not reached
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    assert votes(bot) == [f"slack:{EDITH}"]
+    # Edith takes her ✅ back; a late retry of the old delivery must not bring it back
+    await bot.event(
+        reaction_removed(user=EDITH, reaction="white_check_mark", channel=CHANNEL, ts=draft_ts)
+    )
+    assert await bot.event(payload, retry_num=3) == 200
+    assert votes(bot) == []
+    for user in (EDITH, ERIC):
+        await bot.event(
+            reaction_added(user=user, reaction="white_check_mark", channel=CHANNEL, ts=draft_ts)
+        )
+    await bot.wait()
     assert bot.run().status == models.RunStatus.SUCCEEDED
     assert len([m for m in bot.thread() if "published" in m.text.lower()]) == 1
 
@@ -245,16 +283,45 @@ async def test_rate_limited_posts_are_delivered_once_and_in_order(bot: SlackBot)
     assert bot.run().status == models.RunStatus.SUCCEEDED
 
 
-async def test_llm_text_is_escaped_so_it_cannot_ping_or_link(bot: SlackBot) -> None:
-    await bot.command("run research-brief <!channel> hello <@U123> <https://evil.example|bank>")
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "<!channel> hello <@U123> <https://evil.example|bank>",
+        # what Slack sends when a person types those characters: entities
+        "&lt;!channel&gt; hello &lt;@U123&gt; &lt;https://evil.example|bank&gt;",
+    ],
+)
+async def test_text_is_escaped_so_it_cannot_ping_or_link(bot: SlackBot, typed: str) -> None:
+    await bot.command(f"run research-brief {typed}")
     await bot.wait()
-    everything = " ".join(
-        m.text + " ".join(b.get("text", {}).get("text", "") for b in m.blocks or [])
-        for m in bot.slack.messages[CHANNEL]
+    assert bot.run().text == "<!channel> hello <@U123> <https://evil.example|bank>"
+    # every message body the bot sent, run card attachments included
+    sent = " ".join(
+        str(call.args)
+        for call in bot.slack.calls
+        if call.method in ("chat.postMessage", "chat.update", "chat.postEphemeral")
     )
-    assert "&lt;!channel&gt;" in everything
+    assert "&lt;!channel&gt;" in sent and "&amp;lt;" not in sent
     for live in ("<!channel>", "<@U123>", "<https://evil"):
-        assert live not in everything
+        assert live not in sent
+
+
+async def test_thread_replies_are_stored_as_typed(bot: SlackBot) -> None:
+    await bot.command("run blog-post heat pumps")
+    await bot.wait()
+    await bot.event(
+        thread_message(
+            user=EDITH,
+            text="use &lt;b&gt; tags &amp; a table",
+            channel=CHANNEL,
+            thread_ts=bot.ts_of("run_card"),
+        )
+    )
+    with bot.app.db.read() as s:
+        from sqlmodel import select
+
+        [reply] = s.exec(select(models.ThreadReply)).all()
+    assert reply.text == "use <b> tags & a table" and reply.author == f"slack:{EDITH}"
 
 
 async def test_app_mention_answers_with_help(bot: SlackBot) -> None:

@@ -182,3 +182,28 @@ def test_posting_the_same_key_twice_makes_one_message(db_url: str) -> None:
     with db.read() as s:
         assert len(s.exec(select(Outbox)).all()) == 1
     db.dispose()
+
+
+def test_replicas_starting_together_migrate_once(db_url: str) -> None:
+    """Several processes upgrading a fresh database at once: all succeed, the schema is right."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CREWCHIEF_DATABASE_URL": db_url}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "db", "upgrade"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in results]
+    db = Database(db_url)
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
+    db.dispose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlmodel import select
+
 from storage import models
 from tests.conftest import Bot
 
@@ -43,6 +45,11 @@ async def test_blog_post_from_command_to_published(bot: Bot) -> None:
     # 5. published exactly once, in the thread; the card turns green (succeeded).
     published = bot.messages("published")
     assert len(published) == 1
+    with bot.app.db.read() as s:
+        outbox_row = s.exec(
+            select(models.Outbox).where(models.Outbox.message_id == published[0].id)
+        ).one()
+        assert outbox_row.context["content"] == v2.content  # what was approved, word for word
     assert "published to this thread" in bot.transcript
     assert [s.status for s in bot.steps()] == ["succeeded"] * 3
     card_edits = [line for line in bot.transcript.splitlines() if "edited run 1" in line]
