@@ -1,7 +1,8 @@
 """From an inbound event to a decision: one transaction per event, de-duplicated by its id.
 
 Adapters call `handle(event)` and show the replies; everything the event changes, including
-the messages it causes, is committed before `handle` returns.
+the messages it causes, is committed before `handle` returns, so an adapter acknowledges an
+event to its platform only once nothing about it can be lost.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from agents.engine import Engine
 from commands.events import InboundEvent, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
 from commands.handlers import REGISTRY, Context
 from commands.spec import Refused, Reply, UsageError
-from storage import models
+from storage import models, outbox
 from storage.audit import audit
 
 log = logging.getLogger(__name__)
@@ -27,22 +28,59 @@ class Dispatcher:
         self.engine = engine
         self.approvals = approvals
 
-    def handle(self, event: InboundEvent) -> list[Reply]:
-        """Record and decide `event`; a delivery seen before returns no replies."""
+    def handle(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
+        """Record and decide `event`; a delivery seen before returns no replies.
+
+        With `private_replies` (platforms whose events have no response body, such as Slack's
+        reactions), the answers are not returned but written to the outbox as private notices,
+        in the same transaction as what the event changed.
+        """
         try:
             with self.engine.db.transaction() as session:
                 if not self._first_delivery(session, event):
                     return []
-                return self._route(session, event)
+                replies = self._route(session, event)
+                return self._answer(session, event, replies, private_replies)
         except UsageError as exc:
             # Nothing the bad input touched was committed; record only that we saw it.
-            self._remember(event)
-            return [usage_reply(exc)]
+            return self._after_rollback(event, usage_reply(exc), private_replies)
         except Refused as exc:
-            self._remember(event)
+            return self._after_rollback(
+                event, Reply("notice", {"text": str(exc)}), private_replies, refused=str(exc)
+            )
+
+    def _answer(
+        self, session: Session, event: InboundEvent, replies: list[Reply], private: bool
+    ) -> list[Reply]:
+        if not private:
+            return replies
+        for reply in replies:
+            if reply.quiet:
+                continue
+            outbox.notice(
+                session,
+                platform=event.actor.platform,
+                channel=event.channel,
+                recipient=event.actor.qualified,
+                template=reply.template,
+                context=reply.context,
+            )
+        self.engine.after_commit(session, engine=False)
+        return []
+
+    def _after_rollback(
+        self, event: InboundEvent, reply: Reply, private: bool, refused: str | None = None
+    ) -> list[Reply]:
+        """Remember the event (a retry of it must not be answered twice) and answer it."""
+        try:
             with self.engine.db.transaction() as session:
-                audit(session, event.actor.qualified, "command.refused", None, reason=str(exc))
-            return [Reply("notice", {"text": str(exc)})]
+                if not self._first_delivery(session, event):
+                    return []
+                if refused is not None:
+                    audit(session, event.actor.qualified, "command.refused", None, reason=refused)
+                return self._answer(session, event, [reply], private)
+        except IntegrityError:
+            return []  # a concurrent delivery of the same event got there first
 
     def _first_delivery(self, session: Session, event: InboundEvent) -> bool:
         key = f"{event.actor.platform}:{event.event_id}"
@@ -54,13 +92,6 @@ class Dispatcher:
             return False
         return True
 
-    def _remember(self, event: InboundEvent) -> None:
-        try:
-            with self.engine.db.transaction() as session:
-                self._first_delivery(session, event)
-        except IntegrityError:
-            pass  # a concurrent delivery of the same event recorded it first
-
     def _route(self, session: Session, event: InboundEvent) -> list[Reply]:
         ctx = Context(self.engine, self.approvals, session, event.actor, event.channel)
         if isinstance(event, SlashCommand):
@@ -70,7 +101,9 @@ class Dispatcher:
             return [spec.handler(ctx, args)]
         if isinstance(event, ThreadReply):
             return self._thread_reply(ctx, event)
-        message = self._message(session, event.actor.platform, event.message_platform_id)
+        message = self._message(
+            session, event.actor.platform, event.channel, event.message_platform_id
+        )
         if message is None:
             return []  # a reaction on someone else's message: not ours to judge
         if isinstance(event, ReactionAdded):
@@ -91,16 +124,23 @@ class Dispatcher:
         return []
 
     def _thread_reply(self, ctx: Context, event: ThreadReply) -> list[Reply]:
-        parent = self._message(ctx.session, event.actor.platform, event.thread_platform_id)
+        parent = self._message(
+            ctx.session, event.actor.platform, event.channel, event.thread_platform_id
+        )
         if parent is None or parent.run_id is None:
             return []
         ctx.session.add(models.ThreadReply(run_id=parent.run_id, author=ctx.who, text=event.text))
         return []
 
-    def _message(self, session: Session, platform: str, platform_id: str) -> models.Message | None:
+    def _message(
+        self, session: Session, platform: str, channel: str, platform_id: str
+    ) -> models.Message | None:
+        """A bot message by the platform's id for it (a Slack ts is unique per channel)."""
         return session.exec(
             select(models.Message).where(
-                models.Message.platform == platform, models.Message.platform_id == platform_id
+                models.Message.platform == platform,
+                models.Message.channel == channel,
+                models.Message.platform_id == platform_id,
             )
         ).first()
 

@@ -31,14 +31,12 @@ from bot.render import Renderer
 from bot.settings import Settings
 from commands.events import (
     Actor,
-    InboundEvent,
     ReactionAdded,
     ReactionRemoved,
     SlashCommand,
     ThreadReply,
 )
 from commands.spec import COMMAND
-from storage import outbox
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +256,7 @@ class SlackPlatform:
                 or not event.get("user")
             ):
                 return  # only people's replies in a thread are feedback
-            self._handle(
+            self.app.dispatcher.handle(
                 ThreadReply(
                     event_id=event_id(body),
                     actor=Actor("slack", event["user"]),
@@ -266,26 +264,26 @@ class SlackPlatform:
                     thread_platform_id=thread_ts,
                     text=unescape_slack(event.get("text", "")),
                 ),
-                reply_in=event["channel"],
+                private_replies=True,
             )
 
         @bolt.event("app_mention")
         async def on_mention(body: dict[str, Any], event: dict[str, Any]) -> None:
-            self._handle(
+            self.app.dispatcher.handle(
                 SlashCommand(
                     event_id=event_id(body),
                     actor=Actor("slack", event.get("user", "")),
                     channel=event["channel"],
                     text="help",
                 ),
-                reply_in=event["channel"],
+                private_replies=True,
             )
 
     def _reaction(self, body: dict[str, Any], event: dict[str, Any], kind: type) -> None:
         item = event.get("item") or {}
         if item.get("type") != "message" or not event.get("user"):
             return
-        self._handle(
+        self.app.dispatcher.handle(
             kind(
                 event_id=event_id(body),
                 actor=Actor("slack", event["user"]),
@@ -293,25 +291,8 @@ class SlackPlatform:
                 message_platform_id=item["ts"],
                 emoji=event.get("reaction", ""),
             ),
-            reply_in=item["channel"],
+            private_replies=True,
         )
-
-    def _handle(self, event: InboundEvent, *, reply_in: str) -> None:
-        """Commit the event; answers to it go privately, through the outbox."""
-        replies = [r for r in self.app.dispatcher.handle(event) if not r.quiet]
-        if not replies:
-            return
-        with self.app.db.transaction() as session:
-            for reply in replies:
-                outbox.notice(
-                    session,
-                    platform=self.name,
-                    channel=reply_in,
-                    recipient=event.actor.qualified,
-                    template=reply.template,
-                    context=reply.context,
-                )
-        self.app.sender.wakeup.wake()
 
     # -- outbound ---------------------------------------------------------------------
 
