@@ -44,6 +44,23 @@ def run_card_context(
     }
 
 
+def run_summary(run: Run, steps: list[Step]) -> dict[str, Any]:
+    """A run as `/crew status` and `crewchief runs --json` show it."""
+    return {
+        "id": run.id,
+        "workflow": run.workflow,
+        "status": run.status,
+        "text": run.text,
+        "requester": run.requester,
+        "decided_by": run.decided_by,
+        "error": run.error,
+        "cost_usd": round(run.cost_usd, 6),
+        "created_at": run.created_at.isoformat(timespec="seconds"),
+        "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None,
+        "steps": [{"name": s.name, "status": s.status, "version": s.version} for s in steps],
+    }
+
+
 def steps_of(session: Session, run_id: int) -> list[Step]:
     return list(
         session.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.position))).all()

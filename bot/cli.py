@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
+from agents.cards import run_summary
 from bot.app import App, build_app
 from bot.config_file import ConfigError, load_config
 from bot.settings import Settings
@@ -102,25 +106,7 @@ def runs(
     db = Database(settings.crewchief_database_url)
     db.upgrade()
     with db.read() as session:
-        rows = runs_with_steps(session, limit=limit)
-        data: list[dict[str, Any]] = [
-            {
-                "id": run.id,
-                "workflow": run.workflow,
-                "status": run.status,
-                "text": run.text,
-                "requester": run.requester,
-                "decided_by": run.decided_by,
-                "error": run.error,
-                "cost_usd": round(run.cost_usd, 6),
-                "created_at": run.created_at.isoformat(),
-                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                "steps": [
-                    {"name": s.name, "status": s.status, "version": s.version} for s in steps
-                ],
-            }
-            for run, steps in rows
-        ]
+        data = [run_summary(run, steps) for run, steps in runs_with_steps(session, limit=limit)]
     db.dispose()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -251,7 +237,24 @@ def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    cli()
+    try:
+        cli()
+    except (OperationalError, ArgumentError) as exc:
+        err.print(f"[red]crewchief:[/red] cannot use the database {_database()}: {_reason(exc)}")
+        sys.exit(2)
+
+
+def _database() -> str:
+    url = os.environ.get("CREWCHIEF_DATABASE_URL", "sqlite:///crewchief.db")
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(CREWCHIEF_DATABASE_URL is not a database URL)"
+
+
+def _reason(exc: Exception) -> str:
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return detail[0] if detail else type(exc).__name__
 
 
 if __name__ == "__main__":

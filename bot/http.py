@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
-from sqlalchemy import func
-from sqlmodel import col, select
 
 from bot.app import App
 from bot.platforms.slack import SlackPlatform
-from storage.models import Outbox, OutboxStatus, Run, Step, StepStatus
+from storage.queries import health_figures
 
 
 def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
@@ -42,32 +40,19 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
 def render_metrics(app: App) -> str:
     """Prometheus text format: gauges read from the database, so every replica agrees."""
     with app.db.read() as session:
-        runs = session.exec(select(Run.status, func.count()).group_by(Run.status)).all()
-        steps = session.exec(
-            select(func.count()).select_from(Step).where(col(Step.status) == StepStatus.PENDING)
-        ).one()
-        undelivered = session.exec(
-            select(func.count())
-            .select_from(Outbox)
-            .where(col(Outbox.status) == OutboxStatus.PENDING)
-        ).one()
-        failed = session.exec(
-            select(func.count())
-            .select_from(Outbox)
-            .where(col(Outbox.status) == OutboxStatus.FAILED)
-        ).one()
+        figures = health_figures(session)
     lines = [
         "# HELP crewchief_runs Runs by status.",
         "# TYPE crewchief_runs gauge",
-        *(f'crewchief_runs{{status="{status}"}} {n}' for status, n in sorted(runs)),
+        *(f'crewchief_runs{{status="{st}"}} {n}' for st, n in sorted(figures["runs"].items())),
         "# HELP crewchief_steps_runnable Steps waiting for a worker.",
         "# TYPE crewchief_steps_runnable gauge",
-        f"crewchief_steps_runnable {steps}",
+        f"crewchief_steps_runnable {figures['steps_runnable']}",
         "# HELP crewchief_outbox_pending Messages not yet delivered.",
         "# TYPE crewchief_outbox_pending gauge",
-        f"crewchief_outbox_pending {undelivered}",
-        "# HELP crewchief_outbox_failed Messages given up on after retries.",
+        f"crewchief_outbox_pending {figures['outbox_pending']}",
+        "# HELP crewchief_outbox_failed Messages given up on (a platform refused them for good).",
         "# TYPE crewchief_outbox_failed gauge",
-        f"crewchief_outbox_failed {failed}",
+        f"crewchief_outbox_failed {figures['outbox_failed']}",
     ]
     return "\n".join(lines) + "\n"

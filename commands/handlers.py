@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlmodel import Session, col, func, select
 
 from agents.approvals import ApprovalService
+from agents.cards import run_summary, steps_of
 from agents.engine import Engine
 from commands.events import Actor
 from commands.refs import run_ref
 from commands.spec import Arg, CommandSpec, Refused, Registry, Reply, UsageError, did_you_mean
 from storage.models import ApprovalVote, Message, Run, RunStatus, Step, StepStatus, Vote
-from storage.queries import lock_run, spend_since
+from storage.queries import lock_run, runs_with_steps, spend_since
 
 
 @dataclass
@@ -70,24 +70,6 @@ def find_run(ctx: Context, ref: str) -> Run:
     return run
 
 
-def run_summary(engine: Engine, session: Session, run: Run) -> dict[str, Any]:
-    steps = session.exec(
-        select(Step).where(Step.run_id == run.id).order_by(col(Step.position))
-    ).all()
-    return {
-        "id": run.id,
-        "workflow": run.workflow,
-        "text": run.text,
-        "status": run.status,
-        "requester": run.requester,
-        "error": run.error,
-        "decided_by": run.decided_by,
-        "cost_usd": round(run.cost_usd, 4),
-        "created_at": run.created_at.isoformat(timespec="seconds"),
-        "steps": [{"name": s.name, "status": s.status, "version": s.version} for s in steps],
-    }
-
-
 # -- handlers -----------------------------------------------------------------------------
 
 
@@ -136,9 +118,10 @@ def cmd_run(ctx: Context, args: dict[str, str]) -> Reply:
 def cmd_status(ctx: Context, args: dict[str, str]) -> Reply:
     if args.get("run"):
         run = find_run(ctx, args["run"])
-        return Reply("status", {"run": run_summary(ctx.engine, ctx.session, run)})
-    runs = ctx.session.exec(select(Run).order_by(col(Run.id).desc()).limit(10)).all()
-    return Reply("runs", {"runs": [run_summary(ctx.engine, ctx.session, r) for r in runs]})
+        steps = steps_of(ctx.session, run.id or 0)
+        return Reply("status", {"run": run_summary(run, steps)})
+    rows = runs_with_steps(ctx.session, limit=10)
+    return Reply("runs", {"runs": [run_summary(run, steps) for run, steps in rows]})
 
 
 def cmd_cancel(ctx: Context, args: dict[str, str]) -> Reply:

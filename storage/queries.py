@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, or_
 from sqlalchemy.orm import aliased
@@ -150,3 +151,23 @@ def runs_with_steps(session: Session, limit: int = 200) -> list[tuple[Run, list[
     for step in steps:
         by_run.setdefault(step.run_id, []).append(step)
     return [(run, by_run.get(run.id or 0, [])) for run in runs]
+
+
+def health_figures(session: Session) -> dict[str, Any]:
+    """Gauges for /metrics: runs by status, runnable steps, undelivered and failed messages."""
+    runs = session.exec(select(Run.status, func.count()).group_by(Run.status)).all()
+    outbox = session.exec(
+        select(Outbox.status, func.count())
+        .where(col(Outbox.status).in_([OutboxStatus.PENDING, OutboxStatus.FAILED]))
+        .group_by(Outbox.status)
+    ).all()
+    steps = session.exec(
+        select(func.count()).select_from(Step).where(col(Step.status) == StepStatus.PENDING)
+    ).one()
+    by_outbox = dict(outbox)
+    return {
+        "runs": dict(runs),
+        "steps_runnable": int(steps),
+        "outbox_pending": int(by_outbox.get(OutboxStatus.PENDING, 0)),
+        "outbox_failed": int(by_outbox.get(OutboxStatus.FAILED, 0)),
+    }

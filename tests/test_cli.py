@@ -190,3 +190,11 @@ def test_start_names_a_missing_or_malformed_slack_setting(
 def test_start_rejects_unknown_platforms(tmp_path: Path) -> None:
     done = crewchief(tmp_path, "start", "--platform", "irc")
     assert done.returncode == 2 and "unknown platform 'irc'" in done.stderr
+
+
+def test_an_unreachable_database_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
+    url = "postgresql://bob:secretpw@127.0.0.1:1/crew"
+    done = crewchief(tmp_path, "runs", env={"CREWCHIEF_DATABASE_URL": url})
+    assert done.returncode == 2
+    assert "cannot use the database postgresql://bob:***@127.0.0.1:1/crew" in done.stderr
+    assert "secretpw" not in done.stderr and "Traceback" not in done.stderr
