@@ -147,6 +147,22 @@ class Reactions(Strict):
     revise: list[str] = ["🔁", "repeat", "arrows_clockwise"]
     cancel: list[str] = ["🛑", "octagonal_sign", "stop_sign"]
 
+    def shown(self) -> dict[str, list[str]]:
+        """Each decision's emoji, for cards to name (each platform picks the form it shows)."""
+        return {
+            "approve": list(self.approve),
+            "reject": list(self.reject),
+            "revise": list(self.revise),
+            "cancel": list(self.cancel),
+        }
+
+    @field_validator("approve", "reject", "revise", "cancel")
+    @classmethod
+    def _not_empty(cls, names: list[str]) -> list[str]:
+        if not names or not all(n.strip() for n in names):
+            raise ValueError("list at least one emoji (a character such as ✅ or a name such as x)")
+        return names
+
 
 class Engine(Strict):
     workers: int = Field(default=4, ge=1, le=256)

@@ -562,6 +562,7 @@ class Engine:
             "offline": self.offline,
             "approvers": sorted(self.approvers(policy)),
             "quorum": policy.quorum,
+            "reactions": self.config.reactions.shown(),
             "decision": decision,
             "decided_by": decided_by,
         }

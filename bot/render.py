@@ -7,6 +7,7 @@ otherwise, so `finalize` escapes it for the platform. Values a template builds o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,24 @@ from markupsafe import Markup
 from bot.escaping import ESCAPERS
 
 Mention = Callable[[str], str]
+
+
+_NAME = re.compile(r"[a-z0-9_+\-]+")
+
+
+def _emoji_for(prefer_names: bool) -> Callable[[Any], str]:
+    """Show one of a decision's configured emoji: Slack people react by name (`:x:`), a
+    terminal shows the character (`❌`)."""
+
+    def emoji(choices: Any) -> str:
+        options = [str(c) for c in (choices if isinstance(choices, list) else [choices])]
+        names = [o for o in options if _NAME.fullmatch(o)]
+        chars = [o for o in options if not _NAME.fullmatch(o)]
+        if prefer_names and names:
+            return f":{names[0]}:"
+        return chars[0] if chars else f":{names[0]}:"
+
+    return emoji
 
 
 def _duration(seconds: Any) -> str:
@@ -30,7 +49,7 @@ def _duration(seconds: Any) -> str:
 
 
 class Renderer:
-    def __init__(self, platform: str, mention: Mention) -> None:
+    def __init__(self, platform: str, mention: Mention, *, emoji_names: bool = False) -> None:
         escape = ESCAPERS[platform]
 
         def finalize(value: Any) -> Any:
@@ -50,6 +69,7 @@ class Renderer:
             autoescape=False,
         )
         self.env.filters["duration"] = _duration
+        self.env.filters["emoji"] = _emoji_for(emoji_names)
         self.env.filters["mention"] = lambda who: Markup(mention(str(who)))
         self.env.filters["mentions"] = lambda ids: Markup(", ".join(mention(str(w)) for w in ids))
 

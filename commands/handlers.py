@@ -80,7 +80,7 @@ def cmd_help(ctx: Context, _: dict[str, str]) -> Reply:
         {
             "commands": [{"usage": s.usage, "summary": s.summary} for s in specs],
             "who": ctx.who,
-            "hint": ctx.approvals.hint(),
+            "reactions": ctx.engine.config.reactions.shown(),
         },
     )
 

@@ -312,3 +312,17 @@ async def test_an_escalated_draft_leaves_nothing_due(bot_factory) -> None:
             assert next_delivery_due(s, ["shell"]) is None
         assert bot.app.approvals.check_deadlines() == 0
     await bot.app.aclose()
+
+
+async def test_configured_reactions_are_the_ones_shown_and_counted(bot_factory) -> None:
+    bot: Bot = bot_factory({**policy(), "reactions": {"approve": ["👍", "+1"]}})
+    async with bot.app.running():
+        draft = await started(bot)
+        assert "👍 approve · ❌ reject · 🔁 send back" in bot.transcript
+        bot.act_as("ed")
+        out = await bot.type(f"react #{draft.id} ✅")
+        assert "✅ means nothing to crewchief here; use 👍 approve" in out
+        await bot.type(f"react #{draft.id} :+1:")
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.SUCCEEDED
+    await bot.app.aclose()

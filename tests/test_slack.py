@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from agents.config import Reactions
 from bot.app import App, build_app
 from bot.config_file import ConfigError
 from bot.http import web_app
@@ -401,6 +402,7 @@ def draft_context(content: str) -> dict[str, Any]:
         "offline": False,
         "approvers": [f"slack:{EDITH}"],
         "quorum": 1,
+        "reactions": Reactions().shown(),
         "decision": None,
         "decided_by": None,
     }

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agents.cards import run_card_context
+from agents.config import Reactions
 from bot.platforms.shell import CHANNEL
 from bot.render import Renderer
 from commands.events import Actor, SlashCommand
@@ -44,7 +45,7 @@ def slack_mention(who: str) -> str:
 
 @pytest.fixture(scope="module")
 def slack() -> Renderer:
-    return Renderer("slack", mention=slack_mention)
+    return Renderer("slack", mention=slack_mention, emoji_names=True)
 
 
 NOW = datetime(2025, 5, 1, 9, 0, tzinfo=UTC)
@@ -107,6 +108,7 @@ def draft(**overrides: Any) -> dict[str, Any]:
         "offline": True,
         "approvers": ["slack:U012AB", "slack:U034CD"],
         "quorum": 1,
+        "reactions": Reactions().shown(),
         "decision": None,
         "decided_by": None,
     }
@@ -167,7 +169,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
             {"usage": "/crew help", "summary": "this list"},
         ],
         "who": "slack:U0REQ",
-        "hint": "✅ approve · ❌ reject · 🔁 send back",
+        "reactions": Reactions().shown(),
     },
     "run_started": {"run_id": 3, "workflow": "blog-post", "cut": True, "limit": 40_000},
     "status": {"run": run_summary()},
@@ -438,7 +440,8 @@ def test_small_replies(slack: Renderer) -> None:
         "*crewchief* · what you (<@U0REQ>) may run:",
         "• `/crew run &lt;workflow&gt; &lt;text…&gt;` — launch a workflow",
         "• `/crew help` — this list",
-        "on a draft: ✅ approve · ❌ reject · 🔁 send back",
+        "on a draft: :white_check_mark: approve · :x: reject · :repeat: send back"
+        " · :octagonal_sign: cancel",
     ]
 
 

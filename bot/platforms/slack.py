@@ -194,7 +194,7 @@ class SlackPlatform:
     def __init__(self, app: App, settings: SlackSettings) -> None:
         self.app = app
         self.settings = settings
-        self.renderer = Renderer("slack", mention)
+        self.renderer = Renderer("slack", mention, emoji_names=True)
         self.client = AsyncWebClient(
             token=settings.bot_token,
             base_url=settings.api_url or AsyncWebClient.BASE_URL,
