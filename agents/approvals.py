@@ -272,18 +272,12 @@ class ApprovalService:
         step.escalated = True
         session.add(step)
         waited = int((now - (step.awaiting_since or now)).total_seconds())
-        cards.post_in_thread(
+        cards.post_about_draft(
             session,
             run,
-            key=f"run:{run.id}:step:{step.position}:v{step.version}:reminder",
+            step,
             kind="reminder",
-            step=step,
-            version=step.version,
-            context={
-                "version": step.version,
-                "waited_s": waited,
-                "approvers": sorted(self.engine.approvers(policy)),
-            },
+            context={"waited_s": waited, "approvers": sorted(self.engine.approvers(policy))},
         )
         audit(session, "crewchief", "approval.escalated", run.id, version=step.version)
         self.engine.after_commit(session)
@@ -320,15 +314,12 @@ class ApprovalService:
             return False
         session.refresh(step)
         self.engine.lock_draft(session, run, step, decision, who)
-        cards.post_in_thread(
+        cards.post_about_draft(
             session,
             run,
-            key=f"run:{run.id}:step:{step.position}:v{step.version}:decision",
+            step,
             kind="decision",
-            step=step,
-            version=step.version,
             context={
-                "version": step.version,
                 "decision": decision,
                 "decided_by": who,
                 "reason": reason,

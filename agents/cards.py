@@ -121,6 +121,21 @@ def post_in_thread(
     )
 
 
+def post_about_draft(
+    session: Session, run: Run, step: Step, *, kind: str, context: dict[str, Any]
+) -> Message:
+    """A message about the step's current draft (its decision, a reminder), once per kind."""
+    return post_in_thread(
+        session,
+        run,
+        key=f"run:{run.id}:step:{step.position}:v{step.version}:{kind}",
+        kind=kind,
+        step=step,
+        version=step.version,
+        context={"version": step.version, **context},
+    )
+
+
 def draft_key(run_id: int, step: Step, version: int) -> str:
     return f"run:{run_id}:step:{step.position}:v{version}"
 

@@ -224,6 +224,27 @@ async def test_folder_publishing_writes_one_file_per_run(bot_factory, tmp_path: 
     await bot.app.aclose()
 
 
+async def shell_process(
+    cwd: Path, env: dict[str, str], *, stdout: int
+) -> asyncio.subprocess.Process:
+    """`crewchief shell --script -` as a separate process, reading its lines from stdin."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "shell",
+        "--as",
+        "alice",
+        "--script",
+        "-",
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def test_kill_9_mid_step_then_another_process_finishes_the_run(
     tmp_path: Path, openai_server: FakeOpenAIServer, db_url: str
 ) -> None:
@@ -243,21 +264,7 @@ async def test_kill_9_mid_step_then_another_process_finishes_the_run(
         "OPENAI_BASE_URL": openai_server.base_url,
         "CREWCHIEF_APPROVERS": "shell:editor",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "shell",
-        "--as",
-        "alice",
-        "--script",
-        "-",
-        cwd=tmp_path,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await shell_process(tmp_path, env, stdout=asyncio.subprocess.DEVNULL)
     assert proc.stdin is not None
     proc.stdin.write(b"/crew run research-brief heat pumps\nwait\n")
     await proc.stdin.drain()
@@ -274,21 +281,7 @@ async def test_kill_9_mid_step_then_another_process_finishes_the_run(
         step = s.exec(select(models.Step)).one()
         assert step.status == models.StepStatus.RUNNING  # left mid-flight
 
-    proc2 = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "shell",
-        "--as",
-        "alice",
-        "--script",
-        "-",
-        cwd=tmp_path,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc2 = await shell_process(tmp_path, env, stdout=asyncio.subprocess.PIPE)
     out, errs = await asyncio.wait_for(proc2.communicate(b"wait\n"), timeout=60)
     assert proc2.returncode == 0, errs.decode()
     with db.read() as s:
