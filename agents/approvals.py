@@ -334,7 +334,8 @@ class ApprovalService:
             version=step.version,
             reason=reason,
         )
-        run.decided_by = who
+        if decision != "sent back":  # the run card names who settled the draft, not who
+            run.decided_by = who  # asked for another version
         if decision == "approved":
             self.engine.advance(session, run, step, now)
         elif decision == "rejected":
