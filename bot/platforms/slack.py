@@ -335,11 +335,8 @@ class SlackPlatform:
         blocks = to_blocks(text)
         if template == "run_card":
             colour = STATUS_COLOURS.get(str(context.get("status")), "#1d9bd1")
-            return {
-                "text": headline(text),
-                "blocks": [],
-                "attachments": [{"color": colour, "blocks": blocks}],
-            }
+            # a coloured bar (green when it succeeds) needs a legacy attachment around the blocks
+            return {"text": headline(text), "attachments": [{"color": colour, "blocks": blocks}]}
         return {"text": headline(text), "blocks": blocks}
 
     async def _attach(self, delivery: Delivery, text: str, *, thread_ts: str) -> None:
