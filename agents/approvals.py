@@ -137,7 +137,9 @@ class ApprovalService:
         ).first()
         if step is None:
             return Outcome("ignored", f"run {run.id} has no draft waiting for a decision")
-        return self.cast(session, run, step, who, vote, version=step.version, reason=reason)
+        return self.cast(
+            session, run, step, who, vote, version=step.version, reason=reason, notify=False
+        )
 
     # -- the vote itself ------------------------------------------------------------------
 
@@ -155,7 +157,10 @@ class ApprovalService:
         *,
         version: int | None,
         reason: str | None = None,
+        notify: bool = True,
     ) -> Outcome:
+        """Record one vote and decide when the policy is met. A refusal is audited, and
+        (`notify`) answered privately through the outbox: a command answers it itself."""
         if step.status != StepStatus.AWAITING_APPROVAL or version != step.version:
             current = f" (v{step.version} is the current draft)" if step.version else ""
             return Outcome("ignored", f"that draft is no longer waiting for a decision{current}")
@@ -183,7 +188,8 @@ class ApprovalService:
                 version=step.version,
                 reason=refusal,
             )
-            self._notify(session, run, who, refusal)
+            if notify:
+                self._notify(session, run, who, refusal)
             return Outcome("refused", refusal)
 
         try:

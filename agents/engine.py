@@ -59,10 +59,6 @@ class Claimed:
     request_kwargs: dict[str, Any]
 
 
-class _RunBusy(Exception):
-    """The run is locked by a decision in progress; the claim is rolled back."""
-
-
 class Engine:
     def __init__(
         self,
@@ -193,6 +189,41 @@ class Engine:
         cards.refresh_run_card(session, run, now, offline=self.offline)
         self.after_commit(session)
 
+    def abandon_run(self, session: Session, run_id: int, why: str) -> None:
+        """The run's card could not be posted (the bot is not in that channel, say): nobody
+        could follow or approve the run there, so it stops and the requester is told."""
+        run = lock_run(session, run_id)
+        if run is None or RunStatus(run.status).finished:
+            return
+        now = self.clock()
+        run.status = RunStatus.FAILED
+        run.error = f"could not post in this channel ({why})"
+        run.finished_at = run.updated_at = now
+        session.add(run)
+        for step in cards.steps_of(session, run_id):
+            if step.status in (
+                StepStatus.WAITING,
+                StepStatus.PENDING,
+                StepStatus.AWAITING_APPROVAL,
+            ):
+                step.status = StepStatus.CANCELLED
+                step.finished_at = now
+                session.add(step)
+        audit(session, "crewchief", "run.abandoned", run_id, reason=why)
+        outbox.notice(
+            session,
+            platform=run.platform,
+            channel=run.channel,
+            recipient=run.requester,
+            template="notice",
+            context={
+                "text": f"run {run_id} stopped: I could not post in that channel ({why}). "
+                "Invite me there (/invite @crewchief) and run it again.",
+                "run_id": run_id,
+            },
+        )
+        self.after_commit(session)
+
     def retry(self, session: Session, run: Run, who: str) -> Step | None:
         """Make the failed step runnable again; None when nothing failed."""
         failed = next(
@@ -297,11 +328,8 @@ class Engine:
         self._complete(claimed, completion, publication)
 
     def _claim(self) -> Claimed | None:
-        try:
-            with self.db.transaction() as session:
-                return self._claim_in(session)
-        except _RunBusy:
-            return None
+        with self.db.transaction() as session:
+            return self._claim_in(session)
 
     def _claim_in(self, session: Session) -> Claimed | None:
         now = self.clock()
@@ -314,10 +342,8 @@ class Engine:
         )
         if step is None:
             return None
-        run = lock_run(session, step.run_id, skip_locked=self.db.is_postgres)
-        if run is None:
-            raise _RunBusy  # someone is deciding on this run right now: roll back, try later
-        assert run.id is not None and step.id is not None
+        run = session.get(Run, step.run_id)  # locked by claim_step on PostgreSQL
+        assert run is not None and run.id is not None and step.id is not None
         if RunStatus(run.status).finished:
             step.status = StepStatus.CANCELLED
             step.lease_owner = None
@@ -462,7 +488,7 @@ class Engine:
         cards.post_in_thread(
             session,
             run,
-            key=f"run:{run.id}:step:{step.position}:failed:{step.attempts}",
+            key=f"run:{run.id}:step:{step.position}:failed:{uuid.uuid4().hex[:12]}",
             kind="failure",
             step=step,
             context={"step": step.name, "agent": step.agent, "error": error},

@@ -133,6 +133,8 @@ def build_app(
         outbox_wakeup=outbox_wakeup,
     )
     approvals = ApprovalService(engine)
-    sender = OutboxSender(db, {}, wakeup=outbox_wakeup, clock=clock)
+    sender = OutboxSender(
+        db, {}, wakeup=outbox_wakeup, clock=clock, on_lost_card=engine.abandon_run
+    )
     app = App(settings, config, db, llm, engine, approvals, Dispatcher(engine, approvals), sender)
     return app

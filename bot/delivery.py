@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+
+from sqlmodel import Session
 
 from agents.engine import Clock
 from agents.wakeup import Wakeup, seconds_until
@@ -22,6 +24,8 @@ from storage.queries import claim_outbox, next_delivery_due
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=2)
+SKIPPED = "skipped"  # a claimed row that could never be delivered, now marked failed
+LostCard = Callable[[Session, int, str], None]  # (session, run id, why) when a run card fails
 GIVE_UP_AFTER = timedelta(hours=24)  # a platform down longer than this is an incident
 MAX_BACKOFF = 300.0
 
@@ -38,11 +42,13 @@ class OutboxSender:
         *,
         wakeup: Wakeup | None = None,
         clock: Clock = utcnow,
+        on_lost_card: LostCard | None = None,
     ) -> None:
         self.db = db
         self.platforms = dict(platforms)
         self.wakeup = wakeup or Wakeup()
         self.clock = clock
+        self.on_lost_card = on_lost_card
         self.owner = f"sender-{uuid.uuid4().hex[:8]}"
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -62,6 +68,9 @@ class OutboxSender:
         claimed = self._claim()
         if claimed is None:
             return False
+        if claimed == SKIPPED:
+            return True
+        assert not isinstance(claimed, str)
         row_id, delivery, platform_name = claimed
         platform = self.platforms[platform_name]
         try:
@@ -75,7 +84,7 @@ class OutboxSender:
             self._sent(row_id, platform_id)
         return True
 
-    def _claim(self) -> tuple[int, Delivery, str] | None:
+    def _claim(self) -> tuple[int, Delivery, str] | str | None:
         with self.db.transaction() as session:
             row = claim_outbox(
                 session,
@@ -103,12 +112,18 @@ class OutboxSender:
                 recipient=row.recipient,
                 key=row.key,
             )
+            orphan = None
             if row.kind == OutboxKind.UPDATE and not delivery.platform_id:
-                # Its post failed for good: there is nothing to edit.
+                orphan = "the message to edit was never posted"
+            elif row.kind == OutboxKind.POST and parent is not None and not parent.platform_id:
+                orphan = "its thread was never posted"
+            if orphan is not None:
+                # What it depends on failed for good (rows go out in order, so it was tried).
                 row.status = OutboxStatus.FAILED
-                row.error = "the message to edit was never posted"
+                row.error = orphan
+                row.lease_owner = None
                 session.add(row)
-                return None
+                return SKIPPED
             return row.id, delivery, row.platform
 
     def _sent(self, row_id: int, platform_id: str | None) -> None:
@@ -137,6 +152,10 @@ class OutboxSender:
             if exc.permanent or self.clock() - row.created_at > GIVE_UP_AFTER:
                 row.status = OutboxStatus.FAILED
                 log.error("outbox row %s (%s) given up: %s", row_id, row.key, exc)
+                message = session.get(Message, row.message_id) if row.message_id else None
+                lost_card = row.kind == OutboxKind.POST and message and message.kind == "run_card"
+                if lost_card and message and message.run_id and self.on_lost_card:
+                    self.on_lost_card(session, message.run_id, str(exc))
             else:
                 wait = (
                     timedelta(seconds=exc.retry_after)

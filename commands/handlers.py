@@ -51,9 +51,9 @@ def _may_manage_any(ctx: Context) -> bool:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def find_run(ctx: Context, ref: str) -> Run:
-    """`3` is run 3; `#12` is the run that message #12 belongs to. The run comes back locked:
-    whatever the command decides about it is serialized with other decisions."""
+def find_run(ctx: Context, ref: str, *, lock: bool = True) -> Run:
+    """`3` is run 3; `#12` is the run that message #12 belongs to. The run comes back locked
+    (unless only read): what the command decides about it is serialized with other decisions."""
     parsed = run_ref(ref)
     if parsed is None:
         raise UsageError(
@@ -64,7 +64,10 @@ def find_run(ctx: Context, ref: str) -> Run:
     if kind == "message":
         message = ctx.session.get(Message, number)
         run_id = message.run_id if message else None
-    run = lock_run(ctx.session, run_id) if run_id is not None else None
+    if run_id is None:
+        run = None
+    else:
+        run = lock_run(ctx.session, run_id) if lock else ctx.session.get(Run, run_id)
     if run is None:
         raise UsageError(f"there is no run {ref}; /crew status lists recent runs")
     return run
@@ -117,7 +120,7 @@ def cmd_run(ctx: Context, args: dict[str, str]) -> Reply:
 
 def cmd_status(ctx: Context, args: dict[str, str]) -> Reply:
     if args.get("run"):
-        run = find_run(ctx, args["run"])
+        run = find_run(ctx, args["run"], lock=False)
         steps = steps_of(ctx.session, run.id or 0)
         return Reply("status", {"run": run_summary(run, steps)})
     rows = runs_with_steps(ctx.session, limit=10)

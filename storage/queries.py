@@ -23,10 +23,16 @@ def _claimable_step(now: datetime):  # type: ignore[no-untyped-def]
 def claim_step(
     session: Session, *, owner: str, now: datetime, lease: timedelta, skip_locked: bool
 ) -> Step | None:
-    """Take the oldest runnable step (or one whose worker's lease ran out) for `owner`."""
+    """Take the oldest runnable step (or one whose worker's lease ran out) for `owner`.
+    With skip_locked (PostgreSQL) its run is row-locked too, in the same statement."""
     query = select(Step).where(_claimable_step(now)).order_by(col(Step.available_at), col(Step.id))
     if skip_locked:
-        query = query.with_for_update(skip_locked=True)
+        # Lock the step and its run together, skipping any whose run is busy with a decision:
+        # the next runnable step of another run is taken instead of waiting.
+        query = query.join(Run, col(Run.id) == Step.run_id).with_for_update(
+            skip_locked=True,
+            of=[Step.__table__, Run.__table__],  # type: ignore[attr-defined]
+        )
     step = session.exec(query.limit(1)).first()
     if step is None:
         return None

@@ -360,3 +360,17 @@ async def test_another_platforms_messages_do_not_keep_the_shell_waiting(bot: Bot
     await bot.wait()  # returns: the run's Slack messages are for a Slack process to deliver
     assert bot.run().status == models.RunStatus.SUCCEEDED
     assert "research-brief" not in bot.transcript
+
+
+async def test_each_failure_is_announced_even_after_a_retry(bot_factory, openai_server) -> None:
+    openai_server.script(*[("status", 500, {"Retry-After": "0"})] * 2)
+    bot: Bot = bot_factory(llm=provider(openai_server, retries=0))
+    async with bot.app.running():
+        await bot.type("/crew run research-brief heat pumps")
+        await bot.wait()
+        await bot.type("/crew retry 1")
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.FAILED
+        assert len(bot.messages("failure")) == 2
+        assert bot.transcript.count("step research failed") == 2
+    await bot.app.aclose()

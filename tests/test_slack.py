@@ -36,6 +36,16 @@ from tests.fakes.slack_signing import (
 )
 
 CHANNEL = "C0CONTENT1"
+
+
+def seen(message: Any) -> str:
+    """Everything a person sees of a message: its text, blocks and attachments' blocks."""
+    blocks = list(message.blocks or [])
+    for attachment in getattr(message, "attachments", None) or []:
+        blocks += attachment.get("blocks", [])
+    return " ".join([message.text, *(b.get("text", {}).get("text", "") for b in blocks)])
+
+
 ALICE, EDITH, ERIC, MALLORY = "U0ALICE001", "U0EDITH001", "U0ERIC0001", "U0MALLORY1"
 
 
@@ -139,7 +149,7 @@ async def test_walkthrough_in_slack_http_mode(bot: SlackBot) -> None:
     assert "run 1 (blog-post) started" in answer["text"]
     await bot.wait()
     card = bot.top()[0]
-    assert "blog-post" in card.text
+    assert "blog-post" in seen(card)
     thread = bot.thread()
     assert [m.thread_ts for m in thread] == [card.ts] * len(thread)
     draft1 = thread[-1]
@@ -173,6 +183,9 @@ async def test_walkthrough_in_slack_http_mode(bot: SlackBot) -> None:
     assert len(bot.slack.calls_to("chat.update")) >= 3
     published = [m for m in bot.thread() if "published" in m.text.lower()]
     assert len(published) == 1
+    card = bot.slack.message(CHANNEL, card.ts)
+    assert card.attachments and card.attachments[0]["color"] == "#2eb886"  # green
+    assert "succeeded" in seen(card) and f"<@{ERIC}>" in seen(card)  # who decided
 
 
 @pytest.mark.parametrize(
@@ -499,7 +512,7 @@ async def test_crewchief_start_serves_slack_http_until_sigterm(
                 ):
                     break
                 await asyncio.sleep(0.05)
-        assert "research-brief" in slack.top_level(CHANNEL)[0].text
+        assert "research-brief" in seen(slack.top_level(CHANNEL)[0])
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
@@ -535,3 +548,73 @@ async def test_the_bots_own_reactions_and_messages_are_ignored(bot: SlackBot) ->
             == []
         )
     assert [e for e in bot.slack.ephemerals if e.user == WORKSPACE.bot_user_id] == []
+
+
+async def test_a_failed_attachment_does_not_post_the_card_twice(
+    db_url: str, tmp_path: Path, slack: FakeSlack
+) -> None:
+    from bot.platforms.base import Delivery
+
+    app, platform = build(slack_env(db_url, tmp_path, slack.api_url))
+    slack.script_error("files.completeUploadExternal", "internal_error", status=500, times=5)
+    huge = "\n\n".join(["Heat pumps move heat instead of making it. " * 20] * 80)
+    ts = await platform.deliver(
+        Delivery(kind="post", channel=CHANNEL, template="draft", context=draft_context(huge))
+    )
+    assert ts is not None  # delivered: the outbox will not post it again
+    assert len([c for c in slack.calls_to("chat.postMessage") if c.ok]) == 1
+    await platform.aclose()
+    await app.aclose()
+
+
+@pytest.mark.parametrize(
+    ("channel", "error"),
+    [("C0ELSEWHERE", "channel_not_found"), (CHANNEL, "restricted_action")],
+)
+async def test_a_run_in_a_channel_the_bot_cannot_post_in_stops_and_says_so(
+    bot: SlackBot, channel: str, error: str
+) -> None:
+    if error == "restricted_action":
+        bot.slack.script_error("chat.postMessage", error, times=1)
+    body, headers = signed_form(
+        slash_command("run blog-post heat pumps", user_id=ALICE, channel_id=channel)
+    )
+    async with bot.http.post(bot.url, data=body, headers=headers) as resp:
+        assert resp.status == 200
+    await bot.wait()
+    run = bot.run()
+    assert run.status == models.RunStatus.FAILED
+    assert f"could not post in this channel (Slack refused it: {error})" in (run.error or "")
+    told = [seen(m) for m in bot.slack.dm(ALICE)] + [
+        " ".join(b["text"]["text"] for b in e.blocks or [])
+        for e in bot.slack.ephemerals
+        if e.user == ALICE
+    ]
+    assert any("Invite me there" in t for t in told), told
+    assert bot.slack.calls_to("chat.postMessage")[0].error == error
+    assert (
+        len([c for c in bot.slack.calls_to("chat.postMessage") if c.args.get("channel") == channel])
+        == 1
+    )
+
+
+async def test_a_refused_approve_command_is_answered_once(bot: SlackBot) -> None:
+    await bot.command("run blog-post heat pumps", user=EDITH)  # Edith approves, but not herself
+    await bot.wait()
+    status, answer = await bot.command("approve 1", user=EDITH)
+    assert status == 200 and "does not allow self-approval" in str(answer["blocks"])
+    await bot.wait()
+    assert [e for e in bot.slack.ephemerals if e.user == EDITH] == []
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+
+
+async def test_sections_are_verbatim_so_bare_mentions_stay_text(bot: SlackBot) -> None:
+    await bot.command("run research-brief @here look at #general https://example.com")
+    await bot.wait()
+    sections = [
+        b
+        for m in bot.slack.messages[CHANNEL]
+        for b in (m.blocks or []) + [x for a in m.attachments or [] for x in a.get("blocks", [])]
+        if b["type"] == "section"
+    ]
+    assert sections and all(b["text"]["verbatim"] is True for b in sections)

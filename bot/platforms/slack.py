@@ -71,22 +71,13 @@ STATUS_COLOURS = {
     "awaiting_approval": "#ecb22e",
     "running": "#1d9bd1",
 }
-PERMANENT_ERRORS = {
-    "channel_not_found",
-    "not_in_channel",
-    "is_archived",
-    "invalid_auth",
-    "account_inactive",
-    "token_revoked",
-    "missing_scope",
-    "message_not_found",
-    "cant_update_message",
-    "edit_window_closed",
-    "user_not_in_channel",
-    "msg_too_long",
-    "invalid_blocks",
-    "no_text",
-}
+# Slack answers most refusals with HTTP 200 and `ok: false`. Only these are worth retrying;
+# any other error (not_in_channel, restricted_action, invalid_blocks, ...) will not change.
+TEMPORARY_ERRORS = frozenset(
+    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
+)
+# A private answer that cannot be ephemeral here goes to the person's DM with the app.
+NOT_HERE = frozenset({"not_in_channel", "channel_not_found", "user_not_in_channel"})
 
 
 @dataclass(frozen=True)
@@ -172,7 +163,11 @@ def to_blocks(text: str) -> list[dict[str, Any]]:
     chunks = [c for c in chunks if c.strip()] or ["\u200b"]
     if len(chunks) > BLOCK_LIMIT:
         chunks = [*chunks[: BLOCK_LIMIT - 1], "_… cut here: the full text is attached_"]
-    return [{"type": "section", "text": {"type": "mrkdwn", "text": c}} for c in chunks]
+    # verbatim: Slack must not turn bare URLs, #channels or @here in the text into live links
+    # or mentions; explicit <@U…> mentions from our own templates still work.
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": c, "verbatim": True}} for c in chunks
+    ]
 
 
 def preview(text: str) -> str:
@@ -249,7 +244,7 @@ class SlackPlatform:
         async def on_message(body: dict[str, Any], event: dict[str, Any]) -> None:
             thread_ts = event.get("thread_ts")
             if (
-                event.get("subtype")
+                event.get("subtype") not in (None, "thread_broadcast")
                 or event.get("bot_id")
                 or not thread_ts
                 or thread_ts == event.get("ts")
@@ -300,12 +295,7 @@ class SlackPlatform:
         text = self.renderer.render(delivery.template, delivery.context)
         try:
             if delivery.kind == "notice":
-                await self.client.chat_postEphemeral(
-                    channel=delivery.channel,
-                    user=(delivery.recipient or "").removeprefix("slack:"),
-                    text=headline(text),
-                    blocks=to_blocks(text),
-                )
+                await self._notice(delivery, text)
                 return None
             long = len(text) > ATTACH_OVER
             shown = preview(text) if long else text
@@ -331,28 +321,46 @@ class SlackPlatform:
         except (SlackClientError, OSError, TimeoutError) as exc:
             raise DeliveryError(f"Slack unreachable: {type(exc).__name__}") from None
 
+    async def _notice(self, delivery: Delivery, text: str) -> None:
+        user = (delivery.recipient or "").removeprefix("slack:")
+        try:
+            await self.client.chat_postEphemeral(
+                channel=delivery.channel, user=user, text=headline(text), blocks=to_blocks(text)
+            )
+        except SlackApiError as exc:
+            if exc.response.get("error") not in NOT_HERE:
+                raise
+            # Not a member of that channel: the app's DM with the person always works.
+            await self.client.chat_postMessage(
+                channel=user, text=headline(text), blocks=to_blocks(text)
+            )
+
     def _message(self, template: str, context: dict[str, Any], text: str) -> dict[str, Any]:
         blocks = to_blocks(text)
         if template == "run_card":
             colour = STATUS_COLOURS.get(str(context.get("status")), "#1d9bd1")
-            # a coloured bar (green when it succeeds) needs a legacy attachment around the blocks
-            return {"text": headline(text), "attachments": [{"color": colour, "blocks": blocks}]}
+            # A coloured bar (green when it succeeds) needs a legacy attachment around the
+            # blocks; its `fallback` is the notification text, so no title line repeats above.
+            attachment = {"color": colour, "blocks": blocks, "fallback": headline(text)}
+            return {"attachments": [attachment]}
         return {"text": headline(text), "blocks": blocks}
 
     async def _attach(self, delivery: Delivery, text: str, *, thread_ts: str) -> None:
+        """The whole text as a file in the thread: what people wrote, not Slack markup."""
         name = f"{delivery.template}-{delivery.ref or 'message'}.md"
+        content = str(delivery.context.get("content") or text)
         try:
             await self.client.files_upload_v2(
                 channel=delivery.channel,
                 thread_ts=thread_ts,
-                content=text,
+                content=content,
                 filename=name,
                 title=name,
             )
-        except SlackApiError as exc:
-            # The message itself is posted; the full text stays in the database and in
-            # `/crew status`. Posting it again would duplicate the card.
-            log.error("could not attach %s: %s", name, exc.response.get("error"))
+        except Exception as exc:
+            # The message itself is posted, and the full text stays in the database: posting
+            # again would duplicate the card, so a failed attachment is logged, not retried.
+            log.error("could not attach %s to %s: %s", name, thread_ts, type(exc).__name__)
 
     @staticmethod
     def _delivery_error(exc: SlackApiError) -> DeliveryError:
@@ -365,7 +373,7 @@ class SlackPlatform:
             return DeliveryError("Slack rate limit", retry_after=float(after) if after else 1.0)
         if status >= 500:
             return DeliveryError(f"Slack answered {status}")
-        return DeliveryError(f"Slack refused it: {error}", permanent=error in PERMANENT_ERRORS)
+        return DeliveryError(f"Slack refused it: {error}", permanent=error not in TEMPORARY_ERRORS)
 
     async def aclose(self) -> None:
         session = getattr(self.client, "session", None)

@@ -112,6 +112,7 @@ class Message:
     text: str
     user: str
     blocks: list[dict[str, Any]] | None = None
+    attachments: list[dict[str, Any]] | None = None
     thread_ts: str | None = None
     bot_id: str | None = None
     metadata: dict[str, Any] | None = None
@@ -473,6 +474,7 @@ class FakeSlack:
             channel,
             text=text,
             blocks=blocks,
+            attachments=_attachments(args),
             user=self.workspace.bot_user_id,
             bot_id=self.workspace.bot_id,
             thread_ts=_str_or_none(args.get("thread_ts")),
@@ -487,12 +489,19 @@ class FakeSlack:
             raise SlackError("cant_update_message")
         text, blocks = _content(args)
         message.edits.append(
-            {"text": message.text, "blocks": message.blocks, "edited_ts": self._next_ts()}
+            {
+                "text": message.text,
+                "blocks": message.blocks,
+                "attachments": message.attachments,
+                "edited_ts": self._next_ts(),
+            }
         )
         if "text" in args:
             message.text = text
         if "blocks" in args:
             message.blocks = blocks
+        if "attachments" in args:  # like Slack: left out, the old attachments stay
+            message.attachments = _attachments(args)
         return {
             "channel": channel,
             "ts": message.ts,
@@ -695,6 +704,7 @@ class FakeSlack:
         user: str,
         bot_id: str | None,
         blocks: list[dict[str, Any]] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
         thread_ts: str | None = None,
         metadata: Any = None,
         files: list[dict[str, Any]] | None = None,
@@ -715,6 +725,7 @@ class FakeSlack:
             text=text,
             user=user,
             blocks=blocks,
+            attachments=attachments,
             thread_ts=thread_ts,
             bot_id=bot_id,
             metadata=metadata if isinstance(metadata, dict) else None,
@@ -767,7 +778,7 @@ def _content(args: dict[str, Any]) -> tuple[str, Any]:
     """Text and blocks of a post, validated the way Slack refuses them."""
     text = str(args.get("text") or "")
     blocks = _json_arg(args, "blocks")
-    attachments = _json_arg(args, "attachments")
+    attachments = _attachments(args)
     if not text and not blocks and not attachments:
         raise SlackError("no_text")
     if len(text) > MAX_TEXT:
@@ -777,6 +788,20 @@ def _content(args: dict[str, Any]) -> tuple[str, Any]:
         if errors:
             raise SlackError("invalid_blocks", errors=errors)
     return text, blocks
+
+
+def _attachments(args: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Legacy attachments (a coloured bar around blocks), validated like top-level blocks."""
+    attachments = _json_arg(args, "attachments")
+    if attachments is None:
+        return None
+    if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
+        raise SlackError("invalid_attachments")
+    for attachment in attachments:
+        errors = _block_errors(attachment.get("blocks", []))
+        if errors:
+            raise SlackError("invalid_attachments", errors=errors)
+    return attachments
 
 
 def _block_errors(blocks: Any) -> list[str]:
