@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
+from agents.cards import card_message
 from agents.engine import Clock
 from agents.wakeup import Wakeup, seconds_until
 from bot.platforms.base import Delivery, DeliveryError, Platform
@@ -100,6 +101,9 @@ class OutboxSender:
             parent = (
                 session.get(Message, message.thread_of) if message and message.thread_of else None
             )
+            if row.kind == OutboxKind.NOTICE and row.context.get("run_id"):
+                # a private answer about a run shows in that run's thread
+                parent = card_message(session, int(row.context["run_id"]))
             assert row.id is not None
             delivery = Delivery(
                 kind=row.kind,

@@ -283,6 +283,7 @@ async def test_an_outsiders_reaction_is_answered_ephemerally(bot: SlackBot) -> N
     await bot.wait()
     assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
     notes = [e for e in bot.slack.ephemerals if e.user == MALLORY]
+    assert notes and notes[0].thread_ts == bot.ts_of("run_card")  # shown in the run's thread
     assert len(notes) == 1 and "only the approvers" in notes[0].text
 
 

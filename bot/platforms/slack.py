@@ -325,7 +325,11 @@ class SlackPlatform:
         user = (delivery.recipient or "").removeprefix("slack:")
         try:
             await self.client.chat_postEphemeral(
-                channel=delivery.channel, user=user, text=headline(text), blocks=to_blocks(text)
+                channel=delivery.channel,
+                user=user,
+                text=headline(text),
+                blocks=to_blocks(text),
+                thread_ts=delivery.thread_platform_id,
             )
         except SlackApiError as exc:
             if exc.response.get("error") not in NOT_HERE:
