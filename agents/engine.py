@@ -92,12 +92,6 @@ class Engine:
     def workflow(self, name: str) -> WorkflowSpec:
         return self.config.workflows[name]
 
-    def step_spec(self, run: Run, step: Step) -> StepSpec:
-        spec = self.spec_for(run, step)
-        if spec is None:
-            raise LookupError(f"workflow {run.workflow!r} is no longer configured")
-        return spec
-
     def spec_for(self, run: Run, step: Step) -> StepSpec | None:
         """The step's spec, or None when crewchief.yml no longer has it (renamed, removed)."""
         workflow = self.config.workflows.get(run.workflow)
