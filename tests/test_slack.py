@@ -619,3 +619,43 @@ async def test_sections_are_verbatim_so_bare_mentions_stay_text(bot: SlackBot) -
         if b["type"] == "section"
     ]
     assert sections and all(b["text"]["verbatim"] is True for b in sections)
+
+
+async def test_replies_in_other_peoples_threads_are_not_feedback(bot: SlackBot) -> None:
+    from tests.fakes.slack_signing import app_mention
+
+    await bot.command("run blog-post heat pumps")
+    await bot.wait()
+    card_ts = bot.ts_of("run_card")
+    # someone else's thread in the same channel, and a mention of the bot in the run's thread
+    await bot.event(
+        thread_message(
+            user=EDITH,
+            text="lunch?",
+            channel=CHANNEL,
+            thread_ts="1699999999.000100",
+            parent_user_id=ALICE,
+        )
+    )
+    mention = app_mention(
+        user=EDITH, text=f"<@{WORKSPACE.bot_user_id}> shorter please", channel=CHANNEL
+    )
+    mention["event"]["thread_ts"] = card_ts
+    await bot.event(mention)
+    await bot.event(
+        thread_message(
+            user=EDITH,
+            text=f"<@{WORKSPACE.bot_user_id}> shorter please",
+            channel=CHANNEL,
+            thread_ts=card_ts,
+        )
+    )
+    await bot.wait()
+    with bot.app.db.read() as s:
+        from sqlmodel import select
+
+        replies = [r.text for r in s.exec(select(models.ThreadReply)).all()]
+        seen_events = len(s.exec(select(models.InboundEvent)).all())
+    assert replies == [f"<@{WORKSPACE.bot_user_id}> shorter please"]
+    assert seen_events == 2  # the command and the one reply: nothing else touched the database
+    assert [e for e in bot.slack.ephemerals if e.user == EDITH] == []  # no help in the thread

@@ -241,16 +241,20 @@ class SlackPlatform:
             self._reaction(body, event, ReactionRemoved)
 
         @bolt.event("message")
-        async def on_message(body: dict[str, Any], event: dict[str, Any]) -> None:
+        async def on_message(
+            body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]
+        ) -> None:
             thread_ts = event.get("thread_ts")
+            parent = event.get("parent_user_id")
             if (
                 event.get("subtype") not in (None, "thread_broadcast")
                 or event.get("bot_id")
                 or not thread_ts
                 or thread_ts == event.get("ts")
                 or not event.get("user")
+                or (parent is not None and parent != context.get("bot_user_id"))
             ):
-                return  # only people's replies in a thread are feedback
+                return  # only people's replies in the bot's threads are feedback
             self.app.dispatcher.handle(
                 ThreadReply(
                     event_id=event_id(body),
@@ -264,6 +268,8 @@ class SlackPlatform:
 
         @bolt.event("app_mention")
         async def on_mention(body: dict[str, Any], event: dict[str, Any]) -> None:
+            if event.get("thread_ts"):
+                return  # "@crewchief shorter please" in a run's thread is feedback, not a question
             self.app.dispatcher.handle(
                 SlashCommand(
                     event_id=event_id(body),
