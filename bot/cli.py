@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from agents.cards import run_summary
+from agents.config import CrewConfig
 from bot.app import App, build_app
 from bot.config_file import ConfigError, load_config
 from bot.settings import Settings
@@ -46,9 +47,9 @@ def _settings() -> Settings:
         raise _fail(f"bad environment setting: {exc}") from None
 
 
-def _build(settings: Settings, **kwargs: object) -> App:
+def _build(settings: Settings, config: CrewConfig, approvers: list[str]) -> App:
     try:
-        return build_app(settings, **kwargs)  # type: ignore[arg-type]
+        return build_app(settings, config=config, default_approvers=approvers)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
 
@@ -70,7 +71,7 @@ def shell(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     approvers = default_shell_approvers(config, settings.approvers)
-    app = _build(settings, config=config, default_approvers=approvers)
+    app = _build(settings, config, approvers)
     console = Console(highlight=False, soft_wrap=False)
     platform = ShellPlatform(console)
     app.add_platform(platform)

@@ -6,14 +6,14 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_
+from sqlalchemy import ColumnElement, and_, func, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from storage.models import LLMCall, Outbox, OutboxStatus, Run, Step, StepStatus
 
 
-def _claimable_step(now: datetime):  # type: ignore[no-untyped-def]
+def _claimable_step(now: datetime) -> ColumnElement[bool]:
     return or_(
         and_(col(Step.status) == StepStatus.PENDING, col(Step.available_at) <= now),
         and_(col(Step.status) == StepStatus.RUNNING, col(Step.lease_until) < now),
