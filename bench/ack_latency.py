@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 from bot.app import build_app
 from bot.http import web_app
 from bot.platforms.slack import SlackPlatform, slack_settings
 from bot.settings import Settings
+from tests.fakes.local_server import serve_locally
 from tests.fakes.slack_api import BOT_TOKEN, fake_slack
 from tests.fakes.slack_signing import SIGNING_SECRET, signed_form, slash_command
 
@@ -43,14 +43,13 @@ async def main(requests: int, database_url: str | None) -> None:
             app = build_app(settings)
             platform = SlackPlatform(app, slack_settings(settings))
             app.add_platform(platform)
-            runner = web.AppRunner(web_app(app, platform))
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            target = f"http://127.0.0.1:{port}/slack/events"
             times: list[float] = []
-            async with app.running(), aiohttp.ClientSession() as http:
+            async with (
+                serve_locally(web_app(app, platform)) as base,
+                app.running(),
+                aiohttp.ClientSession() as http,
+            ):
+                target = f"{base}/slack/events"
                 for i in range(requests):
                     body, headers = signed_form(
                         slash_command(f"run research-brief topic number {i}", channel_id="C1")
@@ -63,7 +62,6 @@ async def main(requests: int, database_url: str | None) -> None:
                 drain_start = time.perf_counter()
                 await app.wait_idle(timeout=600)
                 drained = time.perf_counter() - drain_start
-            await runner.cleanup()
             await app.aclose()
     times.sort()
     q = statistics.quantiles(times, n=100)

@@ -19,6 +19,7 @@ from agents.openai_provider import OpenAIProvider
 from storage import models
 from storage.db import Database
 from tests.conftest import Bot
+from tests.fakes.local_server import serve_locally
 from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAIServer, running_fake_openai
 
 
@@ -152,14 +153,9 @@ async def webhook_receiver() -> AsyncIterator[dict[str, Any]]:
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state["url"] = f"http://127.0.0.1:{port}/hook"
-    yield state
-    await runner.cleanup()
+    async with serve_locally(app) as base:
+        state["url"] = f"{base}/hook"
+        yield state
 
 
 def publish_to(target: dict[str, Any]) -> dict[str, Any]:

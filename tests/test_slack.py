@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from agents.config import Reactions
 from bot.app import App, build_app
@@ -21,6 +20,7 @@ from bot.platforms.slack import SCOPES, SlackPlatform, slack_settings
 from bot.settings import Settings
 from storage import models
 from tests.conftest import make_config
+from tests.fakes.local_server import serve_locally
 from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack, fake_slack
 from tests.fakes.slack_signing import (
     SIGNING_SECRET,
@@ -131,14 +131,12 @@ async def bot(
     app, platform = build(
         slack_env(db_url, tmp_path, slack.api_url), marker.args[0] if marker else None
     )
-    runner = web.AppRunner(web_app(app, platform))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with app.running(), aiohttp.ClientSession() as http:
-        yield SlackBot(app, slack, f"http://127.0.0.1:{port}/slack/events", http)
-    await runner.cleanup()
+    async with (
+        serve_locally(web_app(app, platform)) as base,
+        app.running(),
+        aiohttp.ClientSession() as http,
+    ):
+        yield SlackBot(app, slack, f"{base}/slack/events", http)
     await app.aclose()
 
 
