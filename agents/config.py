@@ -168,8 +168,17 @@ class Engine(Strict):
     workers: int = Field(default=4, ge=1, le=256)
     llm_concurrency: int = Field(default=4, ge=1, le=256)
     senders: int = Field(default=4, ge=1, le=64)  # concurrent outbox deliveries
-    lease: Duration = timedelta(minutes=10)  # longer than an LLM call with its retries
+    # A worker renews its lease by heartbeat while it works, so the lease only bounds how long
+    # a dead worker's step (or delivery) waits before another process takes it up.
+    lease: Duration = timedelta(seconds=30)
     max_attempts: int = Field(default=3, ge=1)
+
+    @field_validator("lease")
+    @classmethod
+    def _lease_floor(cls, lease: timedelta) -> timedelta:
+        if lease < timedelta(seconds=1):
+            raise ValueError("a lease shorter than 1s cannot be renewed in time; use e.g. 30s")
+        return lease
 
 
 class CrewConfig(Strict):

@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from agents import cards
 from agents.budgets import BudgetExceeded, check_budget
 from agents.config import ApprovalPolicy, CrewConfig, StepSpec, WorkflowSpec
+from agents.heartbeat import heartbeat, interval
 from agents.llm import Completion, LLMError, LLMProvider
 from agents.prompts import build_request
 from agents.publishing import Publication, Publisher, PublishError, record
@@ -39,7 +40,7 @@ from storage.models import (
     StepStatus,
     utcnow,
 )
-from storage.queries import claim_step, lock_run, next_step_due
+from storage.queries import claim_step, lock_run, next_step_due, renew_step_lease
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,12 @@ class Engine:
         if claimed is None:
             return False
         try:
-            await self._execute(claimed)
+            async with heartbeat(
+                lambda: self._renew(claimed.step_id),
+                interval(self.config.engine.lease),
+                f"step {claimed.step_id} of run {claimed.run_id}",
+            ):
+                await self._execute(claimed)
         except asyncio.CancelledError:
             self._release(claimed)  # a graceful stop: another worker takes it at once
             raise
@@ -287,6 +293,11 @@ class Engine:
             log.exception("step %s of run %s failed unexpectedly", claimed.step_id, claimed.run_id)
             self._fail(claimed, f"internal error ({type(exc).__name__}); see the bot's log")
         return True
+
+    def _renew(self, step_id: int) -> bool:
+        with self.db.transaction() as session:
+            until = self.clock() + self.config.engine.lease
+            return renew_step_lease(session, step_id, self.owner, until)
 
     async def _execute(self, claimed: Claimed) -> None:
         try:

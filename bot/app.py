@@ -134,7 +134,12 @@ def build_app(
     )
     approvals = ApprovalService(engine)
     sender = OutboxSender(
-        db, {}, wakeup=outbox_wakeup, clock=clock, on_lost_card=engine.abandon_run
+        db,
+        {},
+        wakeup=outbox_wakeup,
+        clock=clock,
+        on_lost_card=engine.abandon_run,
+        lease=config.engine.lease,
     )
     app = App(settings, config, db, llm, engine, approvals, Dispatcher(engine, approvals), sender)
     return app

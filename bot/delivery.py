@@ -16,15 +16,15 @@ from sqlmodel import Session
 
 from agents.cards import card_message
 from agents.engine import Clock
+from agents.heartbeat import heartbeat, interval
 from agents.wakeup import Wakeup, seconds_until
 from bot.platforms.base import Delivery, DeliveryError, Platform
 from storage.db import Database
 from storage.models import Message, Outbox, OutboxKind, OutboxStatus, utcnow
-from storage.queries import claim_outbox, next_delivery_due
+from storage.queries import claim_outbox, next_delivery_due, renew_outbox_lease
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=2)
 SKIPPED = "skipped"  # a claimed row that could never be delivered, now marked failed
 LostCard = Callable[[Session, int, str], None]  # (session, run id, why) when a run card fails
 GIVE_UP_AFTER = timedelta(hours=24)  # a platform down longer than this is an incident
@@ -44,12 +44,14 @@ class OutboxSender:
         wakeup: Wakeup | None = None,
         clock: Clock = utcnow,
         on_lost_card: LostCard | None = None,
+        lease: timedelta = timedelta(seconds=30),
     ) -> None:
         self.db = db
         self.platforms = dict(platforms)
         self.wakeup = wakeup or Wakeup()
         self.clock = clock
         self.on_lost_card = on_lost_card
+        self.lease = lease
         self.owner = f"sender-{uuid.uuid4().hex[:8]}"
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -75,7 +77,11 @@ class OutboxSender:
         row_id, delivery, platform_name = claimed
         platform = self.platforms[platform_name]
         try:
-            platform_id = await platform.deliver(delivery)
+            # a 429's Retry-After can keep a delivery busy for longer than one lease
+            async with heartbeat(
+                lambda: self._renew(row_id), interval(self.lease), f"outbox row {row_id}"
+            ):
+                platform_id = await platform.deliver(delivery)
         except DeliveryError as exc:
             self._failed(row_id, exc)
         except Exception as exc:  # an adapter bug must not lose the message
@@ -85,13 +91,17 @@ class OutboxSender:
             self._sent(row_id, platform_id)
         return True
 
+    def _renew(self, row_id: int) -> bool:
+        with self.db.transaction() as session:
+            return renew_outbox_lease(session, row_id, self.owner, self.clock() + self.lease)
+
     def _claim(self) -> tuple[int, Delivery, str] | str | None:
         with self.db.transaction() as session:
             row = claim_outbox(
                 session,
                 owner=self.owner,
                 now=self.clock(),
-                lease=LEASE,
+                lease=self.lease,
                 skip_locked=self.db.is_postgres,
                 platforms=list(self.platforms),
             )

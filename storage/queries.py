@@ -6,7 +6,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_
+from sqlalchemy import ColumnElement, and_, func, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -87,6 +87,34 @@ def claim_outbox(
     session.add(row)
     session.flush()
     return row
+
+
+def renew_step_lease(session: Session, step_id: int, owner: str, until: datetime) -> bool:
+    """Extend a running step's lease; False when `owner` no longer holds it."""
+    result = session.execute(
+        update(Step)
+        .where(
+            col(Step.id) == step_id,
+            col(Step.status) == StepStatus.RUNNING,
+            col(Step.lease_owner) == owner,
+        )
+        .values(lease_until=until)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def renew_outbox_lease(session: Session, row_id: int, owner: str, until: datetime) -> bool:
+    """Extend a delivery's lease; False when `owner` no longer holds it."""
+    result = session.execute(
+        update(Outbox)
+        .where(
+            col(Outbox.id) == row_id,
+            col(Outbox.status) == OutboxStatus.PENDING,
+            col(Outbox.lease_owner) == owner,
+        )
+        .values(lease_until=until)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run | None:
