@@ -1,8 +1,13 @@
-"""Approvals: who may decide, votes as rows, and the decision once the policy is met.
+"""Drafts and decisions: a draft waiting for people, who may decide, votes as rows, and the
+decision once the policy is met, by reaction, by command or by timeout.
 
 ✅ needs `quorum` distinct approvers; one ❌ from an approver rejects and one 🔁 sends the
-draft back; 🛑 cancels the run (requester, approvers, admins). The step row is locked for the
-whole vote, so racing reactions are counted one after the other and decide once.
+draft back; 🛑 cancels the run (requester, approvers, admins). The run, then the step, is
+locked for the whole vote, so racing reactions are counted one after the other and decide
+once. Every entry point returns an Outcome and writes no answer itself: the dispatcher
+answers each event exactly once.
+
+Adding a decision path means a method here (and a template for what it posts).
 """
 
 from __future__ import annotations
@@ -11,21 +16,35 @@ import asyncio
 import contextlib
 import logging
 import unicodedata
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from agents import cards
-from agents.engine import Engine
+from agents.config import ApprovalPolicy, Reactions
+from agents.lifecycle import Lifecycle
+from agents.outcomes import (
+    AlreadyVoted,
+    Cancelled,
+    Counted,
+    Decided,
+    Ignored,
+    Outcome,
+    Refused,
+    Withdrawn,
+)
+from agents.permissions import Permissions
 from storage import outbox
 from storage.audit import audit
+from storage.db import Database
 from storage.models import (
     ApprovalVote,
+    Decision,
+    DraftVersion,
     Message,
+    MessageKind,
     Run,
     RunStatus,
     Step,
@@ -39,16 +58,12 @@ log = logging.getLogger(__name__)
 
 DEADLINE_POLL = 1.0  # seconds between checks of approval timeouts
 
-DECISIONS = {Vote.APPROVE: "approved", Vote.REJECT: "rejected", Vote.REVISE: "sent back"}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a vote did; `notice` is the private answer for the voter, if any."""
-
-    effect: str  # decided | counted | withdrawn | duplicate | refused | ignored | cancelled
-    notice: str | None = None
-    context: dict[str, Any] = field(default_factory=dict)
+DECISIONS = {Vote.APPROVE: Decision.APPROVED, Vote.REJECT: Decision.REJECTED}
+SETTLED = {
+    Decision.APPROVED: StepStatus.SUCCEEDED,
+    Decision.REJECTED: StepStatus.REJECTED,
+    Decision.SENT_BACK: StepStatus.PENDING,
+}
 
 
 def normalize_emoji(emoji: str) -> str:
@@ -62,9 +77,17 @@ def normalize_emoji(emoji: str) -> str:
 
 
 class ApprovalService:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        reactions = engine.config.reactions
+    def __init__(
+        self,
+        db: Database,
+        lifecycle: Lifecycle,
+        permissions: Permissions,
+        reactions: Reactions,
+    ) -> None:
+        self.db = db
+        self.lifecycle = lifecycle
+        self.permissions = permissions
+        self.reactions = reactions
         self.emoji: dict[str, Vote] = {}
         for vote, names in (
             (Vote.APPROVE, reactions.approve),
@@ -75,30 +98,107 @@ class ApprovalService:
             for name in names:
                 self.emoji[normalize_emoji(name)] = vote
 
+    @property
+    def clock(self) -> Any:
+        return self.lifecycle.clock
+
     def vote_for(self, emoji: str) -> Vote | None:
         return self.emoji.get(normalize_emoji(emoji))
 
     def hint(self) -> str:
-        r = self.engine.config.reactions
+        r = self.reactions
         return f"{r.approve[0]} approve · {r.reject[0]} reject · {r.revise[0]} send back"
 
-    # -- reactions ------------------------------------------------------------------------
+    # -- a draft waiting for people --------------------------------------------------------
+
+    def await_approval(
+        self, session: Session, run: Run, step: Step, policy: ApprovalPolicy, text: str
+    ) -> None:
+        """The writer's new version: stored, waiting for people, its card posted."""
+        assert run.id is not None and step.id is not None
+        self.lifecycle.await_approval(session, run, step, text)
+        now = self.clock()
+        step.deadline_at = now + policy.timeout if policy.timeout else None
+        session.add(
+            DraftVersion(
+                run_id=run.id,
+                step_id=step.id,
+                version=step.version,
+                content=text,
+                feedback=step.feedback,
+                created_at=now,
+            )
+        )
+        cards.post_in_thread(
+            session,
+            run,
+            key=cards.draft_key(run.id, step, step.version),
+            kind=MessageKind.DRAFT,
+            step=step,
+            version=step.version,
+            context=self.draft_context(run, step, policy, text),
+        )
+
+    def draft_context(
+        self,
+        run: Run,
+        step: Step,
+        policy: ApprovalPolicy,
+        text: str,
+        decision: Decision | None = None,
+        decided_by: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "step": step.name,
+            "agent": step.agent,
+            "version": step.version,
+            "content": text,
+            "feedback": step.feedback,
+            "offline": self.lifecycle.offline,
+            "approvers": sorted(self.permissions.approvers(policy)),
+            "quorum": policy.quorum,
+            "reactions": self.reactions.shown(),
+            "decision": decision.value if decision else None,
+            "decided_by": decided_by,
+        }
+
+    def lock_draft(
+        self, session: Session, run: Run, step: Step, decision: Decision, who: str
+    ) -> None:
+        """Edit the current draft card to show the decision; it takes no more votes."""
+        assert run.id is not None
+        message = cards.draft_message(session, run.id, step, step.version)
+        spec = self.lifecycle.spec_for(run, step)
+        if message is None or spec is None or spec.approval is None:
+            return
+        outbox.update(
+            session,
+            message,
+            template=MessageKind.DRAFT.value,
+            context={
+                "run_id": run.id,
+                **self.draft_context(run, step, spec.approval, step.output or "", decision, who),
+            },
+        )
+
+    # -- reactions -------------------------------------------------------------------------
 
     def reaction_added(self, session: Session, who: str, message: Message, emoji: str) -> Outcome:
         vote = self.vote_for(emoji)
         if vote is None:
-            return Outcome(
-                "ignored",
+            return Ignored(
                 f"{emoji} means nothing to crewchief here; use {self.hint()} · "
-                f"{self.engine.config.reactions.cancel[0]} cancel",
+                f"{self.reactions.cancel[0]} cancel",
+                run_id=message.run_id,
+                quiet=True,  # a 🎉 on a draft: worth a word in the shell, noise in a channel
             )
         run = lock_run(session, message.run_id) if message.run_id else None
         if run is None:
-            return Outcome("ignored", "that message does not belong to a run")
+            return Ignored("that message does not belong to a run", quiet=True)
         if vote == Vote.CANCEL:
             return self.cancel(session, run, who)
-        if message.kind != "draft" or message.step_id is None:
-            return Outcome("ignored", "react on a draft to decide on it")
+        if message.kind != MessageKind.DRAFT or message.step_id is None:
+            return Ignored("react on a draft to decide on it", run_id=run.id, quiet=True)
         step = self._lock_step(session, message.step_id)
         return self.cast(session, run, step, who, vote, version=message.version)
 
@@ -106,11 +206,11 @@ class ApprovalService:
         """Removing a reaction before the decision withdraws that vote; after it, nothing."""
         vote = self.vote_for(emoji)
         if vote is None or vote == Vote.CANCEL or message.step_id is None or not message.run_id:
-            return Outcome("ignored")
+            return Ignored()
         lock_run(session, message.run_id)
         step = self._lock_step(session, message.step_id)
         if step.status != StepStatus.AWAITING_APPROVAL or step.version != message.version:
-            return Outcome("ignored")
+            return Ignored()
         row = session.exec(
             select(ApprovalVote).where(
                 ApprovalVote.step_id == step.id,
@@ -120,12 +220,12 @@ class ApprovalService:
             )
         ).first()
         if row is None:
-            return Outcome("ignored")
+            return Ignored()
         session.delete(row)
         audit(session, who, "vote.withdrawn", step.run_id, vote=vote, version=step.version)
-        return Outcome("withdrawn")
+        return Withdrawn(step.run_id)
 
-    # -- commands (`/crew approve 3`, `/crew reject 3 too long`) --------------------------
+    # -- commands (`/crew approve 3`, `/crew reject 3 too long`, `/crew revise 3 shorter`) --
 
     def decide_by_command(
         self, session: Session, run: Run, who: str, vote: Vote, reason: str | None
@@ -136,16 +236,18 @@ class ApprovalService:
             .with_for_update()
         ).first()
         if step is None:
-            return Outcome("ignored", f"run {run.id} has no draft waiting for a decision")
-        return self.cast(
-            session, run, step, who, vote, version=step.version, reason=reason, notify=False
-        )
+            return Ignored(f"run {run.id} has no draft waiting for a decision", run_id=run.id)
+        return self.cast(session, run, step, who, vote, version=step.version, reason=reason)
 
-    # -- the vote itself ------------------------------------------------------------------
+    def revise_by_command(self, session: Session, run: Run, who: str, notes: str) -> Outcome:
+        """Send the waiting draft back with `notes` as the feedback: 🔁 for people (or
+        platforms) whose thread replies the bot cannot read."""
+        return self.decide_by_command(session, run, who, Vote.REVISE, notes)
+
+    # -- the vote itself -------------------------------------------------------------------
 
     def _lock_step(self, session: Session, step_id: int) -> Step:
-        step = session.exec(select(Step).where(Step.id == step_id).with_for_update()).one()
-        return step
+        return session.exec(select(Step).where(Step.id == step_id).with_for_update()).one()
 
     def cast(
         self,
@@ -157,46 +259,32 @@ class ApprovalService:
         *,
         version: int | None,
         reason: str | None = None,
-        notify: bool = True,
     ) -> Outcome:
-        """Record one vote and decide when the policy is met. A refusal is audited, and
-        (`notify`) answered privately through the outbox: a command answers it itself."""
+        """Record one vote and decide when the policy is met. For a revise, `reason` is the
+        feedback (else the voter's latest reply in the thread)."""
+        assert run.id is not None
         if step.status != StepStatus.AWAITING_APPROVAL or version != step.version:
             current = f" (v{step.version} is the current draft)" if step.version else ""
-            return Outcome("ignored", f"that draft is no longer waiting for a decision{current}")
-        spec = self.engine.spec_for(run, step)
+            return Ignored(
+                f"that draft is no longer waiting for a decision{current}", run_id=run.id
+            )
+        spec = self.lifecycle.spec_for(run, step)
         if spec is None or spec.approval is None:
-            return Outcome("ignored", f"workflow {run.workflow!r} is no longer configured")
+            return Ignored(f"workflow {run.workflow!r} is no longer configured", run_id=run.id)
         policy = spec.approval
-        approvers = self.engine.approvers(policy)
-        refusal = None
-        if who not in approvers:
-            refusal = "only the approvers of this step can decide: " + (
-                ", ".join(sorted(approvers))
-                if approvers
-                else "none are configured (set approvers in crewchief.yml or CREWCHIEF_APPROVERS)"
-            )
-        elif who == run.requester and not policy.allow_self_approval:
-            refusal = "you requested this run, and this workflow does not allow self-approval"
+        refusal = self.permissions.vote_refusal(run, policy, who)
         if refusal is not None:
-            audit(
-                session,
-                who,
-                "vote.refused",
-                run.id,
-                vote=vote,
-                version=step.version,
-                reason=refusal,
+            return Refused(
+                refusal,
+                action="vote.refused",
+                run_id=run.id,
+                detail={"vote": vote.value, "version": step.version},
             )
-            if notify:
-                self._notify(session, run, who, refusal)
-            return Outcome("refused", refusal)
-
         try:
             with session.begin_nested():
                 session.add(
                     ApprovalVote(
-                        run_id=run.id or 0,
+                        run_id=run.id,
                         step_id=step.id or 0,
                         version=step.version,
                         approver=who,
@@ -204,7 +292,7 @@ class ApprovalService:
                     )
                 )
         except IntegrityError:
-            return Outcome("duplicate")
+            return AlreadyVoted(run.id)
         audit(session, who, "vote.cast", run.id, vote=vote, version=step.version)
 
         if vote == Vote.APPROVE:
@@ -213,24 +301,86 @@ class ApprovalService:
                     ApprovalVote.step_id == step.id,
                     ApprovalVote.version == step.version,
                     ApprovalVote.vote == Vote.APPROVE,
-                    col(ApprovalVote.approver).in_(approvers),
+                    col(ApprovalVote.approver).in_(self.permissions.approvers(policy)),
                 )
             ).one()
             if count < policy.quorum:
-                return Outcome("counted", context={"count": count, "quorum": policy.quorum})
-        feedback = self.latest_reply(session, run, who) if vote == Vote.REVISE else None
-        decided = self.decide(
-            session, run, step, DECISIONS[vote], who, reason=reason, feedback=feedback
-        )
-        return Outcome("decided" if decided else "duplicate")
+                return Counted(run.id, count, policy.quorum)
+        if vote == Vote.REVISE:
+            feedback = reason or self.latest_reply(session, run, who)
+            decided = self.decide(session, run, step, Decision.SENT_BACK, who, feedback=feedback)
+            decision = Decision.SENT_BACK
+        else:
+            decision = DECISIONS[vote]
+            decided = self.decide(session, run, step, decision, who, reason=reason)
+        return Decided(run.id, decision) if decided else AlreadyVoted(run.id)
 
-    # -- timeouts and decisions -----------------------------------------------------------
+    def decide(
+        self,
+        session: Session,
+        run: Run,
+        step: Step,
+        decision: Decision,
+        who: str,
+        reason: str | None = None,
+        feedback: str | None = None,
+    ) -> bool:
+        """Apply a decision on the current draft; False when another one got there first."""
+        if not self.lifecycle.settle(session, step, SETTLED[decision], who):
+            return False
+        self.lock_draft(session, run, step, decision, who)
+        cards.post_about_draft(
+            session,
+            run,
+            step,
+            kind=MessageKind.DECISION,
+            context={
+                "decision": decision.value,
+                "decided_by": who,
+                "reason": reason,
+                "feedback": feedback,
+            },
+        )
+        audit(session, who, decision.action, run.id, version=step.version, reason=reason)
+        if decision == Decision.APPROVED:
+            run.decided_by = who
+            self.lifecycle.advance(session, run, step)
+        elif decision == Decision.REJECTED:
+            run.decided_by = who
+            self.lifecycle.reject(session, run, step, reason)
+        else:  # the run card names who settled the draft, not who asked for another version
+            self.lifecycle.send_back(session, run, step, feedback)
+        return True
+
+    def latest_reply(self, session: Session, run: Run, who: str) -> str | None:
+        reply = session.exec(
+            select(ThreadReply)
+            .where(ThreadReply.run_id == run.id, ThreadReply.author == who)
+            .order_by(col(ThreadReply.id).desc())
+        ).first()
+        return reply.text if reply else None
+
+    def cancel(self, session: Session, run: Run, who: str) -> Outcome:
+        assert run.id is not None
+        if RunStatus(run.status).finished:
+            return Ignored(f"run {run.id} has already finished ({run.status})", run_id=run.id)
+        if not self.permissions.may_manage(run, who):
+            return Refused(
+                "only the requester, the run's approvers or an admin can cancel it",
+                action="cancel.refused",
+                run_id=run.id,
+            )
+        for step in self.lifecycle.cancel_run(session, run, who):
+            self.lock_draft(session, run, step, Decision.CANCELLED, who)
+        return Cancelled(run.id)
+
+    # -- timeouts --------------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Watch approval deadlines until `stop` is set."""
         while not stop.is_set():
             try:
-                self.check_deadlines()
+                await asyncio.to_thread(self.check_deadlines)
             except Exception:
                 log.exception("approval deadlines could not be checked; retrying shortly")
             with contextlib.suppress(TimeoutError):
@@ -242,8 +392,8 @@ class ApprovalService:
         Each draft is handled in a transaction of its own that locks the run, then the step,
         and looks again: a decision that landed meanwhile wins.
         """
-        now = self.engine.clock()
-        with self.engine.db.read() as session:
+        now = self.clock()
+        with self.db.read() as session:
             due = session.exec(
                 select(Step.id, Step.run_id)
                 .where(
@@ -257,7 +407,7 @@ class ApprovalService:
         handled = 0
         for step_id, run_id in due:
             assert step_id is not None
-            with self.engine.db.transaction() as session:
+            with self.db.transaction() as session:
                 handled += self._timeout(session, run_id, step_id, now)
         return handled
 
@@ -266,14 +416,14 @@ class ApprovalService:
         step = self._lock_step(session, step_id)
         if run is None or step.status != StepStatus.AWAITING_APPROVAL or step.escalated:
             return 0
-        spec = self.engine.spec_for(run, step)
+        spec = self.lifecycle.spec_for(run, step)
         if spec is None or spec.approval is None:
             step.escalated = True  # its workflow is gone: nothing to escalate to
             session.add(step)
             return 0
         policy = spec.approval
         if policy.on_timeout == "reject":
-            self.decide(session, run, step, "rejected", "timeout", reason="approval timed out")
+            self.decide(session, run, step, Decision.REJECTED, "timeout", "approval timed out")
             return 1
         step.escalated = True
         session.add(step)
@@ -282,114 +432,8 @@ class ApprovalService:
             session,
             run,
             step,
-            kind="reminder",
-            context={"waited_s": waited, "approvers": sorted(self.engine.approvers(policy))},
+            kind=MessageKind.REMINDER,
+            context={"waited_s": waited, "approvers": sorted(self.permissions.approvers(policy))},
         )
         audit(session, "crewchief", "approval.escalated", run.id, version=step.version)
-        self.engine.after_commit(session)
         return 1
-
-    def decide(
-        self,
-        session: Session,
-        run: Run,
-        step: Step,
-        decision: str,
-        who: str,
-        reason: str | None = None,
-        feedback: str | None = None,
-    ) -> bool:
-        """Apply a decision on the current draft: one conditional update, first one wins."""
-        now = self.engine.clock()
-        target = {
-            "approved": StepStatus.SUCCEEDED,
-            "rejected": StepStatus.REJECTED,
-            "sent back": StepStatus.PENDING,
-        }[decision]
-        result = session.execute(
-            update(Step)
-            .where(
-                col(Step.id) == step.id,
-                col(Step.status) == StepStatus.AWAITING_APPROVAL,
-                col(Step.version) == step.version,
-            )
-            .values(status=target, decided_by=who)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(result, "rowcount", 0) != 1:
-            return False
-        session.refresh(step)
-        self.engine.lock_draft(session, run, step, decision, who)
-        cards.post_about_draft(
-            session,
-            run,
-            step,
-            kind="decision",
-            context={
-                "decision": decision,
-                "decided_by": who,
-                "reason": reason,
-                "feedback": feedback,
-            },
-        )
-        audit(
-            session,
-            who,
-            f"draft.{decision.replace(' ', '_')}",
-            run.id,
-            version=step.version,
-            reason=reason,
-        )
-        if decision != "sent back":  # the run card names who settled the draft, not who
-            run.decided_by = who  # asked for another version
-        if decision == "approved":
-            self.engine.advance(session, run, step, now)
-        elif decision == "rejected":
-            step.finished_at = now
-            session.add(step)
-            run.status = RunStatus.REJECTED
-            run.error = reason
-            run.finished_at = run.updated_at = now
-            session.add(run)
-            cards.refresh_run_card(session, run, now, offline=self.engine.offline)
-        else:
-            step.feedback = feedback
-            step.attempts = 0  # a new version is new work, not a retry of the old one
-            step.available_at = now
-            step.deadline_at = None
-            session.add(step)
-            run.status = RunStatus.RUNNING
-            run.updated_at = now
-            session.add(run)
-            cards.refresh_run_card(session, run, now, offline=self.engine.offline)
-        self.engine.after_commit(session)
-        return True
-
-    def latest_reply(self, session: Session, run: Run, who: str) -> str | None:
-        reply = session.exec(
-            select(ThreadReply)
-            .where(ThreadReply.run_id == run.id, ThreadReply.author == who)
-            .order_by(col(ThreadReply.id).desc())
-        ).first()
-        return reply.text if reply else None
-
-    def cancel(self, session: Session, run: Run, who: str) -> Outcome:
-        if RunStatus(run.status).finished:
-            return Outcome("ignored", f"run {run.id} has already finished ({run.status})")
-        if not self.engine.may_manage(run, who):
-            message = "only the requester, the run's approvers or an admin can cancel it"
-            audit(session, who, "cancel.refused", run.id)
-            self._notify(session, run, who, message)
-            return Outcome("refused", message)
-        self.engine.cancel(session, run, who)
-        return Outcome("cancelled")
-
-    def _notify(self, session: Session, run: Run, who: str, text: str) -> None:
-        outbox.notice(
-            session,
-            platform=run.platform,
-            channel=run.channel,
-            recipient=who,
-            template="notice",
-            context={"text": text, "run_id": run.id},
-        )

@@ -11,7 +11,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from storage import outbox
-from storage.models import Message, Run, Step
+from storage.models import Message, MessageKind, Run, Step
 
 
 def card_key(run_id: int) -> str:
@@ -76,7 +76,7 @@ def post_run_card(session: Session, run: Run, now: datetime, *, offline: bool) -
     return outbox.post(
         session,
         key=card_key(run.id),
-        kind="run_card",
+        kind=MessageKind.RUN_CARD,
         platform=run.platform,
         channel=run.channel,
         run_id=run.id,
@@ -99,7 +99,7 @@ def post_in_thread(
     run: Run,
     *,
     key: str,
-    kind: str,
+    kind: MessageKind,
     context: dict[str, Any],
     step: Step | None = None,
     version: int | None = None,
@@ -116,13 +116,13 @@ def post_in_thread(
         step_id=step.id if step else None,
         version=version,
         thread_of=card.id if card else None,
-        template=kind,
+        template=kind.value,
         context={"run_id": run.id, **context},
     )
 
 
 def post_about_draft(
-    session: Session, run: Run, step: Step, *, kind: str, context: dict[str, Any]
+    session: Session, run: Run, step: Step, *, kind: MessageKind, context: dict[str, Any]
 ) -> Message:
     """A message about the step's current draft (its decision, a reminder), once per kind."""
     return post_in_thread(
@@ -133,6 +133,29 @@ def post_about_draft(
         step=step,
         version=step.version,
         context={"version": step.version, **context},
+    )
+
+
+def notice(
+    session: Session,
+    *,
+    run: Run | None,
+    platform: str,
+    channel: str,
+    recipient: str,
+    template: str,
+    context: dict[str, Any],
+) -> None:
+    """A private answer to one person; one about a run shows in that run's thread."""
+    card = card_message(session, run.id) if run is not None and run.id is not None else None
+    outbox.notice(
+        session,
+        platform=platform,
+        channel=channel,
+        recipient=recipient,
+        template=template,
+        context=context,
+        thread_of=card.id if card else None,
     )
 
 

@@ -30,7 +30,7 @@ from tenacity import (
 from agents import cards
 from agents.config import PublishTarget
 from storage.audit import audit
-from storage.models import Run, Step
+from storage.models import MessageKind, Run, Step
 
 
 class PublishError(Exception):
@@ -137,7 +137,7 @@ def record(
         session,
         run,
         key=f"run:{run.id}:published",
-        kind="published",
+        kind=MessageKind.PUBLISHED,
         step=step,
         context={"to": target.to, "location": location, "content": pub.content, "offline": offline},
     )

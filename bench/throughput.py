@@ -54,7 +54,7 @@ async def main(runs: int, database_url: str | None) -> None:
         async with app.running():
             start = time.perf_counter()
             for i in range(runs):
-                app.dispatcher.handle(
+                app.dispatcher.handle_now(
                     SlashCommand(f"c{i}", requester, "C1", f"run blog-post topic {i}")
                 )
             await app.wait_idle(timeout=3600)
@@ -63,7 +63,7 @@ async def main(runs: int, database_url: str | None) -> None:
                 drafts = s.exec(select(Message).where(Message.kind == "draft")).all()
             start = time.perf_counter()
             for m in drafts:
-                app.dispatcher.handle(
+                app.dispatcher.handle_now(
                     ReactionAdded(f"r{m.id}", editor, "C1", m.platform_id or "", "✅")
                 )
             await app.wait_idle(timeout=3600)

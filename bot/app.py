@@ -11,22 +11,29 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from agents.approvals import ApprovalService
 from agents.config import CrewConfig
-from agents.engine import Clock, Engine
+from agents.crew import Crew
+from agents.lifecycle import Clock, Lifecycle
 from agents.llm import LLMError, LLMProvider
 from agents.offline import OfflineProvider
 from agents.openai_provider import OpenAIProvider
+from agents.permissions import Permissions
 from agents.wakeup import Wakeup
+from agents.worker import Workers
 from bot.config_file import ConfigError, load_config
 from bot.delivery import OutboxSender
 from bot.platforms.base import Platform
 from bot.settings import Settings
 from commands.dispatch import Dispatcher
+from commands.events import InboundEvent
+from commands.spec import Reply
 from storage.db import Database
-from storage.models import utcnow
+from storage.models import Message, utcnow
 from storage.queries import pending_work
+from storage.unit_of_work import Topic
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +44,31 @@ class App:
     config: CrewConfig
     db: Database
     llm: LLMProvider
-    engine: Engine
-    approvals: ApprovalService
+    crew: Crew
+    workers: Workers
     dispatcher: Dispatcher
     sender: OutboxSender
     platforms: dict[str, Platform] = field(default_factory=dict)
+
+    async def handle(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
+        return await self.dispatcher.handle(event, private_replies=private_replies)
+
+    def greeting(self) -> dict[str, Any]:
+        """What the shell's greeting shows: the model, and who approves each workflow."""
+        permissions = self.crew.permissions
+        return {
+            "provider": self.llm.name,
+            "has_key": self.settings.openai_api_key is not None,
+            "workflows": [
+                {"name": name, "approvers": sorted(permissions.workflow_approvers(name))}
+                for name in sorted(self.config.workflows)
+            ],
+        }
+
+    def is_message(self, platform: str, ref: int) -> bool:
+        with self.db.read() as session:
+            message = session.get(Message, ref)
+            return message is not None and message.platform == platform
 
     def add_platform(self, platform: Platform) -> None:
         self.platforms[platform.name] = platform
@@ -65,8 +92,8 @@ class App:
         """The engine's workers and the outbox sender, for as long as the block lasts."""
         stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(self.engine.serve(stop), name="crewchief-engine"),
-            asyncio.create_task(self.approvals.serve(stop), name="crewchief-deadlines"),
+            asyncio.create_task(self.workers.serve(stop), name="crewchief-workers"),
+            asyncio.create_task(self.crew.approvals.serve(stop), name="crewchief-deadlines"),
             *(
                 asyncio.create_task(self.sender.serve(stop), name=f"crewchief-outbox-{i}")
                 for i in range(self.config.engine.senders)
@@ -76,13 +103,13 @@ class App:
             yield
         finally:
             stop.set()
-            self.engine.wakeup.wake()
+            self.workers.wakeup.wake()
             self.sender.wakeup.wake()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
         await self.llm.aclose()
-        await self.engine.publisher.aclose()
+        await self.workers.publisher.aclose()
         for platform in self.platforms.values():
             close = getattr(platform, "aclose", None)
             if close is not None:
@@ -122,24 +149,20 @@ def build_app(
     if migrate:
         db.upgrade()
     llm = llm or build_llm(settings)
-    engine_wakeup, outbox_wakeup = Wakeup(), Wakeup()
-    engine = Engine(
-        db,
-        config,
-        llm,
-        default_approvers=approvers,
-        clock=clock,
-        wakeup=engine_wakeup,
-        outbox_wakeup=outbox_wakeup,
-    )
-    approvals = ApprovalService(engine)
+    steps_wakeup, outbox_wakeup = Wakeup(), Wakeup()
+    db.on_commit(Topic.STEPS, steps_wakeup.wake)
+    db.on_commit(Topic.OUTBOX, outbox_wakeup.wake)
+    lifecycle = Lifecycle(config, clock=clock, offline=llm.name == "offline")
+    permissions = Permissions(config, approvers)
+    approvals = ApprovalService(db, lifecycle, permissions, config.reactions)
+    crew = Crew(config, permissions, lifecycle, approvals, llm.name)
+    workers = Workers(db, config, llm, lifecycle, approvals, wakeup=steps_wakeup)
     sender = OutboxSender(
         db,
         {},
         wakeup=outbox_wakeup,
         clock=clock,
-        on_lost_card=engine.abandon_run,
+        on_lost_card=lifecycle.abandon_run,
         lease=config.engine.lease,
     )
-    app = App(settings, config, db, llm, engine, approvals, Dispatcher(engine, approvals), sender)
-    return app
+    return App(settings, config, db, llm, crew, workers, Dispatcher(db, crew), sender)

@@ -10,13 +10,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from agents.cards import card_message
-from agents.engine import Clock
 from agents.heartbeat import heartbeat, interval
+from agents.lifecycle import Clock
 from agents.wakeup import Wakeup, seconds_until
 from bot.platforms.base import Delivery, DeliveryError, Platform
 from storage.db import Database
@@ -62,13 +61,16 @@ class OutboxSender:
                 log.exception("outbox: a delivery could not be processed; retrying shortly")
                 sent = False
             if not sent:
-                with self.db.read() as session:
-                    due = next_delivery_due(session, list(self.platforms))
-                await self.wakeup.wait(seconds_until(due, self.clock()))
+                due = await asyncio.to_thread(self._next_due)
+                await self.wakeup.wait(seconds_until(due, self.clock()), stop)
+
+    def _next_due(self) -> datetime | None:
+        with self.db.read() as session:
+            return next_delivery_due(session, list(self.platforms))
 
     async def send_once(self) -> bool:
         """Deliver one row. False when nothing is deliverable right now."""
-        claimed = self._claim()
+        claimed = await asyncio.to_thread(self._claim)
         if claimed is None:
             return False
         if claimed == SKIPPED:
@@ -83,12 +85,13 @@ class OutboxSender:
             ):
                 platform_id = await platform.deliver(delivery)
         except DeliveryError as exc:
-            self._failed(row_id, exc)
+            await asyncio.to_thread(self._failed, row_id, exc)
         except Exception as exc:  # an adapter bug must not lose the message
             log.exception("outbox row %s: %s delivery raised", row_id, platform_name)
-            self._failed(row_id, DeliveryError(f"{type(exc).__name__}: {exc}"))
+            error = DeliveryError(f"{type(exc).__name__}: {exc}")
+            await asyncio.to_thread(self._failed, row_id, error)
         else:
-            self._sent(row_id, platform_id)
+            await asyncio.to_thread(self._sent, row_id, platform_id)
         return True
 
     def _renew(self, row_id: int) -> bool:
@@ -108,15 +111,10 @@ class OutboxSender:
             if row is None:
                 return None
             message = session.get(Message, row.message_id) if row.message_id else None
-            parent = (
-                session.get(Message, message.thread_of) if message and message.thread_of else None
-            )
-            if row.kind == OutboxKind.NOTICE and row.context.get("run_id"):
-                # a private answer about a run shows in that run's thread
-                parent = card_message(session, int(row.context["run_id"]))
+            parent = session.get(Message, row.thread_of) if row.thread_of else None
             assert row.id is not None
             delivery = Delivery(
-                kind=row.kind,
+                kind=OutboxKind(row.kind),
                 channel=row.channel,
                 template=row.template,
                 context=dict(row.context),
@@ -154,7 +152,6 @@ class OutboxSender:
                 assert message is not None
                 message.platform_id = platform_id
                 session.add(message)
-        self.wakeup.wake()
 
     def _failed(self, row_id: int, exc: DeliveryError) -> None:
         with self.db.transaction() as session:
@@ -179,4 +176,3 @@ class OutboxSender:
                 row.available_at = self.clock() + wait
                 log.warning("outbox row %s: %s; next try in %s", row_id, exc, wait)
             session.add(row)
-        self.wakeup.wake()

@@ -1,51 +1,34 @@
 """The `/crew` commands. Each handler runs inside the transaction that recorded the event,
-validates, changes state through the engine, and returns a reply: no waiting, no LLM calls."""
+validates, changes state through the crew's services, and returns a reply or an outcome: no
+waiting, no LLM calls. It never answers on its own; the dispatcher does, once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, col, func, select
+from sqlmodel import col, func, select
 
-from agents.approvals import ApprovalService
 from agents.cards import run_summary, steps_of
-from agents.engine import Engine
-from commands.events import Actor
+from agents.outcomes import Ignored, Outcome, Refused, Retrying, Started
+from commands.context import Context
 from commands.refs import run_ref
-from commands.spec import Arg, CommandSpec, Refused, Registry, Reply, UsageError, did_you_mean
+from commands.spec import Arg, CommandSpec, Registry, Reply, UsageError, did_you_mean
 from storage.models import ApprovalVote, Message, Run, RunStatus, Step, StepStatus, Vote
 from storage.queries import lock_run, runs_with_steps, spend_since
-
-
-@dataclass
-class Context:
-    engine: Engine
-    approvals: ApprovalService
-    session: Session
-    actor: Actor
-    channel: str
-
-    @property
-    def who(self) -> str:
-        return self.actor.qualified
-
 
 # -- who sees what in help ---------------------------------------------------------------
 
 
 def _may_launch_any(ctx: Context) -> bool:
-    return any(ctx.engine.may_launch(name, ctx.who) for name in ctx.engine.config.workflows)
+    return ctx.crew.permissions.may_launch_any(ctx.who)
 
 
 def _is_any_approver(ctx: Context) -> bool:
-    wfs = ctx.engine.config.workflows.values()
-    approvers = [ctx.engine.approvers(s.approval) for wf in wfs for s in wf.steps if s.approval]
-    return ctx.engine.is_admin(ctx.who) or any(ctx.who in a for a in approvers)
+    return ctx.crew.permissions.is_any_approver(ctx.who)
 
 
 def _may_manage_any(ctx: Context) -> bool:
-    return _may_launch_any(ctx) or _is_any_approver(ctx)
+    return ctx.crew.permissions.may_manage_any(ctx.who)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -83,14 +66,14 @@ def cmd_help(ctx: Context, _: dict[str, str]) -> Reply:
         {
             "commands": [{"usage": s.usage, "summary": s.summary} for s in specs],
             "who": ctx.who,
-            "reactions": ctx.engine.config.reactions.shown(),
+            "reactions": ctx.crew.config.reactions.shown(),
         },
     )
 
 
-def cmd_run(ctx: Context, args: dict[str, str]) -> Reply:
+def cmd_run(ctx: Context, args: dict[str, str]) -> Outcome:
     name = args["workflow"].lower()
-    workflows = ctx.engine.config.workflows
+    workflows = ctx.crew.config.workflows
     if name not in workflows:
         suggestion = did_you_mean(name, list(workflows))
         raise UsageError(
@@ -98,16 +81,16 @@ def cmd_run(ctx: Context, args: dict[str, str]) -> Reply:
             usage=REGISTRY.parse("run x y")[0].usage,
             suggestion=f"/crew run {suggestion} …" if suggestion else None,
         )
-    if not ctx.engine.may_launch(name, ctx.who):
-        raise Refused(f"you may not launch {name}")
+    if not ctx.crew.permissions.may_launch(name, ctx.who):
+        return Refused(f"you may not launch {name}", detail={"workflow": name})
     text = args.get("text", "").strip()
     if not text:
         raise UsageError("run needs a text", usage=REGISTRY.parse("run x y")[0].usage)
-    limit = ctx.engine.config.max_text_chars
+    limit = ctx.crew.config.max_text_chars
     cut = len(text) > limit
     if cut:
         text = text[:limit]
-    run = ctx.engine.start_run(
+    run = ctx.crew.lifecycle.start_run(
         ctx.session,
         workflow=name,
         text=text,
@@ -115,7 +98,8 @@ def cmd_run(ctx: Context, args: dict[str, str]) -> Reply:
         platform=ctx.actor.platform,
         channel=ctx.channel,
     )
-    return Reply("run_started", {"run_id": run.id, "workflow": name, "cut": cut, "limit": limit})
+    assert run.id is not None
+    return Started(run.id, name, cut, limit)
 
 
 def cmd_status(ctx: Context, args: dict[str, str]) -> Reply:
@@ -127,49 +111,46 @@ def cmd_status(ctx: Context, args: dict[str, str]) -> Reply:
     return Reply("runs", {"runs": [run_summary(run, steps) for run, steps in rows]})
 
 
-def cmd_cancel(ctx: Context, args: dict[str, str]) -> Reply:
+def cmd_cancel(ctx: Context, args: dict[str, str]) -> Outcome:
     run = find_run(ctx, args["run"])
-    outcome = ctx.approvals.cancel(ctx.session, run, ctx.who)
-    if outcome.effect != "cancelled":
-        return Reply("notice", {"text": outcome.notice or "nothing to cancel"})
-    return Reply("notice", {"text": f"run {run.id} cancelled"}, private=False)
+    return ctx.crew.approvals.cancel(ctx.session, run, ctx.who)
 
 
-def cmd_retry(ctx: Context, args: dict[str, str]) -> Reply:
+def cmd_retry(ctx: Context, args: dict[str, str]) -> Outcome:
     run = find_run(ctx, args["run"])
-    if not ctx.engine.may_manage(run, ctx.who):
-        raise Refused("only the requester, the run's approvers or an admin can retry it")
+    if not ctx.crew.permissions.may_manage(run, ctx.who):
+        return Refused(
+            "only the requester, the run's approvers or an admin can retry it",
+            action="retry.refused",
+            run_id=run.id,
+        )
     if run.status != RunStatus.FAILED:
-        return Reply("notice", {"text": f"run {run.id} is {run.status}; only failed runs retry"})
-    step = ctx.engine.retry(ctx.session, run, ctx.who)
-    assert step is not None
-    return Reply("notice", {"text": f"run {run.id}: retrying step {step.name}"}, private=False)
+        return Ignored(f"run {run.id} is {run.status}; only failed runs retry", run_id=run.id)
+    step = ctx.crew.lifecycle.retry(ctx.session, run, ctx.who)
+    assert step is not None and run.id is not None
+    return Retrying(run.id, step)
 
 
-def _decide(ctx: Context, args: dict[str, str], vote: Vote) -> Reply:
+def cmd_approve(ctx: Context, args: dict[str, str]) -> Outcome:
     run = find_run(ctx, args["run"])
-    outcome = ctx.approvals.decide_by_command(
-        ctx.session, run, ctx.who, vote, args.get("reason") or None
-    )
-    texts = {
-        "decided": f"run {run.id}: {vote.value} recorded",
-        "counted": "your approval is counted; "
-        f"{outcome.context.get('count')} of {outcome.context.get('quorum')} so far",
-        "duplicate": "you already voted on this draft",
-    }
-    return Reply("notice", {"text": outcome.notice or texts.get(outcome.effect, outcome.effect)})
+    reason = args.get("reason") or None
+    return ctx.crew.approvals.decide_by_command(ctx.session, run, ctx.who, Vote.APPROVE, reason)
 
 
-def cmd_approve(ctx: Context, args: dict[str, str]) -> Reply:
-    return _decide(ctx, args, Vote.APPROVE)
+def cmd_reject(ctx: Context, args: dict[str, str]) -> Outcome:
+    run = find_run(ctx, args["run"])
+    reason = args.get("reason") or None
+    return ctx.crew.approvals.decide_by_command(ctx.session, run, ctx.who, Vote.REJECT, reason)
 
 
-def cmd_reject(ctx: Context, args: dict[str, str]) -> Reply:
-    return _decide(ctx, args, Vote.REJECT)
+def cmd_revise(ctx: Context, args: dict[str, str]) -> Outcome:
+    run = find_run(ctx, args["run"])
+    return ctx.crew.approvals.revise_by_command(ctx.session, run, ctx.who, args["notes"])
 
 
 def cmd_workflows(ctx: Context, _: dict[str, str]) -> Reply:
-    config = ctx.engine.config
+    config = ctx.crew.config
+    permissions = ctx.crew.permissions
     items = []
     for name, wf in sorted(config.workflows.items()):
         approvals = [s for s in wf.steps if s.approval]
@@ -179,9 +160,9 @@ def cmd_workflows(ctx: Context, _: dict[str, str]) -> Reply:
                 "description": wf.description,
                 "steps": [s.name for s in wf.steps],
                 "approvers": sorted(
-                    {a for s in approvals if s.approval for a in ctx.engine.approvers(s.approval)}
+                    {a for s in approvals if s.approval for a in permissions.approvers(s.approval)}
                 ),
-                "may_launch": ctx.engine.may_launch(name, ctx.who),
+                "may_launch": permissions.may_launch(name, ctx.who),
             }
         )
     return Reply("workflows", {"workflows": items})
@@ -190,15 +171,15 @@ def cmd_workflows(ctx: Context, _: dict[str, str]) -> Reply:
 def cmd_agents(ctx: Context, _: dict[str, str]) -> Reply:
     agents = [
         {"name": n, "role": a.role, "model": a.model, "custom_prompt": bool(a.prompt)}
-        for n, a in sorted(ctx.engine.config.agents.items())
+        for n, a in sorted(ctx.crew.config.agents.items())
     ]
-    return Reply("agents", {"agents": agents, "provider": ctx.engine.llm.name})
+    return Reply("agents", {"agents": agents, "provider": ctx.crew.provider})
 
 
 def cmd_digest(ctx: Context, _: dict[str, str]) -> Reply:
     """Health figures of the last 24 hours."""
     session = ctx.session
-    now = ctx.engine.clock()
+    now = ctx.crew.now()
     since = now - timedelta(hours=24)
     by_status = dict(
         session.exec(
@@ -220,7 +201,7 @@ def cmd_digest(ctx: Context, _: dict[str, str]) -> Reply:
             "awaiting": len(waiting),
             "oldest_wait_s": int((now - oldest).total_seconds()) if oldest else None,
             "spend_usd": round(spend_since(session, since), 4),
-            "budget_usd": ctx.engine.config.budgets.per_day_usd,
+            "budget_usd": ctx.crew.config.budgets.per_day_usd,
             "votes": votes,
         },
     )
@@ -250,6 +231,13 @@ REGISTRY = Registry(
             "reject a run's waiting draft",
             cmd_reject,
             (Arg("run"), Arg("reason", required=False, rest=True)),
+            visible=_is_any_approver,
+        ),
+        CommandSpec(
+            "revise",
+            "send a run's waiting draft back with notes",
+            cmd_revise,
+            (Arg("run"), Arg("notes", rest=True)),
             visible=_is_any_approver,
         ),
         CommandSpec("cancel", "cancel a run", cmd_cancel, (Arg("run"),), visible=_may_manage_any),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from commands.handlers import Context
+from agents.outcomes import Outcome
+from commands.context import Context
 
 COMMAND = "/crew"
 
@@ -33,10 +33,11 @@ class Reply:
     context: dict[str, Any] = field(default_factory=dict)
     private: bool = True  # ephemeral in Slack/Discord; an aside in the shell
     quiet: bool = False  # informational: chat platforms may drop it where it would be noise
+    run_id: int | None = None  # the run it is about: a private notice shows in its thread
 
 
-Handler = Callable[["Context", dict[str, str]], Reply]
-Visible = Callable[["Context"], bool]
+Handler = Callable[[Context, dict[str, str]], Reply | Outcome]
+Visible = Callable[[Context], bool]
 
 
 def _everyone(_: Context) -> bool:
@@ -64,10 +65,6 @@ class UsageError(Exception):
         super().__init__(message)
         self.usage = usage
         self.suggestion = suggestion
-
-
-class Refused(Exception):
-    """The asker may not do this; the message says so (and the refusal is audited)."""
 
 
 def did_you_mean(word: str, choices: list[str]) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,8 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
+
+from storage.unit_of_work import Hooks, Topic, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,11 @@ class Database:
         if self.is_postgres and self.url.drivername == "postgresql":
             self.url = self.url.set(drivername="postgresql+psycopg")
         self.engine = self._create_engine()
+        self.hooks: Hooks = {topic: [] for topic in Topic}
+
+    def on_commit(self, topic: Topic, hook: Callable[[], None]) -> None:
+        """Call `hook` after every commit whose writes armed `topic` (a wake-up, say)."""
+        self.hooks[topic].append(hook)
 
     def _create_engine(self) -> Engine:
         if not self.is_sqlite:
@@ -58,8 +65,12 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose work commits on success and rolls back on any exception."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        """A unit of work: it commits on success, rolls back on any exception, and after the
+        commit wakes whoever its writes concern (storage.unit_of_work)."""
+        with (
+            UnitOfWork(self.engine, expire_on_commit=False, hooks=self.hooks) as session,
+            session.begin(),
+        ):
             yield session
 
     @contextmanager

@@ -42,6 +42,37 @@ class StepStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+ACTIVE_STEPS = frozenset(
+    {StepStatus.WAITING, StepStatus.PENDING, StepStatus.RUNNING, StepStatus.AWAITING_APPROVAL}
+)  # not finished: a cancelled or abandoned run cancels exactly these
+WORKING_STEPS = frozenset({StepStatus.PENDING, StepStatus.RUNNING})  # work for the workers
+
+
+class MessageKind(StrEnum):
+    """What a bot message is; a thread post's kind is also the template that renders it."""
+
+    RUN_CARD = "run_card"
+    NOTES = "notes"
+    DRAFT = "draft"
+    DECISION = "decision"
+    REMINDER = "reminder"
+    PUBLISHED = "published"
+    FAILURE = "failure"
+
+
+class Decision(StrEnum):
+    """What became of a draft (the values are what cards and the audit log show)."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    SENT_BACK = "sent back"
+    CANCELLED = "cancelled"
+
+    @property
+    def action(self) -> str:
+        return "draft." + self.value.replace(" ", "_")
+
+
 class Vote(StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
@@ -166,7 +197,8 @@ class Outbox(SQLModel, table=True):
     platform: str
     channel: str
     order_key: str = Field(index=True)  # rows sharing it are delivered strictly in id order
-    message_id: int | None = Field(default=None, foreign_key="message.id")
+    message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
+    thread_of: int | None = None  # Message.id of the thread it shows in (a run's card)
     recipient: str | None = None  # NOTICE: platform-qualified user id
     template: str
     context: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -7,14 +7,14 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from storage.models import Message, Outbox, OutboxKind, OutboxStatus
+from storage.models import Message, MessageKind, Outbox, OutboxKind, OutboxStatus
 
 
 def post(
     session: Session,
     *,
     key: str,
-    kind: str,
+    kind: MessageKind,
     platform: str,
     channel: str,
     template: str,
@@ -48,6 +48,7 @@ def post(
             channel=channel,
             order_key=_order_key(run_id),
             message_id=message.id,
+            thread_of=thread_of,
             template=template,
             context=context,
         )
@@ -91,8 +92,10 @@ def notice(
     template: str,
     context: dict[str, Any],
     key: str | None = None,
+    thread_of: int | None = None,
 ) -> None:
-    """A private answer to one person (ephemeral in Slack, a DM in Discord)."""
+    """A private answer to one person (ephemeral in Slack, a DM in Discord), shown in the
+    thread of message `thread_of` where the platform can."""
     key = key or f"notice:{uuid.uuid4().hex}"
     if session.exec(select(Outbox.id).where(Outbox.key == key)).first() is not None:
         return
@@ -104,6 +107,7 @@ def notice(
             channel=channel,
             order_key=key,
             recipient=recipient,
+            thread_of=thread_of,
             template=template,
             context=context,
         )

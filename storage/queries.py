@@ -10,7 +10,16 @@ from sqlalchemy import ColumnElement, and_, func, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from storage.models import LLMCall, Outbox, OutboxStatus, Run, Step, StepStatus
+from storage.models import (
+    WORKING_STEPS,
+    LLMCall,
+    Outbox,
+    OutboxStatus,
+    Run,
+    Step,
+    StepStatus,
+)
+from storage.unit_of_work import Topic, arm
 
 
 def _claimable_step(now: datetime) -> ColumnElement[bool]:
@@ -89,6 +98,26 @@ def claim_outbox(
     return row
 
 
+def release_step(session: Session, step_id: int, owner: str) -> None:
+    """Hand a step in flight back (a graceful stop): another worker may take it at once, and
+    the attempt does not count."""
+    session.execute(
+        update(Step)
+        .where(
+            col(Step.id) == step_id,
+            col(Step.status) == StepStatus.RUNNING,
+            col(Step.lease_owner) == owner,
+        )
+        .values(
+            status=StepStatus.PENDING,
+            lease_owner=None,
+            lease_until=None,
+            attempts=Step.attempts - 1,
+        )
+    )
+    arm(session, Topic.STEPS)
+
+
 def renew_step_lease(session: Session, step_id: int, owner: str, until: datetime) -> bool:
     """Extend a running step's lease; False when `owner` no longer holds it."""
     result = session.execute(
@@ -151,9 +180,7 @@ def pending_work(session: Session, platforms: Collection[str] | None = None) -> 
     """Runnable or running steps plus undelivered messages (for `platforms`, when given: a
     process cannot deliver another platform's messages). Waiting for people is not work."""
     steps = session.exec(
-        select(func.count())
-        .select_from(Step)
-        .where(col(Step.status).in_([StepStatus.PENDING, StepStatus.RUNNING]))
+        select(func.count()).select_from(Step).where(col(Step.status).in_(WORKING_STEPS))
     ).one()
     undelivered = (
         select(func.count()).select_from(Outbox).where(col(Outbox.status) == OutboxStatus.PENDING)

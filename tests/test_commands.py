@@ -116,8 +116,8 @@ async def test_a_command_delivered_twice_runs_once(bot: Bot) -> None:
     from commands.events import SlashCommand
 
     event = SlashCommand("same-id", bot.session.actor, "shell", "run research-brief x")
-    first = bot.app.dispatcher.handle(event)
-    again = bot.app.dispatcher.handle(event)
+    first = bot.app.dispatcher.handle_now(event)
+    again = bot.app.dispatcher.handle_now(event)
     assert first and again == []
     assert len(bot.rows(models.Run)) == 1
 

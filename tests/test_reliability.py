@@ -373,7 +373,7 @@ async def test_a_webhook_that_stays_down_fails_the_step_and_retry_delivers(
 async def test_another_platforms_messages_do_not_keep_the_shell_waiting(bot: Bot) -> None:
     from commands.events import Actor, SlashCommand
 
-    bot.app.dispatcher.handle(
+    bot.app.dispatcher.handle_now(
         SlashCommand("ev1", Actor("slack", "U1"), "C1", "run research-brief heat pumps")
     )
     await bot.wait()  # returns: the run's Slack messages are for a Slack process to deliver

@@ -459,7 +459,7 @@ async def test_contexts_of_a_real_walkthrough_render(bot_factory: Any, slack: Re
     async with bot.app.running():
         text = f"run blog-post Heat pumps {EVIL}"
         launch = SlashCommand("shell-launch", Actor("shell", "alice"), CHANNEL, text)
-        for reply in bot.app.dispatcher.handle(launch):
+        for reply in bot.app.dispatcher.handle_now(launch):
             render(reply.template, reply.context)
         await bot.wait()
         draft1 = bot.latest_draft()
@@ -479,7 +479,7 @@ async def test_contexts_of_a_real_walkthrough_render(bot_factory: Any, slack: Re
         lines += ["cancel 1", "approve 1"]
         for n, line in enumerate(lines):
             event = SlashCommand(f"slack-test-{n}", actor, "C1", line)
-            for reply in bot.app.dispatcher.handle(event):
+            for reply in bot.app.dispatcher.handle_now(event):
                 render(reply.template, reply.context)
     await bot.app.aclose()
 

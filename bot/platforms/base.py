@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from commands.events import InboundEvent
+from commands.spec import Reply
+from storage.models import OutboxKind
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -16,7 +20,7 @@ class Delivery:
     `templates/<platform>/<template>.j2` with `context`.
     """
 
-    kind: str
+    kind: OutboxKind
     channel: str
     template: str
     context: dict[str, Any] = field(default_factory=dict)
@@ -35,6 +39,15 @@ class DeliveryError(Exception):
         super().__init__(message)
         self.retry_after = retry_after
         self.permanent = permanent
+
+
+class Inbound(Protocol):
+    """What an adapter hands its events to (the dispatcher): everything the event changes is
+    committed when it returns, so the adapter may then acknowledge it to its platform."""
+
+    async def handle(
+        self, event: InboundEvent, *, private_replies: bool = False
+    ) -> list[Reply]: ...
 
 
 class Platform(Protocol):

@@ -12,16 +12,22 @@ import re
 import shlex
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.padding import Padding
 
-from bot.app import App
 from bot.escaping import escape_shell as escape_markup
 from bot.platforms.base import Delivery
 from bot.render import Renderer
-from commands.events import Actor, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
+from commands.events import (
+    Actor,
+    InboundEvent,
+    ReactionAdded,
+    ReactionRemoved,
+    SlashCommand,
+    ThreadReply,
+)
 from commands.refs import message_ref
 from commands.spec import Reply
 
@@ -80,11 +86,25 @@ class ShellPlatform:
         )
 
 
+class ShellHost(Protocol):
+    """What the shell needs of the bot: the inbound port, plus what a terminal shows."""
+
+    async def handle(
+        self, event: InboundEvent, *, private_replies: bool = False
+    ) -> list[Reply]: ...
+
+    async def wait_idle(self, timeout: float = 120.0) -> None: ...
+
+    def greeting(self) -> dict[str, Any]: ...
+
+    def is_message(self, platform: str, ref: int) -> bool: ...
+
+
 class ShellSession:
     """Turns typed lines into the same events a chat platform would send."""
 
-    def __init__(self, app: App, platform: ShellPlatform, user: str | None = None) -> None:
-        self.app = app
+    def __init__(self, host: ShellHost, platform: ShellPlatform, user: str | None = None) -> None:
+        self.host = host
         self.platform = platform
         self.user = user or _login_name()
 
@@ -93,25 +113,12 @@ class ShellSession:
         return Actor("shell", self.user)
 
     def greet(self, shell_approver: str | None) -> None:
-        workflows = []
-        for name, wf in sorted(self.app.config.workflows.items()):
-            approvers = sorted(
-                {a for s in wf.steps if s.approval for a in self.app.engine.approvers(s.approval)}
-            )
-            workflows.append({"name": name, "approvers": approvers})
-        self.platform.reply(
-            Reply(
-                "greeting",
-                {
-                    "who": self.actor.qualified,
-                    "provider": self.app.llm.name,
-                    "has_key": self.app.settings.openai_api_key is not None,
-                    "workflows": workflows,
-                    "shell_approver": shell_approver,
-                },
-                private=False,
-            )
-        )
+        context = {
+            **self.host.greeting(),
+            "who": self.actor.qualified,
+            "shell_approver": shell_approver,
+        }
+        self.platform.reply(Reply("greeting", context, private=False))
 
     async def execute(self, line: str) -> bool:
         """Run one line; False when the user asked to quit."""
@@ -129,7 +136,7 @@ class ShellSession:
                 )
             else:
                 self._show(
-                    self.app.dispatcher.handle(
+                    await self.host.handle(
                         SlashCommand(self._event_id(), self.actor, CHANNEL, rest)
                     )
                 )
@@ -138,11 +145,11 @@ class ShellSession:
         elif verb == "whoami":
             self.platform.say(f"you are {escape_markup(self.actor.qualified)}")
         elif verb in ("react", "unreact"):
-            self._react(verb, rest)
+            await self._react(verb, rest)
         elif verb == "reply":
-            self._reply(rest)
+            await self._reply(rest)
         elif verb == "wait":
-            await self.app.wait_idle()
+            await self.host.wait_idle()
         elif verb in ("help", "?"):
             self.platform.say(SHELL_HELP)
         else:
@@ -160,7 +167,7 @@ class ShellSession:
                 )
             if not await self.execute(line):
                 break
-        await self.app.wait_idle()
+        await self.host.wait_idle()
 
     async def interactive(self) -> None:
         while True:
@@ -187,7 +194,7 @@ class ShellSession:
         number = message_ref(text)
         return str(number) if number is not None else None
 
-    def _react(self, verb: str, rest: str) -> None:
+    async def _react(self, verb: str, rest: str) -> None:
         try:
             ref_text, emoji = shlex.split(rest)
         except ValueError:
@@ -201,12 +208,10 @@ class ShellSession:
             return
         event_type = ReactionAdded if verb == "react" else ReactionRemoved
         self._show(
-            self.app.dispatcher.handle(
-                event_type(self._event_id(), self.actor, CHANNEL, ref, emoji)
-            )
+            await self.host.handle(event_type(self._event_id(), self.actor, CHANNEL, ref, emoji))
         )
 
-    def _reply(self, rest: str) -> None:
+    async def _reply(self, rest: str) -> None:
         ref_text, _, text = rest.strip().partition(" ")
         ref = self._ref(ref_text)
         if ref is None or not text.strip():
@@ -216,7 +221,7 @@ class ShellSession:
             self.platform.say(f"there is no message #{ref}")
             return
         self._show(
-            self.app.dispatcher.handle(
+            await self.host.handle(
                 ThreadReply(self._event_id(), self.actor, CHANNEL, ref, text.strip())
             )
         )
@@ -225,11 +230,7 @@ class ShellSession:
         )
 
     def _known(self, ref: str) -> bool:
-        from storage.models import Message
-
-        with self.app.db.read() as session:
-            message = session.get(Message, int(ref))
-            return message is not None and message.platform == "shell"
+        return self.host.is_message("shell", int(ref))
 
     def _show(self, replies: list[Reply]) -> None:
         for reply in replies:

@@ -23,10 +23,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.app import App
 from bot.config_file import ConfigError
 from bot.escaping import escape_slack
-from bot.platforms.base import Delivery, DeliveryError
+from bot.platforms.base import Delivery, DeliveryError, Inbound
 from bot.render import Renderer
 from bot.settings import Settings
 from commands.events import (
@@ -186,8 +185,8 @@ def headline(text: str) -> str:
 class SlackPlatform:
     name = "slack"
 
-    def __init__(self, app: App, settings: SlackSettings) -> None:
-        self.app = app
+    def __init__(self, inbound: Inbound, settings: SlackSettings) -> None:
+        self.inbound = inbound
         self.settings = settings
         self.renderer = Renderer("slack", mention, emoji_names=True)
         self.client = AsyncWebClient(
@@ -220,7 +219,7 @@ class SlackPlatform:
                 channel=command["channel_id"],
                 text=unescape_slack(command.get("text", "")),
             )
-            replies = self.app.dispatcher.handle(event)
+            replies = await self.inbound.handle(event)
             public = [r for r in replies if not r.private]
             if replies:
                 text = "\n\n".join(self.renderer.render(r.template, r.context) for r in replies)
@@ -234,11 +233,11 @@ class SlackPlatform:
 
         @bolt.event("reaction_added")
         async def on_reaction_added(body: dict[str, Any], event: dict[str, Any]) -> None:
-            self._reaction(body, event, ReactionAdded)
+            await self._reaction(body, event, ReactionAdded)
 
         @bolt.event("reaction_removed")
         async def on_reaction_removed(body: dict[str, Any], event: dict[str, Any]) -> None:
-            self._reaction(body, event, ReactionRemoved)
+            await self._reaction(body, event, ReactionRemoved)
 
         @bolt.event("message")
         async def on_message(
@@ -255,7 +254,7 @@ class SlackPlatform:
                 or (parent is not None and parent != context.get("bot_user_id"))
             ):
                 return  # only people's replies in the bot's threads are feedback
-            self.app.dispatcher.handle(
+            await self.inbound.handle(
                 ThreadReply(
                     event_id=event_id(body),
                     actor=Actor("slack", event["user"]),
@@ -270,7 +269,7 @@ class SlackPlatform:
         async def on_mention(body: dict[str, Any], event: dict[str, Any]) -> None:
             if event.get("thread_ts"):
                 return  # "@crewchief shorter please" in a run's thread is feedback, not a question
-            self.app.dispatcher.handle(
+            await self.inbound.handle(
                 SlashCommand(
                     event_id=event_id(body),
                     actor=Actor("slack", event.get("user", "")),
@@ -280,11 +279,11 @@ class SlackPlatform:
                 private_replies=True,
             )
 
-    def _reaction(self, body: dict[str, Any], event: dict[str, Any], kind: type) -> None:
+    async def _reaction(self, body: dict[str, Any], event: dict[str, Any], kind: type) -> None:
         item = event.get("item") or {}
         if item.get("type") != "message" or not event.get("user"):
             return
-        self.app.dispatcher.handle(
+        await self.inbound.handle(
             kind(
                 event_id=event_id(body),
                 actor=Actor("slack", event["user"]),

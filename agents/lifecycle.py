@@ -1,0 +1,283 @@
+"""The run lifecycle: every status change of a run and its steps, in one place.
+
+Each function runs inside the caller's unit of work, after the caller has locked the run
+(then the step): it writes the new statuses, the audit entry and the card edits the change
+shows. Which statuses count as active, waiting or finished is defined once, in
+storage.models (ACTIVE_STEPS, WORKING_STEPS, RunStatus.finished).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from agents import cards
+from agents.config import CrewConfig, StepSpec
+from storage.audit import audit
+from storage.models import (
+    ACTIVE_STEPS,
+    MessageKind,
+    Run,
+    RunStatus,
+    Step,
+    StepStatus,
+    utcnow,
+)
+from storage.queries import lock_run
+
+Clock = Callable[[], datetime]
+
+
+class Lifecycle:
+    def __init__(self, config: CrewConfig, *, clock: Clock = utcnow, offline: bool = False):
+        self.config = config
+        self.clock = clock
+        self.offline = offline
+
+    def spec_for(self, run: Run, step: Step) -> StepSpec | None:
+        """The step's spec, or None when crewchief.yml no longer has it (renamed, removed)."""
+        workflow = self.config.workflows.get(run.workflow)
+        if workflow is None or step.position >= len(workflow.steps):
+            return None
+        spec = workflow.steps[step.position]
+        return spec if spec.name == step.name else None
+
+    def refresh(self, session: Session, run: Run) -> None:
+        cards.refresh_run_card(session, run, self.clock(), offline=self.offline)
+
+    # -- a run's beginning and end ---------------------------------------------------------
+
+    def start_run(
+        self,
+        session: Session,
+        *,
+        workflow: str,
+        text: str,
+        requester: str,
+        platform: str,
+        channel: str,
+    ) -> Run:
+        now = self.clock()
+        run = Run(
+            workflow=workflow,
+            text=text,
+            requester=requester,
+            platform=platform,
+            channel=channel,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        for position, spec in enumerate(self.config.workflows[workflow].steps):
+            session.add(
+                Step(
+                    run_id=run.id,
+                    position=position,
+                    name=spec.name,
+                    agent=spec.agent,
+                    status=StepStatus.PENDING if position == 0 else StepStatus.WAITING,
+                    available_at=now,
+                )
+            )
+        session.flush()
+        audit(session, requester, "run.started", run.id, workflow=workflow)
+        cards.post_run_card(session, run, now, offline=self.offline)
+        return run
+
+    def _stop(self, session: Session, run: Run, status: RunStatus) -> list[Step]:
+        """Finish the run and cancel its active steps; returns the steps that were awaiting
+        approval (their draft cards are the approvals module's to lock)."""
+        now = self.clock()
+        run.status = status
+        run.finished_at = run.updated_at = now
+        session.add(run)
+        awaiting = []
+        for step in cards.steps_of(session, run.id or 0):
+            if step.status in ACTIVE_STEPS:
+                if step.status == StepStatus.AWAITING_APPROVAL:
+                    awaiting.append(step)
+                step.status = StepStatus.CANCELLED
+                step.lease_owner = None
+                step.finished_at = now
+                session.add(step)
+        return awaiting
+
+    def cancel_run(self, session: Session, run: Run, who: str) -> list[Step]:
+        run.decided_by = who
+        awaiting = self._stop(session, run, RunStatus.CANCELLED)
+        audit(session, who, "run.cancelled", run.id)
+        self.refresh(session, run)
+        return awaiting
+
+    def abandon_run(self, session: Session, run_id: int, why: str) -> None:
+        """The run's card could not be posted (the bot is not in that channel, say): nobody
+        could follow or approve the run there, so it stops and the requester is told."""
+        run = lock_run(session, run_id)
+        if run is None or RunStatus(run.status).finished:
+            return
+        run.error = f"could not post in this channel ({why})"
+        self._stop(session, run, RunStatus.FAILED)
+        audit(session, "crewchief", "run.abandoned", run_id, reason=why)
+        cards.notice(
+            session,
+            run=None,  # its thread was never posted
+            platform=run.platform,
+            channel=run.channel,
+            recipient=run.requester,
+            template="notice",
+            context={
+                "text": f"run {run_id} stopped: I could not post in that channel ({why}). "
+                "Invite me there (/invite @crewchief) and run it again.",
+                "run_id": run_id,
+            },
+        )
+
+    def retry(self, session: Session, run: Run, who: str) -> Step | None:
+        """Make the failed step runnable again; None when nothing failed."""
+        failed = next(
+            (s for s in cards.steps_of(session, run.id or 0) if s.status == StepStatus.FAILED),
+            None,
+        )
+        if failed is None:
+            return None
+        now = self.clock()
+        failed.status = StepStatus.PENDING
+        failed.attempts = 0
+        failed.error = None
+        failed.available_at = now
+        failed.lease_owner = None
+        session.add(failed)
+        run.status = RunStatus.RUNNING
+        run.error = None
+        run.finished_at = None
+        run.updated_at = now
+        session.add(run)
+        audit(session, who, "run.retried", run.id, step=failed.name)
+        self.refresh(session, run)
+        return failed
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def begin_step(self, session: Session, run: Run, step: Step) -> None:
+        """A worker has claimed `step`: the run card shows it at work."""
+        run.current_step = step.position
+        run.status = RunStatus.RUNNING
+        run.updated_at = self.clock()
+        session.add(run)
+        self.refresh(session, run)
+
+    def drop_step(self, session: Session, step: Step) -> None:
+        """A claimed step of a run that finished meanwhile (cancelled, say): not run."""
+        step.status = StepStatus.CANCELLED
+        step.lease_owner = None
+        session.add(step)
+
+    def fail_step(self, session: Session, run: Run, step: Step, error: str) -> None:
+        now = self.clock()
+        step.status = StepStatus.FAILED
+        step.error = error
+        step.lease_owner = None
+        step.finished_at = now
+        session.add(step)
+        run.status = RunStatus.FAILED
+        run.error = f"{step.name}: {error}"
+        run.finished_at = run.updated_at = now
+        session.add(run)
+        audit(session, "crewchief", "step.failed", run.id, step=step.name, error=error)
+        cards.post_in_thread(
+            session,
+            run,
+            key=f"run:{run.id}:step:{step.position}:failed:{uuid.uuid4().hex[:12]}",
+            kind=MessageKind.FAILURE,
+            step=step,
+            context={"step": step.name, "agent": step.agent, "error": error},
+        )
+        self.refresh(session, run)
+
+    def advance(self, session: Session, run: Run, step: Step) -> None:
+        """Mark `step` done and make the next one runnable, or finish the run."""
+        now = self.clock()
+        step.status = StepStatus.SUCCEEDED
+        step.finished_at = now
+        step.lease_owner = None
+        session.add(step)
+        nxt = session.exec(
+            select(Step).where(Step.run_id == run.id, Step.position == step.position + 1)
+        ).first()
+        if nxt is None:
+            run.status = RunStatus.SUCCEEDED
+            run.finished_at = now
+        else:
+            nxt.status = StepStatus.PENDING
+            nxt.available_at = now
+            session.add(nxt)
+            run.status = RunStatus.RUNNING
+            run.current_step = nxt.position
+        run.updated_at = now
+        session.add(run)
+        self.refresh(session, run)
+
+    def await_approval(self, session: Session, run: Run, step: Step, text: str) -> None:
+        """A new draft version is waiting for people (the approvals module posts its card)."""
+        now = self.clock()
+        step.lease_owner = None
+        step.output = text
+        step.version += 1
+        step.status = StepStatus.AWAITING_APPROVAL
+        step.awaiting_since = now
+        step.escalated = False
+        session.add(step)
+        run.status = RunStatus.AWAITING_APPROVAL
+        run.updated_at = now
+        session.add(run)
+        self.refresh(session, run)
+
+    def settle(self, session: Session, step: Step, status: StepStatus, who: str) -> bool:
+        """First decision wins: one conditional update of the draft version still waiting.
+        False when another decision settled it first."""
+        result = session.execute(
+            update(Step)
+            .where(
+                col(Step.id) == step.id,
+                col(Step.status) == StepStatus.AWAITING_APPROVAL,
+                col(Step.version) == step.version,
+            )
+            .values(status=status, decided_by=who)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return False
+        session.refresh(step)
+        return True
+
+    def reject(self, session: Session, run: Run, step: Step, reason: str | None) -> None:
+        now = self.clock()
+        step.status = StepStatus.REJECTED
+        step.finished_at = now
+        session.add(step)
+        run.status = RunStatus.REJECTED
+        run.error = reason
+        run.finished_at = run.updated_at = now
+        session.add(run)
+        self.refresh(session, run)
+
+    def send_back(self, session: Session, run: Run, step: Step, feedback: str | None) -> None:
+        """The draft goes back to its writer with the feedback: a new version is new work,
+        not a retry of the old one."""
+        now = self.clock()
+        step.status = StepStatus.PENDING
+        step.feedback = feedback
+        step.attempts = 0
+        step.available_at = now
+        step.deadline_at = None
+        session.add(step)
+        run.status = RunStatus.RUNNING
+        run.updated_at = now
+        session.add(run)
+        self.refresh(session, run)

@@ -1,0 +1,326 @@
+"""The workers: claim a runnable step, call its agent with no transaction open, record the
+result. The claim and lease SQL is in storage.queries, what a result means is in the
+lifecycle and approvals modules; this loop only fetches, runs and reports.
+
+A worker claims a step under a short lease and renews it by heartbeat while the agent works;
+a process that dies stops renewing, and another worker takes the step up within one lease.
+Database work runs in a thread, so a busy database never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import TemplateError
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from agents import cards
+from agents.approvals import ApprovalService
+from agents.budgets import BudgetExceeded, check_budget
+from agents.config import CrewConfig, StepSpec
+from agents.heartbeat import heartbeat, interval
+from agents.lifecycle import Lifecycle
+from agents.llm import Completion, LLMError, LLMProvider
+from agents.prompts import build_request
+from agents.publishing import Publication, Publisher, PublishError, record
+from agents.wakeup import Wakeup, seconds_until
+from storage.db import Database
+from storage.models import LLMCall, MessageKind, Run, RunStatus, Step, StepStatus
+from storage.queries import claim_step, lock_run, next_step_due, release_step, renew_step_lease
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What a worker needs to run a step with no transaction open."""
+
+    step_id: int
+    run_id: int
+    agent: str
+    spec: StepSpec
+    approved_version: int
+    run: dict[str, Any]
+    request_kwargs: dict[str, Any]
+
+
+class Workers:
+    def __init__(
+        self,
+        db: Database,
+        config: CrewConfig,
+        llm: LLMProvider,
+        lifecycle: Lifecycle,
+        approvals: ApprovalService,
+        *,
+        wakeup: Wakeup | None = None,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.llm = llm
+        self.lifecycle = lifecycle
+        self.approvals = approvals
+        self.clock = lifecycle.clock
+        self.wakeup = wakeup or Wakeup()
+        self.publisher = publisher or Publisher()
+        self.owner = f"worker-{uuid.uuid4().hex[:8]}"
+        self._llm_slots = asyncio.Semaphore(config.engine.llm_concurrency)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run the workers until `stop` is set; steps in flight are handed back."""
+        tasks = [
+            asyncio.create_task(self._worker(stop, i), name=f"crewchief-worker-{i}")
+            for i in range(self.config.engine.workers)
+        ]
+        try:
+            await stop.wait()
+        finally:
+            self.wakeup.wake()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _worker(self, stop: asyncio.Event, index: int) -> None:
+        while not stop.is_set():
+            try:
+                worked = await self.work_once()
+            except Exception:
+                log.exception("worker %s: a step could not be processed; retrying shortly", index)
+                worked = False
+            if not worked:
+                due = await asyncio.to_thread(self._next_due)
+                await self.wakeup.wait(seconds_until(due, self.clock()), stop)
+
+    def _next_due(self) -> Any:
+        with self.db.read() as session:
+            return next_step_due(session)
+
+    async def work_once(self) -> bool:
+        """Claim one step and take it to its next state. False when nothing was runnable."""
+        claimed = await asyncio.to_thread(self._claim)
+        if claimed is None:
+            return False
+        try:
+            async with heartbeat(
+                lambda: self._renew(claimed.step_id),
+                interval(self.config.engine.lease),
+                f"step {claimed.step_id} of run {claimed.run_id}",
+            ):
+                await self._execute(claimed)
+        except asyncio.CancelledError:
+            self._release(claimed)  # a graceful stop: another worker takes it at once
+            raise
+        except Exception as exc:
+            log.exception("step %s of run %s failed unexpectedly", claimed.step_id, claimed.run_id)
+            await asyncio.to_thread(
+                self._fail, claimed, f"internal error ({type(exc).__name__}); see the bot's log"
+            )
+        return True
+
+    async def _execute(self, claimed: Claimed) -> None:
+        try:
+            await asyncio.to_thread(self._check_budget, claimed.run_id)
+            request = build_request(**claimed.request_kwargs)
+        except BudgetExceeded as exc:
+            await asyncio.to_thread(self._fail, claimed, str(exc))
+            return
+        except TemplateError as exc:
+            error = f"the prompt of agent {claimed.agent!r} failed to render: {exc}"
+            await asyncio.to_thread(self._fail, claimed, error)
+            return
+        try:
+            async with self._llm_slots:
+                completion = await self.llm.complete(request)
+        except LLMError as exc:
+            await asyncio.to_thread(self._record_call, claimed, None, str(exc))
+            await asyncio.to_thread(self._fail, claimed, str(exc))
+            return
+        await asyncio.to_thread(self._record_call, claimed, completion, None)
+        publication: Publication | None = None
+        if claimed.spec.publish is not None:
+            publication = Publication(
+                key=f"{claimed.run_id}:{claimed.spec.name}:{claimed.approved_version}",
+                content=claimed.request_kwargs["approved"] or completion.text,
+                notes=completion.text,
+                version=claimed.approved_version,
+            )
+            try:
+                await self.publisher.perform(claimed.spec.publish, claimed.run, publication)
+            except PublishError as exc:
+                await asyncio.to_thread(self._fail, claimed, str(exc))
+                return
+        await asyncio.to_thread(self._complete, claimed, completion, publication)
+
+    # -- transactions (each runs in a thread) -----------------------------------------------
+
+    def _renew(self, step_id: int) -> bool:
+        with self.db.transaction() as session:
+            until = self.clock() + self.config.engine.lease
+            return renew_step_lease(session, step_id, self.owner, until)
+
+    def _claim(self) -> Claimed | None:
+        with self.db.transaction() as session:
+            return self._claim_in(session)
+
+    def _claim_in(self, session: Session) -> Claimed | None:
+        step = claim_step(
+            session,
+            owner=self.owner,
+            now=self.clock(),
+            lease=self.config.engine.lease,
+            skip_locked=self.db.is_postgres,
+        )
+        if step is None:
+            return None
+        run = session.get(Run, step.run_id)  # locked by claim_step on PostgreSQL
+        assert run is not None and run.id is not None and step.id is not None
+        if RunStatus(run.status).finished:
+            self.lifecycle.drop_step(session, step)
+            return None
+        spec = self.lifecycle.spec_for(run, step)
+        agent = self.config.agents.get(step.agent)
+        if spec is None or agent is None:
+            self.lifecycle.fail_step(
+                session,
+                run,
+                step,
+                f"workflow {run.workflow!r} (step {step.name}, agent {step.agent}) is no longer "
+                "configured in crewchief.yml",
+            )
+            return None
+        if step.attempts > self.config.engine.max_attempts:
+            self.lifecycle.fail_step(
+                session, run, step, f"gave up after {step.attempts - 1} attempts"
+            )
+            return None
+        steps = cards.steps_of(session, run.id)
+        earlier = [s for s in steps if s.position < step.position]
+        approvals = [s for s in earlier if (sp := self.lifecycle.spec_for(run, s)) and sp.approval]
+        self.lifecycle.begin_step(session, run, step)
+        return Claimed(
+            step_id=step.id,
+            run_id=run.id,
+            agent=step.agent,
+            spec=spec,
+            approved_version=approvals[-1].version if approvals else 1,
+            run={
+                "id": run.id,
+                "workflow": run.workflow,
+                "topic": run.text,
+                "requester": run.requester,
+                "approved_by": run.decided_by,
+            },
+            request_kwargs={
+                "name": step.agent,
+                "spec": agent,
+                "topic": run.text,
+                "inputs": {s.name: s.output or "" for s in earlier},
+                "version": step.version + 1 if spec.approval else 1,
+                "feedback": step.feedback,
+                "previous": step.output if spec.approval and step.version else None,
+                "approved": approvals[-1].output if approvals else None,
+            },
+        )
+
+    def _release(self, claimed: Claimed) -> None:
+        with self.db.transaction() as session:
+            release_step(session, claimed.step_id, self.owner)
+
+    def _check_budget(self, run_id: int) -> None:
+        with self.db.read() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            check_budget(session, self.config.budgets, run, self.clock())
+
+    def _record_call(self, claimed: Claimed, done: Completion | None, error: str | None) -> None:
+        """Every call and its cost, in a transaction of its own: spending is never lost."""
+        with self.db.transaction() as session:
+            session.add(
+                LLMCall(
+                    run_id=claimed.run_id,
+                    step_id=claimed.step_id,
+                    agent=claimed.agent,
+                    provider=done.provider if done else self.llm.name,
+                    model=done.model if done else claimed.request_kwargs["spec"].model,
+                    input_tokens=done.input_tokens if done else 0,
+                    output_tokens=done.output_tokens if done else 0,
+                    cost_usd=done.cost_usd if done else 0.0,
+                    latency_ms=done.latency_ms if done else 0,
+                    error=error,
+                    created_at=self.clock(),
+                )
+            )
+            if done is not None:
+                session.execute(
+                    update(Run)
+                    .where(col(Run.id) == claimed.run_id)
+                    .values(
+                        cost_usd=Run.cost_usd + done.cost_usd,
+                        tokens=Run.tokens + done.input_tokens + done.output_tokens,
+                    )
+                )
+
+    def _own(self, session: Session, claimed: Claimed) -> tuple[Run, Step] | None:
+        """The run and step (locked in that order), if this worker still holds the lease."""
+        run = lock_run(session, claimed.run_id)
+        step = session.exec(
+            select(Step).where(Step.id == claimed.step_id).with_for_update()
+        ).first()
+        assert run is not None
+        if step is None or step.status != StepStatus.RUNNING or step.lease_owner != self.owner:
+            log.info("step %s of run %s: lease lost, result dropped", claimed.step_id, run.id)
+            return None
+        if RunStatus(run.status).finished:
+            self.lifecycle.drop_step(session, step)
+            return None
+        return run, step
+
+    def _fail(self, claimed: Claimed, error: str) -> None:
+        with self.db.transaction() as session:
+            owned = self._own(session, claimed)
+            if owned is not None:
+                self.lifecycle.fail_step(session, *owned, error)
+
+    def _complete(
+        self, claimed: Claimed, completion: Completion, publication: Publication | None
+    ) -> None:
+        spec = claimed.spec
+        with self.db.transaction() as session:
+            owned = self._own(session, claimed)
+            if owned is None:
+                return
+            run, step = owned
+            if spec.approval is not None:
+                self.approvals.await_approval(session, run, step, spec.approval, completion.text)
+                return
+            step.output = completion.text
+            if spec.publish is not None and publication is not None:
+                record(session, run, step, spec.publish, publication, offline=self.llm_offline)
+            else:
+                cards.post_in_thread(
+                    session,
+                    run,
+                    key=f"run:{run.id}:step:{step.position}:output",
+                    kind=MessageKind.NOTES,
+                    step=step,
+                    context={
+                        "step": step.name,
+                        "agent": step.agent,
+                        "content": completion.text,
+                        "offline": self.llm_offline,
+                    },
+                )
+            self.lifecycle.advance(session, run, step)
+
+    @property
+    def llm_offline(self) -> bool:
+        return self.lifecycle.offline

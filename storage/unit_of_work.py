@@ -1,0 +1,65 @@
+"""The unit of work: one transaction, one commit, then the wake-ups its writes call for.
+
+Whatever a transaction writes decides who must look again once it has committed: a new or
+changed outbox row wakes the outbox senders, a step made runnable wakes the workers. Nobody
+arms a wake-up by hand, so no code path can forget to (Cosmic Python's unit of work collecting
+events after each handler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from itertools import chain
+from typing import Any
+
+from sqlalchemy import event
+from sqlmodel import Session
+
+from storage.models import Outbox, Step, StepStatus
+
+Hooks = dict["Topic", list[Callable[[], None]]]
+
+_ARMED = "crewchief.armed"
+_HOOKS = "crewchief.hooks"
+
+
+class Topic(StrEnum):
+    STEPS = "steps"  # a step became runnable (or was handed back)
+    OUTBOX = "outbox"  # something to deliver
+
+
+class UnitOfWork(Session):
+    """A session that runs its hooks for the topics its writes armed, after commit only."""
+
+    def __init__(self, *args: Any, hooks: Hooks, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.info[_HOOKS] = hooks
+
+
+def arm(session: Session, topic: Topic) -> None:
+    """For writes the ORM does not see (Core UPDATE statements in storage/)."""
+    session.info.setdefault(_ARMED, set()).add(topic)
+
+
+@event.listens_for(UnitOfWork, "after_flush")
+def _collect(session: Session, _context: Any) -> None:
+    for obj in chain(session.new, session.dirty):
+        if isinstance(obj, Outbox):
+            arm(session, Topic.OUTBOX)
+        elif isinstance(obj, Step) and obj.status == StepStatus.PENDING:
+            arm(session, Topic.STEPS)
+
+
+@event.listens_for(UnitOfWork, "after_commit")
+def _fire(session: Session) -> None:
+    armed: set[Topic] = session.info.pop(_ARMED, set())
+    hooks: Hooks = session.info.get(_HOOKS, {})
+    for topic in armed:
+        for hook in hooks.get(topic, ()):
+            hook()
+
+
+@event.listens_for(UnitOfWork, "after_rollback")
+def _disarm(session: Session) -> None:
+    session.info.pop(_ARMED, None)
