@@ -19,7 +19,6 @@ from agents.crew import Crew
 from agents.lifecycle import Clock, Lifecycle
 from agents.llm import LLMError, LLMProvider
 from agents.offline import OfflineProvider
-from agents.openai_provider import OpenAIProvider
 from agents.permissions import Permissions
 from agents.wakeup import Wakeup
 from agents.worker import Workers
@@ -120,6 +119,8 @@ class App:
 def build_llm(settings: Settings) -> LLMProvider:
     if settings.llm_provider == "offline":
         return OfflineProvider()
+    from agents.openai_provider import OpenAIProvider  # the openai package takes 0.6 s to import
+
     try:
         return OpenAIProvider(
             api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,

@@ -72,19 +72,20 @@ class Bot:
     session: ShellSession
     output: io.StringIO
     clock: FakeClock | None = None
-    _seen: int = field(default=0)
+    _typed_at: int = field(default=0)
 
     async def type(self, *lines: str) -> str:
         """Type lines as the current user; returns what was printed meanwhile."""
-        start = self.output.tell()
+        self._typed_at = start = self.output.tell()
         for line in lines:
             await self.session.execute(line)
         return self._since(start)
 
     async def wait(self) -> str:
-        start = self.output.tell()
+        """Until no work is pending; returns what was printed since the last `type` began
+        (the bot works while a line is handled, so its messages may land before it returns)."""
         await self.app.wait_idle(timeout=30)
-        return self._since(start)
+        return self._since(self._typed_at)
 
     def _since(self, start: int) -> str:
         return self.output.getvalue()[start:]

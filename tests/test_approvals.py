@@ -6,6 +6,8 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
+
 from commands.events import Actor, ReactionAdded, ReactionRemoved
 from storage import models
 from tests.conftest import Bot, FakeClock
@@ -92,8 +94,8 @@ async def test_an_outsiders_reaction_changes_nothing_and_is_answered_privately(
     async with bot.app.running():
         draft = await started(bot)
         bot.act_as("mallory")
-        out = await bot.type(f"react #{draft.id} ✅")
-        out += await bot.wait()
+        await bot.type(f"react #{draft.id} ✅")
+        out = await bot.wait()
         assert out.count("only the approvers of this step can decide") == 1  # answered once
         assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
         assert bot.rows(models.ApprovalVote) == []
@@ -143,8 +145,8 @@ async def test_the_requester_cannot_approve_their_own_run(bot_factory) -> None:
     bot: Bot = bot_factory(policy(), user="ed")
     async with bot.app.running():
         draft = await started(bot)
-        out = await bot.type(f"react #{draft.id} ✅")
-        out += await bot.wait()
+        await bot.type(f"react #{draft.id} ✅")
+        out = await bot.wait()
         assert out.count("does not allow self-approval") == 1
         assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
     await bot.app.aclose()
@@ -325,4 +327,49 @@ async def test_configured_reactions_are_the_ones_shown_and_counted(bot_factory) 
         await bot.type(f"react #{draft.id} :+1:")
         await bot.wait()
         assert bot.run().status == models.RunStatus.SUCCEEDED
+    await bot.app.aclose()
+
+
+@pytest.mark.parametrize(
+    ("who", "line", "told"),
+    [
+        ("mallory", "/crew cancel 1", "only the requester, the run's approvers or an admin"),
+        ("mallory", "/crew retry 1", "only the requester, the run's approvers or an admin"),
+        ("mallory", "/crew approve 1", "you may not run approve"),
+        ("mallory", "/crew revise 1 shorter", "you may not run revise"),
+        ("alice", "/crew approve 1", "does not allow self-approval"),
+        ("mallory", "react DRAFT ✅", "only the approvers of this step can decide"),
+        ("mallory", "react DRAFT 🛑", "only the requester, the run's approvers or an admin"),
+        ("alice", "react DRAFT ✅", "does not allow self-approval"),
+    ],
+)
+async def test_every_refusal_is_answered_exactly_once_in_the_shell(
+    bot_factory, who: str, line: str, told: str
+) -> None:
+    bot: Bot = bot_factory(policy(approvers=["shell:alice", "shell:ed"]))
+    async with bot.app.running():
+        draft = await started(bot)
+        bot.act_as(who)
+        await bot.type(line.replace("DRAFT", f"#{draft.id}"))
+        out = await bot.wait()
+        assert out.count(told) == 1
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+        assert len([a for a in bot.rows(models.AuditEntry) if a.action.endswith(".refused")]) == 1
+    await bot.app.aclose()
+
+
+async def test_revise_by_command_sends_the_draft_back_with_the_notes(bot_factory) -> None:
+    """/crew revise: the send-back for people whose thread replies the bot cannot read."""
+    bot: Bot = bot_factory(policy())
+    async with bot.app.running():
+        await started(bot)
+        bot.act_as("ed")
+        out = await bot.type("/crew revise 1 shorter, add a cost table")
+        assert "run 1: draft sent back" in out
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+        assert bot.latest_draft().version == 2
+        drafts = sorted(bot.rows(models.DraftVersion), key=lambda d: d.version)
+        assert [d.feedback for d in drafts] == [None, "shorter, add a cost table"]
+        assert "sent back by shell:ed" in bot.transcript
     await bot.app.aclose()

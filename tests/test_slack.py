@@ -627,6 +627,52 @@ async def test_a_refused_approve_command_is_answered_once(bot: SlackBot) -> None
     assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
 
 
+REFUSALS = [
+    # (who, what they do, what they are told, what is audited)
+    (MALLORY, "/crew cancel 1", "only the requester, the run's approvers or an admin", "cancel"),
+    (MALLORY, "/crew retry 1", "only the requester, the run's approvers or an admin", "retry"),
+    (MALLORY, "/crew approve 1", "you may not run approve", "command"),
+    (EDITH, "/crew approve 1", "does not allow self-approval", "vote"),
+    (MALLORY, ":white_check_mark:", "only the approvers of this step can decide", "vote"),
+    (MALLORY, ":octagonal_sign:", "only the requester, the run's approvers or an admin", "cancel"),
+    (EDITH, ":white_check_mark:", "does not allow self-approval", "vote"),
+]
+
+
+@pytest.mark.parametrize(("who", "action", "told", "audited"), REFUSALS)
+async def test_every_refusal_is_answered_exactly_once(
+    bot: SlackBot, who: str, action: str, told: str, audited: str
+) -> None:
+    """A command is answered in its acknowledgement, a reaction by one ephemeral in the run's
+    thread; nothing else reaches the person, nothing changes, and the refusal is audited."""
+    await bot.command("run blog-post heat pumps", user=EDITH)  # Edith approves, not herself
+    await bot.wait()
+    if action.startswith("/crew "):
+        status, answer = await bot.command(action.removeprefix("/crew "), user=who)
+        assert status == 200 and told in str(answer)
+        expected_ephemerals = 0
+    else:
+        draft_ts = bot.ts_of("draft")
+        await bot.event(
+            reaction_added(user=who, reaction=action.strip(":"), channel=CHANNEL, ts=draft_ts)
+        )
+        expected_ephemerals = 1
+    await bot.wait()
+    private = [e for e in bot.slack.ephemerals if e.user == who]
+    direct = [c for c in bot.slack.calls_to("chat.postMessage") if c.args.get("channel") == who]
+    assert len(private) == expected_ephemerals and direct == []
+    assert all(told in e.text and e.thread_ts == bot.ts_of("run_card") for e in private)
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    with bot.app.db.read() as s:
+        from sqlmodel import select
+
+        refused = s.exec(
+            select(models.AuditEntry).where(models.AuditEntry.action == f"{audited}.refused")
+        ).all()
+        assert [a.actor for a in refused] == [f"slack:{who}"]
+        assert s.exec(select(models.ApprovalVote)).all() == []
+
+
 async def test_sections_are_verbatim_so_bare_mentions_stay_text(bot: SlackBot) -> None:
     await bot.command("run research-brief @here look at #general https://example.com")
     await bot.wait()
