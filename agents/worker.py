@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +26,21 @@ from agents.config import CrewConfig, StepSpec
 from agents.heartbeat import heartbeat, interval
 from agents.lifecycle import Lifecycle
 from agents.llm import Completion, LLMError, LLMProvider
+from agents.owners import dead_here, process_owner
 from agents.prompts import build_request
 from agents.publishing import Publication, Publisher, PublishError, record
 from agents.wakeup import Wakeup, seconds_until
 from storage.db import Database
 from storage.models import LLMCall, MessageKind, Run, RunStatus, Step, StepStatus
-from storage.queries import claim_step, lock_run, next_step_due, release_step, renew_step_lease
+from storage.queries import (
+    claim_step,
+    expire_leases,
+    lease_holders,
+    lock_run,
+    next_step_due,
+    release_step,
+    renew_step_lease,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +78,15 @@ class Workers:
         self.clock = lifecycle.clock
         self.wakeup = wakeup or Wakeup()
         self.publisher = publisher or Publisher()
-        self.owner = f"worker-{uuid.uuid4().hex[:8]}"
+        self.owner = process_owner("worker")
         self._llm_slots = asyncio.Semaphore(config.engine.llm_concurrency)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run the workers until `stop` is set; steps in flight are handed back."""
+        try:
+            await asyncio.to_thread(self.recover)
+        except Exception:
+            log.exception("could not look for the work of exited processes; leases will tell")
         tasks = [
             asyncio.create_task(self._worker(stop, i), name=f"crewchief-worker-{i}")
             for i in range(self.config.engine.workers)
@@ -99,6 +111,16 @@ class Workers:
             if not worked:
                 due = await asyncio.to_thread(self._next_due)
                 await self.wakeup.wait(seconds_until(due, self.clock()), stop)
+
+    def recover(self) -> int:
+        """Take up at once the steps and deliveries of processes of this machine that died
+        (kill -9, a crash) instead of waiting for their leases to run out."""
+        with self.db.transaction() as session:
+            dead = dead_here(lease_holders(session))
+            taken = expire_leases(session, dead, self.clock())
+        if taken:
+            log.warning("took up %s leases of %s exited process(es)", taken, len(dead))
+        return taken
 
     def _next_due(self) -> Any:
         with self.db.read() as session:

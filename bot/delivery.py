@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
@@ -16,6 +15,7 @@ from sqlmodel import Session
 
 from agents.heartbeat import heartbeat, interval
 from agents.lifecycle import Clock
+from agents.owners import process_owner
 from agents.wakeup import Wakeup, seconds_until
 from bot.platforms.base import Delivery, DeliveryError, Platform
 from storage.db import Database
@@ -51,7 +51,7 @@ class OutboxSender:
         self.clock = clock
         self.on_lost_card = on_lost_card
         self.lease = lease
-        self.owner = f"sender-{uuid.uuid4().hex[:8]}"
+        self.owner = process_owner("sender")
 
     async def serve(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -118,6 +118,41 @@ def release_step(session: Session, step_id: int, owner: str) -> None:
     arm(session, Topic.STEPS)
 
 
+def lease_holders(session: Session) -> set[str]:
+    """Everyone holding a lease on a step or a delivery right now."""
+    steps = session.exec(
+        select(Step.lease_owner)
+        .where(col(Step.status) == StepStatus.RUNNING, col(Step.lease_owner).is_not(None))
+        .distinct()
+    ).all()
+    rows = session.exec(
+        select(Outbox.lease_owner)
+        .where(col(Outbox.status) == OutboxStatus.PENDING, col(Outbox.lease_owner).is_not(None))
+        .distinct()
+    ).all()
+    return {owner for owner in [*steps, *rows] if owner}
+
+
+def expire_leases(session: Session, owners: Collection[str], now: datetime) -> int:
+    """End the leases of holders known to be dead: their work is claimable at once."""
+    if not owners:
+        return 0
+    now -= timedelta(seconds=1)  # claims take leases that ended before their `now`
+    steps = session.execute(
+        update(Step)
+        .where(col(Step.status) == StepStatus.RUNNING, col(Step.lease_owner).in_(owners))
+        .values(lease_until=now)
+    )
+    rows = session.execute(
+        update(Outbox)
+        .where(col(Outbox.status) == OutboxStatus.PENDING, col(Outbox.lease_owner).in_(owners))
+        .values(lease_until=now)
+    )
+    arm(session, Topic.STEPS)
+    arm(session, Topic.OUTBOX)
+    return int(getattr(steps, "rowcount", 0)) + int(getattr(rows, "rowcount", 0))
+
+
 def renew_step_lease(session: Session, step_id: int, owner: str, until: datetime) -> bool:
     """Extend a running step's lease; False when `owner` no longer holds it."""
     result = session.execute(

@@ -19,7 +19,7 @@ from sqlmodel import select
 from agents.openai_provider import OpenAIProvider
 from storage import models
 from storage.db import Database
-from tests.conftest import Bot
+from tests.conftest import Bot, FakeClock
 from tests.fakes.local_server import serve_locally
 from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAIServer, running_fake_openai
 
@@ -242,11 +242,12 @@ async def shell_process(
     )
 
 
-async def test_kill_9_mid_step_then_a_restart_resumes_it_within_one_lease(
+async def test_kill_9_mid_step_then_a_restart_resumes_it_at_once(
     tmp_path: Path, openai_server: FakeOpenAIServer, db_url: str
 ) -> None:
     """The default configuration, as an operator runs it: a worker killed while its LLM call
-    is in flight leaves a lease of at most 30 s; the restarted bot takes the step up then."""
+    is in flight leaves a lease of at most 30 s, and the bot restarted on the same machine
+    sees that its holder has exited and takes the step up at once."""
     openai_server.script(("delay", 120.0))
     env = {
         **os.environ,
@@ -288,8 +289,32 @@ async def test_kill_9_mid_step_then_a_restart_resumes_it_within_one_lease(
     assert step.attempts == 2
     assert b"#2 researcher" in out
     print(f"restart after kill -9: the step finished {moving_again:.1f}s after the restart")
-    assert moving_again < 45  # one 30 s lease, the start-up and the call itself
+    assert moving_again < 15  # start-up and the call itself; no waiting out the 30 s lease
     db.dispose()
+
+
+async def test_a_lease_whose_holder_cannot_be_proven_dead_is_waited_out(bot_factory) -> None:
+    """A lease held on another machine (another boot id) is never taken early: only its
+    expiry frees the step, one lease after the holder's last heartbeat."""
+    from agents.owners import process_owner
+
+    clock = FakeClock()
+    bot: Bot = bot_factory(clock=clock)
+    await bot.type("/crew run research-brief heat pumps")
+    mine = process_owner("worker")
+    elsewhere = mine.replace("@", "@0000-other-boot-", 1)
+    with bot.app.db.transaction() as s:
+        step = s.exec(select(models.Step)).one()
+        step.status, step.lease_owner = models.StepStatus.RUNNING, elsewhere
+        step.lease_until = clock() + timedelta(seconds=30)
+        s.add(step)
+    assert bot.app.workers.recover() == 0
+    assert not await bot.app.workers.work_once()  # its lease still runs
+    clock.advance(seconds=31)
+    assert await bot.app.workers.work_once()
+    [step] = bot.steps()
+    assert step.status == models.StepStatus.SUCCEEDED
+    await bot.app.aclose()
 
 
 async def test_a_call_slower_than_the_lease_keeps_its_step(
