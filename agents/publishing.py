@@ -15,22 +15,18 @@ import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 from sqlmodel import Session
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
 from agents import cards
 from agents.config import PublishTarget
 from storage.audit import audit
 from storage.models import MessageKind, Run, Step
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class PublishError(Exception):
@@ -52,12 +48,22 @@ class _Retryable(Exception):
 
 
 class Publisher:
-    """Performs publishing effects. One HTTP client for the process, closed with it."""
+    """Performs publishing effects. One HTTP client for the process, made when the first
+    webhook is published to (httpx and tenacity load only then) and closed with it."""
 
     def __init__(self, *, timeout: float = 15.0, attempts: int = 4, max_wait: float = 30.0):
-        self.client = httpx.AsyncClient(timeout=timeout)
+        self.timeout = timeout
         self.attempts = attempts
         self.max_wait = max_wait
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(timeout=self.timeout)
+        return self._client
 
     async def perform(self, target: PublishTarget, run: dict[str, Any], pub: Publication) -> None:
         if target.to == "folder" and target.path:
@@ -70,6 +76,8 @@ class Publisher:
             await self._post(target.url, run, pub)
 
     async def _post(self, url: str, run: dict[str, Any], pub: Publication) -> None:
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
         payload = {**run, "content": pub.content, "notes": pub.notes, "version": pub.version}
         where = display_host(url)
         retrying = AsyncRetrying(
@@ -86,6 +94,8 @@ class Publisher:
             raise PublishError(f"{exc} (gave up after {self.attempts} tries)") from None
 
     async def _post_once(self, url: str, where: str, key: str, payload: dict[str, Any]) -> None:
+        import httpx
+
         try:
             response = await self.client.post(
                 url, json=payload, headers={"Idempotency-Key": key, "User-Agent": "crewchief"}
@@ -102,10 +112,13 @@ class Publisher:
             raise PublishError(f"webhook at {where} refused it: {response.status_code}")
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 def _wait(max_wait: float) -> Any:
+    from tenacity import wait_exponential_jitter
+
     backoff = wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=0.5)
 
     def wait(state: Any) -> float:

@@ -128,7 +128,16 @@ class Workers:
 
     async def work_once(self) -> bool:
         """Claim one step and take it to its next state. False when nothing was runnable."""
-        claimed = await asyncio.to_thread(self._claim)
+        claiming = asyncio.ensure_future(asyncio.to_thread(self._claim))
+        try:
+            claimed = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Stopped while the claim ran in its thread: it may still commit, and its step
+            # must be handed back rather than left leased to a worker that is gone.
+            late = await claiming
+            if late is not None:
+                self._release(late)
+            raise
         if claimed is None:
             return False
         try:

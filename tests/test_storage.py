@@ -27,6 +27,35 @@ def test_migrations_match_the_models_and_are_idempotent(db_url: str) -> None:
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert diff == []
+    assert db.schema_is_current()
+    db.dispose()
+
+
+def test_the_schema_head_start_up_checks_is_the_newest_migration() -> None:
+    """Start-up skips Alembic when the database is at SCHEMA_HEAD: a new migration must move
+    it, or start-up would never apply that migration."""
+    from alembic.script import ScriptDirectory
+
+    from storage.db import SCHEMA_HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads() == [SCHEMA_HEAD]
+
+
+def test_a_database_one_migration_behind_is_brought_up_to_date(db_url: str) -> None:
+    from alembic import command
+
+    from storage.db import alembic_config
+
+    db = Database(db_url)
+    with db.engine.begin() as conn:
+        cfg = alembic_config(db.url.render_as_string(hide_password=False))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    assert not db.schema_is_current()
+    db.upgrade()
+    assert db.schema_is_current()
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     db.dispose()
 
 
