@@ -39,7 +39,7 @@ from storage.queries import (
     lock_run,
     next_step_due,
     release_step,
-    renew_step_lease,
+    renew_lease,
 )
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class Workers:
     def _renew(self, step_id: int) -> bool:
         with self.db.transaction() as session:
             until = self.clock() + self.config.engine.lease
-            return renew_step_lease(session, step_id, self.owner, until)
+            return renew_lease(session, Step, step_id, self.owner, until)
 
     def _claim(self) -> Claimed | None:
         with self.db.transaction() as session:

@@ -20,7 +20,7 @@ from agents.wakeup import Wakeup, seconds_until
 from bot.platforms.base import Delivery, DeliveryError, Platform
 from storage.db import Database
 from storage.models import Message, Outbox, OutboxKind, OutboxStatus, utcnow
-from storage.queries import claim_outbox, next_delivery_due, renew_outbox_lease
+from storage.queries import claim_outbox, next_delivery_due, renew_lease
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ class OutboxSender:
 
     def _renew(self, row_id: int) -> bool:
         with self.db.transaction() as session:
-            return renew_outbox_lease(session, row_id, self.owner, self.clock() + self.lease)
+            until = self.clock() + self.lease
+            return renew_lease(session, Outbox, row_id, self.owner, until)
 
     def _claim(self) -> tuple[int, Delivery, str] | str | None:
         with self.db.transaction() as session:

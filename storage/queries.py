@@ -153,28 +153,19 @@ def expire_leases(session: Session, owners: Collection[str], now: datetime) -> i
     return int(getattr(steps, "rowcount", 0)) + int(getattr(rows, "rowcount", 0))
 
 
-def renew_step_lease(session: Session, step_id: int, owner: str, until: datetime) -> bool:
-    """Extend a running step's lease; False when `owner` no longer holds it."""
-    result = session.execute(
-        update(Step)
-        .where(
-            col(Step.id) == step_id,
-            col(Step.status) == StepStatus.RUNNING,
-            col(Step.lease_owner) == owner,
-        )
-        .values(lease_until=until)
-    )
-    return bool(getattr(result, "rowcount", 0))
+_LEASED = {Step: StepStatus.RUNNING, Outbox: OutboxStatus.PENDING}  # status while leased
 
 
-def renew_outbox_lease(session: Session, row_id: int, owner: str, until: datetime) -> bool:
-    """Extend a delivery's lease; False when `owner` no longer holds it."""
+def renew_lease(
+    session: Session, table: type[Step] | type[Outbox], row_id: int, owner: str, until: datetime
+) -> bool:
+    """Extend the lease on a step or a delivery; False when `owner` no longer holds it."""
     result = session.execute(
-        update(Outbox)
+        update(table)
         .where(
-            col(Outbox.id) == row_id,
-            col(Outbox.status) == OutboxStatus.PENDING,
-            col(Outbox.lease_owner) == owner,
+            col(table.id) == row_id,
+            col(table.status) == _LEASED[table],
+            col(table.lease_owner) == owner,
         )
         .values(lease_until=until)
     )

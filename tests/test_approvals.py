@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from agents.llm import Completion, LLMRequest
+from agents.offline import OfflineProvider
 from commands.events import Actor, ReactionAdded, ReactionRemoved
 from storage import models
 from tests.conftest import Bot, FakeClock
@@ -234,14 +236,37 @@ async def test_cancel_by_reaction_and_by_command(bot_factory) -> None:
         assert run.decided_by == "shell:alice"
         assert {s.status for s in bot.steps()} == {"succeeded", "cancelled"}
 
-        await bot.type("/crew run blog-post second topic")
-        out = await bot.type("/crew cancel 2")
-        assert "run 2 cancelled" in out
-        await bot.wait()
-        assert bot.run(2).status == models.RunStatus.CANCELLED
-        assert len(bot.messages("draft", run_id=2)) == 0  # the worker dropped its result
-        out = await bot.type("/crew cancel 2")
+        out = await bot.type("/crew cancel 1")
         assert "already finished" in out
+    await bot.app.aclose()
+
+
+class GatedModel(OfflineProvider):
+    """The offline model, answering only once the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.called = asyncio.Event()
+
+    async def complete(self, request: LLMRequest) -> Completion:
+        self.called.set()
+        await self.gate.wait()
+        return await super().complete(request)
+
+
+async def test_cancelling_while_an_agent_works_drops_its_result(bot_factory) -> None:
+    model = GatedModel()
+    bot: Bot = bot_factory(policy(), llm=model)
+    async with bot.app.running():
+        await bot.type("/crew run blog-post heat pumps")
+        await asyncio.wait_for(model.called.wait(), 10)  # the researcher is at work
+        out = await bot.type("/crew cancel 1")
+        assert "run 1 cancelled" in out
+        model.gate.set()
+        await bot.wait()
+        assert bot.run().status == models.RunStatus.CANCELLED
+        assert {s.status for s in bot.steps()} == {"cancelled"}
+        assert bot.messages("notes") == [] and bot.messages("draft") == []
     await bot.app.aclose()
 
 

@@ -49,6 +49,8 @@ import discord.http
 import yarl
 from aiohttp import WSMsgType, web
 
+from tests.fakes.local_server import serve_until_interrupted
+
 API_PREFIX = "/api/v10"
 DISCORD_EPOCH_MS = 1_420_070_400_000
 
@@ -2859,18 +2861,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8767)
     options = parser.parse_args()
 
-    async def run() -> None:
-        fake = FakeDiscord()
-        await fake.start(port=options.port)
-        print(f"fake Discord REST at {fake.api_base}, gateway at {fake.gateway_url}")
-        print(f"  bot token {fake.token}")
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await fake.stop()
-
-    with suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    fake = FakeDiscord()
+    serve_until_interrupted(
+        lambda: fake.start(port=options.port),
+        fake.stop,
+        lambda: (
+            f"fake Discord REST at {fake.api_base}, gateway at {fake.gateway_url}"
+            + f"\n  bot token {fake.token}"
+        ),
+    )
 
 
 if __name__ == "__main__":

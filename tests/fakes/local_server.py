@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 
 from aiohttp import web
 
@@ -20,3 +21,22 @@ async def serve_locally(application: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+def serve_until_interrupted(
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+    banner: Callable[[], str],
+) -> None:
+    """`python -m tests.fakes.…`: start a fake, print where it listens, serve until Ctrl-C."""
+
+    async def run() -> None:
+        await start()
+        print(banner())
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await stop()
+
+    with suppress(KeyboardInterrupt):
+        asyncio.run(run())

@@ -45,6 +45,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.local_server import serve_until_interrupted
 from tests.fakes.slack_signing import WORKSPACE, Workspace
 
 BOT_TOKEN = "xoxb-0000000001-0000000002-crewchieftestbottoken"
@@ -865,18 +866,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     options = parser.parse_args()
 
-    async def run() -> None:
-        slack = FakeSlack()
-        await slack.start(port=options.port)
-        print(f"fake Slack API at {slack.api_url}")
-        print(f"  bot token {slack.bot_token}\n  app token {slack.app_token}")
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await slack.stop()
-
-    with suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    slack = FakeSlack()
+    serve_until_interrupted(
+        lambda: slack.start(port=options.port),
+        slack.stop,
+        lambda: (
+            f"fake Slack API at {slack.api_url}\n  bot token {slack.bot_token}"
+            + f"\n  app token {slack.app_token}"
+        ),
+    )
 
 
 if __name__ == "__main__":
