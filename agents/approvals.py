@@ -380,7 +380,7 @@ class ApprovalService:
         """Watch approval deadlines until `stop` is set."""
         while not stop.is_set():
             try:
-                await asyncio.to_thread(self.check_deadlines)
+                await self.db.call(self.check_deadlines)
             except Exception:
                 log.exception("approval deadlines could not be checked; retrying shortly")
             with contextlib.suppress(TimeoutError):

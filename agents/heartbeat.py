@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 log = logging.getLogger(__name__)
 
-Renew = Callable[[], bool]  # extends the lease; False when it is no longer ours
+Renew = Callable[[], Awaitable[bool]]  # extends the lease; False when it is no longer ours
 
 
 def interval(lease: timedelta) -> float:
@@ -21,15 +21,15 @@ def interval(lease: timedelta) -> float:
 
 @contextlib.asynccontextmanager
 async def heartbeat(renew: Renew, every: float, what: str) -> AsyncIterator[None]:
-    """Call `renew` (in a thread: it is database work) every `every` seconds while the block
-    runs. A lease found lost stops the heartbeat; the caller's late result is dropped when it
-    tries to record it, as it is for any lease that ran out."""
+    """Await `renew` every `every` seconds while the block runs. A lease found lost stops
+    the heartbeat; the caller's late result is dropped when it tries to record it, as it is
+    for any lease that ran out."""
 
     async def beat() -> None:
         while True:
             await asyncio.sleep(every)
             try:
-                alive = await asyncio.to_thread(renew)
+                alive = await renew()
             except Exception:
                 log.warning("%s: the lease could not be renewed; trying again", what, exc_info=True)
                 continue

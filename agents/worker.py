@@ -84,7 +84,7 @@ class Workers:
     async def serve(self, stop: asyncio.Event) -> None:
         """Run the workers until `stop` is set; steps in flight are handed back."""
         try:
-            await asyncio.to_thread(self.recover)
+            await self.db.call(self.recover)
         except Exception:
             log.exception("could not look for the work of exited processes; leases will tell")
         tasks = [
@@ -109,7 +109,7 @@ class Workers:
                 log.exception("worker %s: a step could not be processed; retrying shortly", index)
                 worked = False
             if not worked:
-                due = await asyncio.to_thread(self._next_due)
+                due = await self.db.call(self._next_due)
                 await self.wakeup.wait(seconds_until(due, self.clock()), stop)
 
     def recover(self) -> int:
@@ -128,7 +128,7 @@ class Workers:
 
     async def work_once(self) -> bool:
         """Claim one step and take it to its next state. False when nothing was runnable."""
-        claiming = asyncio.ensure_future(asyncio.to_thread(self._claim))
+        claiming = asyncio.ensure_future(self.db.call(self._claim))
         try:
             claimed = await asyncio.shield(claiming)
         except asyncio.CancelledError:
@@ -142,7 +142,7 @@ class Workers:
             return False
         try:
             async with heartbeat(
-                lambda: self._renew(claimed.step_id),
+                lambda: self.db.call(self._renew, claimed.step_id),
                 interval(self.config.engine.lease),
                 f"step {claimed.step_id} of run {claimed.run_id}",
             ):
@@ -152,30 +152,30 @@ class Workers:
             raise
         except Exception as exc:
             log.exception("step %s of run %s failed unexpectedly", claimed.step_id, claimed.run_id)
-            await asyncio.to_thread(
+            await self.db.call(
                 self._fail, claimed, f"internal error ({type(exc).__name__}); see the bot's log"
             )
         return True
 
     async def _execute(self, claimed: Claimed) -> None:
         try:
-            await asyncio.to_thread(self._check_budget, claimed.run_id)
+            await self.db.call(self._check_budget, claimed.run_id)
             request = build_request(**claimed.request_kwargs)
         except BudgetExceeded as exc:
-            await asyncio.to_thread(self._fail, claimed, str(exc))
+            await self.db.call(self._fail, claimed, str(exc))
             return
         except TemplateError as exc:
             error = f"the prompt of agent {claimed.agent!r} failed to render: {exc}"
-            await asyncio.to_thread(self._fail, claimed, error)
+            await self.db.call(self._fail, claimed, error)
             return
         try:
             async with self._llm_slots:
                 completion = await self.llm.complete(request)
         except LLMError as exc:
-            await asyncio.to_thread(self._record_call, claimed, None, str(exc))
-            await asyncio.to_thread(self._fail, claimed, str(exc))
+            await self.db.call(self._record_call, claimed, None, str(exc))
+            await self.db.call(self._fail, claimed, str(exc))
             return
-        await asyncio.to_thread(self._record_call, claimed, completion, None)
+        await self.db.call(self._record_call, claimed, completion, None)
         publication: Publication | None = None
         if claimed.spec.publish is not None:
             publication = Publication(
@@ -187,9 +187,9 @@ class Workers:
             try:
                 await self.publisher.perform(claimed.spec.publish, claimed.run, publication)
             except PublishError as exc:
-                await asyncio.to_thread(self._fail, claimed, str(exc))
+                await self.db.call(self._fail, claimed, str(exc))
                 return
-        await asyncio.to_thread(self._complete, claimed, completion, publication)
+        await self.db.call(self._complete, claimed, completion, publication)
 
     # -- transactions (each runs in a thread) -----------------------------------------------
 

@@ -53,19 +53,27 @@ async def main(runs: int, database_url: str | None) -> None:
         requester, editor = Actor("shell", "alice"), Actor("shell", "editor")
         async with app.running():
             start = time.perf_counter()
-            for i in range(runs):
-                app.dispatcher.handle_now(
-                    SlashCommand(f"c{i}", requester, "C1", f"run blog-post topic {i}")
+            await asyncio.gather(
+                *(
+                    app.dispatcher.handle(
+                        SlashCommand(f"c{i}", requester, "C1", f"run blog-post topic {i}")
+                    )
+                    for i in range(runs)
                 )
+            )
             await app.wait_idle(timeout=3600)
             drafted = time.perf_counter() - start
             with app.db.read() as s:
                 drafts = s.exec(select(Message).where(Message.kind == "draft")).all()
             start = time.perf_counter()
-            for m in drafts:
-                app.dispatcher.handle_now(
-                    ReactionAdded(f"r{m.id}", editor, "C1", m.platform_id or "", "✅")
+            await asyncio.gather(
+                *(
+                    app.dispatcher.handle(
+                        ReactionAdded(f"r{m.id}", editor, "C1", m.platform_id or "", "✅")
+                    )
+                    for m in drafts
                 )
+            )
             await app.wait_idle(timeout=3600)
             published = time.perf_counter() - start
             with app.db.read() as s:

@@ -81,7 +81,7 @@ class App:
         """Until nothing is runnable or undelivered (a run waiting for people is idle)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.pending():
+        while await self.db.call(self.pending):
             if loop.time() > deadline:
                 raise TimeoutError(f"work still pending after {timeout:.0f}s")
             await asyncio.sleep(0.02)

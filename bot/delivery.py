@@ -61,7 +61,7 @@ class OutboxSender:
                 log.exception("outbox: a delivery could not be processed; retrying shortly")
                 sent = False
             if not sent:
-                due = await asyncio.to_thread(self._next_due)
+                due = await self.db.call(self._next_due)
                 await self.wakeup.wait(seconds_until(due, self.clock()), stop)
 
     def _next_due(self) -> datetime | None:
@@ -70,7 +70,7 @@ class OutboxSender:
 
     async def send_once(self) -> bool:
         """Deliver one row. False when nothing is deliverable right now."""
-        claimed = await asyncio.to_thread(self._claim)
+        claimed = await self.db.call(self._claim)
         if claimed is None:
             return False
         if claimed == SKIPPED:
@@ -81,17 +81,19 @@ class OutboxSender:
         try:
             # a 429's Retry-After can keep a delivery busy for longer than one lease
             async with heartbeat(
-                lambda: self._renew(row_id), interval(self.lease), f"outbox row {row_id}"
+                lambda: self.db.call(self._renew, row_id),
+                interval(self.lease),
+                f"outbox row {row_id}",
             ):
                 platform_id = await platform.deliver(delivery)
         except DeliveryError as exc:
-            await asyncio.to_thread(self._failed, row_id, exc)
+            await self.db.call(self._failed, row_id, exc)
         except Exception as exc:  # an adapter bug must not lose the message
             log.exception("outbox row %s: %s delivery raised", row_id, platform_name)
             error = DeliveryError(f"{type(exc).__name__}: {exc}")
-            await asyncio.to_thread(self._failed, row_id, error)
+            await self.db.call(self._failed, row_id, error)
         else:
-            await asyncio.to_thread(self._sent, row_id, platform_id)
+            await self.db.call(self._sent, row_id, platform_id)
         return True
 
     def _renew(self, row_id: int) -> bool:

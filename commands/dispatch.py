@@ -10,7 +10,6 @@ is answered exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from sqlalchemy.exc import IntegrityError
@@ -43,7 +42,7 @@ class Dispatcher:
         reactions), the answers are not returned but written to the outbox as private notices,
         in the same transaction as what the event changed.
         """
-        return await asyncio.to_thread(self.handle_now, event, private_replies=private_replies)
+        return await self.db.call(self.handle_now, event, private_replies=private_replies)
 
     def handle_now(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
         """`handle`, on the calling thread."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
@@ -19,6 +22,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SCHEMA_HEAD = "0002"  # the newest revision in migrations/versions (a test keeps them equal)
@@ -34,7 +39,18 @@ class Database:
         if self.is_postgres and self.url.drivername == "postgresql":
             self.url = self.url.set(drivername="postgresql+psycopg")
         self.engine = self._create_engine()
+        self.reader = self.engine.execution_options(crewchief_read=True)
         self.hooks: Hooks = {topic: [] for topic in Topic}
+        # Database work runs here, off the event loop. SQLite has one writer at a time, so one
+        # thread serves it without lock contention; PostgreSQL gets a thread per connection.
+        self.executor = ThreadPoolExecutor(
+            max_workers=1 if self.is_sqlite else 8, thread_name_prefix="crewchief-db"
+        )
+
+    async def call(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`work(*args, **kwargs)` on the database threads; the event loop goes on meanwhile."""
+        job = functools.partial(work, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, job)
 
     def on_commit(self, topic: Topic, hook: Callable[[], None]) -> None:
         """Call `hook` after every commit whose writes armed `topic` (a wake-up, say)."""
@@ -62,7 +78,9 @@ class Database:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Readers take no write lock: they see a snapshot and never wait for a writer.
+            reading = conn.get_execution_options().get("crewchief_read")
+            conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
         return engine
 
@@ -78,7 +96,8 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
+        """A session for reading only (on SQLite it takes no write lock)."""
+        with Session(self.reader, expire_on_commit=False) as session:
             yield session
 
     def schema_is_current(self) -> bool:
@@ -105,6 +124,7 @@ class Database:
             command.upgrade(cfg, "head")
 
     def dispose(self) -> None:
+        self.executor.shutdown(wait=True)
         self.engine.dispose()
 
 
