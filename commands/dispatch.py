@@ -26,6 +26,7 @@ from commands.spec import Reply, UsageError
 from storage import models
 from storage.audit import audit
 from storage.db import Database
+from storage.threads import Priority
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ class Dispatcher:
         reactions), the answers are not returned but written to the outbox as private notices,
         in the same transaction as what the event changed.
         """
-        return await self.db.call(self.handle_now, event, private_replies=private_replies)
+        return await self.db.call(
+            self.handle_now, event, priority=Priority.INBOUND, private_replies=private_replies
+        )
 
     def handle_now(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
         """`handle`, on the calling thread."""

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,6 +15,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
 
+from storage.threads import DatabaseThreads, Priority
 from storage.unit_of_work import Hooks, Topic, UnitOfWork
 
 if TYPE_CHECKING:
@@ -41,16 +41,20 @@ class Database:
         self.engine = self._create_engine()
         self.reader = self.engine.execution_options(crewchief_read=True)
         self.hooks: Hooks = {topic: [] for topic in Topic}
-        # Database work runs here, off the event loop. SQLite has one writer at a time, so one
-        # thread serves it without lock contention; PostgreSQL gets a thread per connection.
-        self.executor = ThreadPoolExecutor(
-            max_workers=1 if self.is_sqlite else 8, thread_name_prefix="crewchief-db"
-        )
+        self.threads = DatabaseThreads(1 if self.is_sqlite else 8)
 
-    async def call(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`work(*args, **kwargs)` on the database threads; the event loop goes on meanwhile."""
+    async def call(
+        self,
+        work: Callable[..., T],
+        *args: Any,
+        priority: Priority = Priority.BACKGROUND,
+        **kwargs: Any,
+    ) -> T:
+        """`work(*args, **kwargs)` on the database threads; the event loop goes on meanwhile.
+        Inbound events pass `priority=Priority.INBOUND`: their acknowledgement waits."""
         job = functools.partial(work, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, job)
+        result: T = await asyncio.wrap_future(self.threads.submit(priority, job))
+        return result
 
     def on_commit(self, topic: Topic, hook: Callable[[], None]) -> None:
         """Call `hook` after every commit whose writes armed `topic` (a wake-up, say)."""
@@ -124,7 +128,7 @@ class Database:
             command.upgrade(cfg, "head")
 
     def dispose(self) -> None:
-        self.executor.shutdown(wait=True)
+        self.threads.shutdown()
         self.engine.dispose()
 
 

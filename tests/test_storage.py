@@ -236,3 +236,30 @@ def test_replicas_starting_together_migrate_once(db_url: str) -> None:
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     db.dispose()
+
+
+def test_an_inbound_event_goes_ahead_of_queued_background_work() -> None:
+    """A command's acknowledgement waits for its transaction: it must not queue behind the
+    workers' claims and deliveries already waiting for the database thread."""
+    from storage.threads import DatabaseThreads, Priority
+
+    threads = DatabaseThreads(1)
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def busy() -> None:
+        started.set()
+        release.wait(5)
+
+    threads.submit(Priority.BACKGROUND, busy)
+    assert started.wait(5)
+    queued = [
+        threads.submit(Priority.BACKGROUND, lambda i=i: ran.append(f"bg{i}")) for i in range(3)
+    ]
+    inbound = threads.submit(Priority.INBOUND, lambda: ran.append("ack"))
+    release.set()
+    inbound.result(5)
+    for future in queued:
+        future.result(5)
+    assert ran == ["ack", "bg0", "bg1", "bg2"]
+    threads.shutdown()
