@@ -24,7 +24,7 @@ from sqlmodel import Session, col, func, select
 
 from agents import cards
 from agents.config import ApprovalPolicy, Reactions
-from agents.lifecycle import Lifecycle
+from agents.lifecycle import Clock, Lifecycle
 from agents.outcomes import (
     AlreadyVoted,
     Cancelled,
@@ -99,7 +99,7 @@ class ApprovalService:
                 self.emoji[normalize_emoji(name)] = vote
 
     @property
-    def clock(self) -> Any:
+    def clock(self) -> Clock:
         return self.lifecycle.clock
 
     def vote_for(self, emoji: str) -> Vote | None:

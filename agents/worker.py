@@ -334,8 +334,9 @@ class Workers:
                 self.approvals.await_approval(session, run, step, spec.approval, completion.text)
                 return
             step.output = completion.text
+            offline = self.lifecycle.offline
             if spec.publish is not None and publication is not None:
-                record(session, run, step, spec.publish, publication, offline=self.llm_offline)
+                record(session, run, step, spec.publish, publication, offline=offline)
             else:
                 cards.post_in_thread(
                     session,
@@ -347,11 +348,7 @@ class Workers:
                         "step": step.name,
                         "agent": step.agent,
                         "content": completion.text,
-                        "offline": self.llm_offline,
+                        "offline": offline,
                     },
                 )
             self.lifecycle.advance(session, run, step)
-
-    @property
-    def llm_offline(self) -> bool:
-        return self.lifecycle.offline
