@@ -264,6 +264,8 @@ class ApprovalService:
         feedback (else the voter's latest reply in the thread)."""
         assert run.id is not None
         if step.status != StepStatus.AWAITING_APPROVAL or version != step.version:
+            # too late (decided, sent back, superseded): kept in the audit log all the same
+            audit(session, who, "vote.too_late", run.id, vote=vote, version=version)
             current = f" (v{step.version} is the current draft)" if step.version else ""
             return Ignored(
                 f"that draft is no longer waiting for a decision{current}", run_id=run.id
