@@ -183,7 +183,14 @@ class ApprovalService:
 
     # -- reactions -------------------------------------------------------------------------
 
-    def reaction_added(self, session: Session, who: str, message: Message, emoji: str) -> Outcome:
+    def reaction_added(
+        self,
+        session: Session,
+        who: str,
+        message: Message,
+        emoji: str,
+        roles: tuple[str, ...] = (),
+    ) -> Outcome:
         vote = self.vote_for(emoji)
         if vote is None:
             return Ignored(
@@ -196,11 +203,11 @@ class ApprovalService:
         if run is None:
             return Ignored("that message does not belong to a run", quiet=True)
         if vote == Vote.CANCEL:
-            return self.cancel(session, run, who)
+            return self.cancel(session, run, who, roles)
         if message.kind != MessageKind.DRAFT or message.step_id is None:
             return Ignored("react on a draft to decide on it", run_id=run.id, quiet=True)
         step = self._lock_step(session, message.step_id)
-        return self.cast(session, run, step, who, vote, version=message.version)
+        return self.cast(session, run, step, who, vote, version=message.version, roles=roles)
 
     def reaction_removed(self, session: Session, who: str, message: Message, emoji: str) -> Outcome:
         """Removing a reaction before the decision withdraws that vote; after it, nothing."""
@@ -228,7 +235,13 @@ class ApprovalService:
     # -- commands (`/crew approve 3`, `/crew reject 3 too long`, `/crew revise 3 shorter`) --
 
     def decide_by_command(
-        self, session: Session, run: Run, who: str, vote: Vote, reason: str | None
+        self,
+        session: Session,
+        run: Run,
+        who: str,
+        vote: Vote,
+        reason: str | None,
+        roles: tuple[str, ...] = (),
     ) -> Outcome:
         step = session.exec(
             select(Step)
@@ -237,12 +250,16 @@ class ApprovalService:
         ).first()
         if step is None:
             return Ignored(f"run {run.id} has no draft waiting for a decision", run_id=run.id)
-        return self.cast(session, run, step, who, vote, version=step.version, reason=reason)
+        return self.cast(
+            session, run, step, who, vote, version=step.version, reason=reason, roles=roles
+        )
 
-    def revise_by_command(self, session: Session, run: Run, who: str, notes: str) -> Outcome:
+    def revise_by_command(
+        self, session: Session, run: Run, who: str, notes: str, roles: tuple[str, ...] = ()
+    ) -> Outcome:
         """Send the waiting draft back with `notes` as the feedback: 🔁 for people (or
         platforms) whose thread replies the bot cannot read."""
-        return self.decide_by_command(session, run, who, Vote.REVISE, notes)
+        return self.decide_by_command(session, run, who, Vote.REVISE, notes, roles)
 
     # -- the vote itself -------------------------------------------------------------------
 
@@ -259,6 +276,7 @@ class ApprovalService:
         *,
         version: int | None,
         reason: str | None = None,
+        roles: tuple[str, ...] = (),
     ) -> Outcome:
         """Record one vote and decide when the policy is met. For a revise, `reason` is the
         feedback (else the voter's latest reply in the thread)."""
@@ -274,7 +292,7 @@ class ApprovalService:
         if spec is None or spec.approval is None:
             return Ignored(f"workflow {run.workflow!r} is no longer configured", run_id=run.id)
         policy = spec.approval
-        refusal = self.permissions.vote_refusal(run, policy, who)
+        refusal = self.permissions.vote_refusal(run, policy, who, roles)
         if refusal is not None:
             return Refused(
                 refusal,
@@ -303,7 +321,6 @@ class ApprovalService:
                     ApprovalVote.step_id == step.id,
                     ApprovalVote.version == step.version,
                     ApprovalVote.vote == Vote.APPROVE,
-                    col(ApprovalVote.approver).in_(self.permissions.approvers(policy)),
                 )
             ).one()
             if count < policy.quorum:
@@ -362,11 +379,11 @@ class ApprovalService:
         ).first()
         return reply.text if reply else None
 
-    def cancel(self, session: Session, run: Run, who: str) -> Outcome:
+    def cancel(self, session: Session, run: Run, who: str, roles: tuple[str, ...] = ()) -> Outcome:
         assert run.id is not None
         if RunStatus(run.status).finished:
             return Ignored(f"run {run.id} has already finished ({run.status})", run_id=run.id)
-        if not self.permissions.may_manage(run, who):
+        if not self.permissions.may_manage(run, who, roles):
             return Refused(
                 "only the requester, the run's approvers or an admin can cancel it",
                 action="cancel.refused",

@@ -27,7 +27,7 @@ from bot.delivery import OutboxSender
 from bot.platforms.base import Platform
 from bot.settings import Settings
 from commands.dispatch import Dispatcher
-from commands.events import InboundEvent
+from commands.events import Actor, InboundEvent
 from commands.spec import Reply
 from storage.db import Database
 from storage.models import Message, utcnow
@@ -51,6 +51,9 @@ class App:
 
     async def handle(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
         return await self.dispatcher.handle(event, private_replies=private_replies)
+
+    async def complete(self, actor: Actor, arg: str, typed: str) -> list[tuple[str, str]]:
+        return await self.dispatcher.complete(actor, arg, typed)
 
     def greeting(self) -> dict[str, Any]:
         """What the shell's greeting shows: the model, and who approves each workflow."""

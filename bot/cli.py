@@ -139,8 +139,6 @@ def start(
     unknown = sorted(set(platform) - {"slack", "discord", "shell"})
     if unknown:
         raise _fail(f"unknown platform {unknown[0]!r}: use slack, discord or shell")
-    if "discord" in platform:
-        raise _fail("the Discord platform is not available in this version; use slack or shell")
     settings = _settings()
     try:
         asyncio.run(serve(settings, platforms=set(platform), host=host, port=port))
@@ -148,6 +146,29 @@ def start(
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+@cli.command("invite-url")
+def invite_url(
+    application_id: Annotated[
+        str | None,
+        typer.Argument(help="The application id (Developer Portal → General Information)."),
+    ] = None,
+) -> None:
+    """Print the URL that adds the Discord bot to a server, with exactly the permissions it
+    uses. Without an application id it is read from Discord with DISCORD_TOKEN."""
+    from bot.platforms.discord import application_id_of, discord_settings
+    from bot.platforms.discord import invite_url as url_for
+
+    if application_id is None:
+        try:
+            token = discord_settings(_settings()).token
+            application_id = asyncio.run(application_id_of(token))
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+    if not application_id.isdigit():
+        raise _fail(f"an application id is digits, got {application_id!r}")
+    Console(highlight=False, soft_wrap=True).print(url_for(application_id), markup=False)
 
 
 @cli.command()

@@ -15,11 +15,20 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
 
     @routes.get("/healthz")
     async def healthz(_: web.Request) -> web.Response:
+        platforms = {
+            name: str(getattr(platform, "state", "connected"))
+            for name, platform in sorted(app.platforms.items())
+        }
         try:
-            app.pending()
+            await app.db.call(app.pending)
         except Exception:
-            return web.json_response({"ok": False, "database": "unreachable"}, status=503)
-        return web.json_response({"ok": True})
+            return web.json_response(
+                {"ok": False, "database": "unreachable", "platforms": platforms}, status=503
+            )
+        ok = all(state == "connected" for state in platforms.values())
+        return web.json_response(
+            {"ok": ok, "database": "ok", "platforms": platforms}, status=200 if ok else 503
+        )
 
     @routes.get("/metrics")
     async def metrics(_: web.Request) -> web.Response:

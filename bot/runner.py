@@ -18,15 +18,20 @@ log = logging.getLogger("crewchief")
 
 async def serve(settings: Settings, *, platforms: set[str], host: str, port: int) -> None:
     """Until SIGINT/SIGTERM (or `quit` in the shell). Raises ConfigError before anything runs."""
+    from bot.platforms.discord import DiscordPlatform, discord_settings
     from bot.platforms.slack import SlackPlatform, slack_settings
 
     slack_conf = slack_settings(settings) if "slack" in platforms else None
+    discord_conf = discord_settings(settings) if "discord" in platforms else None
     app = build_app(settings)
     if app.llm.name == "offline":
         log.warning("LLM: offline (no OPENAI_API_KEY): agents write deterministic placeholder text")
     slack = SlackPlatform(app, slack_conf) if slack_conf else None
     if slack:
         app.add_platform(slack)
+    discord = DiscordPlatform(app, discord_conf) if discord_conf else None
+    if discord:
+        app.add_platform(discord)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,6 +56,9 @@ async def serve(settings: Settings, *, platforms: set[str], host: str, port: int
                 log.warning("Slack: connected in Socket Mode")
             elif slack:
                 log.warning("Slack: HTTP mode at POST http://%s:%s/slack/events", host, port)
+            if discord:
+                await discord.start()
+                log.warning("Discord: %s", discord.state)
             if "shell" in platforms:
                 from rich.console import Console
 

@@ -20,3 +20,7 @@ class Context:
     @property
     def who(self) -> str:
         return self.actor.qualified
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return self.actor.roles

@@ -13,14 +13,22 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, func, select
 
 from agents import cards
 from agents.crew import Crew
 from agents.outcomes import Outcome, Refused
 from commands.answers import reply_for
+from commands.complete import suggestions
 from commands.context import Context
-from commands.events import InboundEvent, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
+from commands.events import (
+    Actor,
+    InboundEvent,
+    ReactionAdded,
+    ReactionRemoved,
+    SlashCommand,
+    ThreadReply,
+)
 from commands.handlers import REGISTRY
 from commands.spec import Reply, UsageError
 from storage import models
@@ -46,6 +54,14 @@ class Dispatcher:
         return await self.db.call(
             self.handle_now, event, priority=Priority.INBOUND, private_replies=private_replies
         )
+
+    async def complete(self, actor: Actor, arg: str, typed: str) -> list[tuple[str, str]]:
+        """Choices for an argument being typed (autocomplete), as (label, value) pairs."""
+        return await self.db.call(self._complete_now, actor, arg, typed, priority=Priority.INBOUND)
+
+    def _complete_now(self, actor: Actor, arg: str, typed: str) -> list[tuple[str, str]]:
+        with self.db.read() as session:
+            return suggestions(Context(self.crew, session, actor, ""), arg, typed)
 
     def handle_now(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
         """`handle`, on the calling thread."""
@@ -107,7 +123,7 @@ class Dispatcher:
             return []  # a concurrent delivery of the same event got there first
 
     def _first_delivery(self, session: Session, event: InboundEvent) -> bool:
-        key = f"{event.actor.platform}:{event.event_id}"
+        key = self._delivery_key(session, event)
         try:
             with session.begin_nested():
                 session.add(models.InboundEvent(key=key))
@@ -115,6 +131,26 @@ class Dispatcher:
             log.info("duplicate delivery %s ignored", key)
             return False
         return True
+
+    def _delivery_key(self, session: Session, event: InboundEvent) -> str:
+        platform = event.actor.platform
+        if event.event_id or not isinstance(event, ReactionAdded | ReactionRemoved):
+            return f"{platform}:{event.event_id}"
+        # A platform that gives reactions no id (Discord's gateway): the n-th time this person
+        # adds this emoji to this message is one event however often it is delivered, and so
+        # is the n-th removal; a removal and a later re-add are new events.
+        added = isinstance(event, ReactionAdded)
+        base = ":".join(
+            (platform, "reaction", event.channel, event.message_platform_id, event.actor.user_id)
+        )
+        base = f"{base}:{event.emoji}"
+        opposite = f"{base}:{'remove' if added else 'add'}:"
+        seen = session.exec(
+            select(func.count())
+            .select_from(models.InboundEvent)
+            .where(col(models.InboundEvent.key).startswith(opposite, autoescape=True))
+        ).one()
+        return f"{base}:{'add' if added else 'remove'}:{seen}"
 
     def _route(self, session: Session, event: InboundEvent) -> Reply | Outcome | None:
         ctx = Context(self.crew, session, event.actor, event.channel)
@@ -133,7 +169,7 @@ class Dispatcher:
             return None  # a reaction on someone else's message: not ours to judge
         approvals = self.crew.approvals
         if isinstance(event, ReactionAdded):
-            return approvals.reaction_added(session, ctx.who, message, event.emoji)
+            return approvals.reaction_added(session, ctx.who, message, event.emoji, ctx.roles)
         assert isinstance(event, ReactionRemoved)
         return approvals.reaction_removed(session, ctx.who, message, event.emoji)
 

@@ -10,6 +10,7 @@ class Actor:
     platform: str  # "shell" | "slack" | "discord"
     user_id: str  # the platform's own id: "bob", "U012AB", "81234..."
     display_name: str = ""
+    roles: tuple[str, ...] = ()  # the platform's role ids the person holds (Discord)
 
     @property
     def qualified(self) -> str:
@@ -27,7 +28,7 @@ class SlashCommand:
 
 @dataclass(frozen=True)
 class ReactionAdded:
-    event_id: str
+    event_id: str  # "" when the platform gives none: de-duplicated by what it says
     actor: Actor
     channel: str
     message_platform_id: str  # the platform's id of the message reacted to

@@ -20,15 +20,15 @@ from storage.queries import lock_run, runs_with_steps, spend_since
 
 
 def _may_launch_any(ctx: Context) -> bool:
-    return ctx.crew.permissions.may_launch_any(ctx.who)
+    return ctx.crew.permissions.may_launch_any(ctx.who, ctx.roles)
 
 
 def _is_any_approver(ctx: Context) -> bool:
-    return ctx.crew.permissions.is_any_approver(ctx.who)
+    return ctx.crew.permissions.is_any_approver(ctx.who, ctx.roles)
 
 
 def _may_manage_any(ctx: Context) -> bool:
-    return ctx.crew.permissions.may_manage_any(ctx.who)
+    return ctx.crew.permissions.may_manage_any(ctx.who, ctx.roles)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def cmd_run(ctx: Context, args: dict[str, str]) -> Outcome:
             usage=REGISTRY.parse("run x y")[0].usage,
             suggestion=f"/crew run {suggestion} …" if suggestion else None,
         )
-    if not ctx.crew.permissions.may_launch(name, ctx.who):
+    if not ctx.crew.permissions.may_launch(name, ctx.who, ctx.roles):
         return Refused(f"you may not launch {name}", detail={"workflow": name})
     text = args.get("text", "").strip()
     if not text:
@@ -113,12 +113,12 @@ def cmd_status(ctx: Context, args: dict[str, str]) -> Reply:
 
 def cmd_cancel(ctx: Context, args: dict[str, str]) -> Outcome:
     run = find_run(ctx, args["run"])
-    return ctx.crew.approvals.cancel(ctx.session, run, ctx.who)
+    return ctx.crew.approvals.cancel(ctx.session, run, ctx.who, ctx.roles)
 
 
 def cmd_retry(ctx: Context, args: dict[str, str]) -> Outcome:
     run = find_run(ctx, args["run"])
-    if not ctx.crew.permissions.may_manage(run, ctx.who):
+    if not ctx.crew.permissions.may_manage(run, ctx.who, ctx.roles):
         return Refused(
             "only the requester, the run's approvers or an admin can retry it",
             action="retry.refused",
@@ -134,18 +134,22 @@ def cmd_retry(ctx: Context, args: dict[str, str]) -> Outcome:
 def cmd_approve(ctx: Context, args: dict[str, str]) -> Outcome:
     run = find_run(ctx, args["run"])
     reason = args.get("reason") or None
-    return ctx.crew.approvals.decide_by_command(ctx.session, run, ctx.who, Vote.APPROVE, reason)
+    return ctx.crew.approvals.decide_by_command(
+        ctx.session, run, ctx.who, Vote.APPROVE, reason, ctx.roles
+    )
 
 
 def cmd_reject(ctx: Context, args: dict[str, str]) -> Outcome:
     run = find_run(ctx, args["run"])
     reason = args.get("reason") or None
-    return ctx.crew.approvals.decide_by_command(ctx.session, run, ctx.who, Vote.REJECT, reason)
+    return ctx.crew.approvals.decide_by_command(
+        ctx.session, run, ctx.who, Vote.REJECT, reason, ctx.roles
+    )
 
 
 def cmd_revise(ctx: Context, args: dict[str, str]) -> Outcome:
     run = find_run(ctx, args["run"])
-    return ctx.crew.approvals.revise_by_command(ctx.session, run, ctx.who, args["notes"])
+    return ctx.crew.approvals.revise_by_command(ctx.session, run, ctx.who, args["notes"], ctx.roles)
 
 
 def cmd_workflows(ctx: Context, _: dict[str, str]) -> Reply:
@@ -162,7 +166,7 @@ def cmd_workflows(ctx: Context, _: dict[str, str]) -> Reply:
                 "approvers": sorted(
                     {a for s in approvals if s.approval for a in permissions.approvers(s.approval)}
                 ),
-                "may_launch": permissions.may_launch(name, ctx.who),
+                "may_launch": permissions.may_launch(name, ctx.who, ctx.roles),
             }
         )
     return Reply("workflows", {"workflows": items})

@@ -77,6 +77,7 @@ def update(session: Session, message: Message, *, template: str, context: dict[s
             channel=message.channel,
             order_key=_order_key(message.run_id),
             message_id=message.id,
+            thread_of=message.thread_of,  # where the message lives, for platforms that need it
             template=template,
             context=context,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from commands.events import InboundEvent
+from commands.events import Actor, InboundEvent
 from commands.spec import Reply
 from storage.models import OutboxKind
 
@@ -48,6 +48,10 @@ class Inbound(Protocol):
     async def handle(
         self, event: InboundEvent, *, private_replies: bool = False
     ) -> list[Reply]: ...
+
+    async def complete(self, actor: Actor, arg: str, typed: str) -> list[tuple[str, str]]:
+        """Choices for an argument being typed: (label, value) pairs, read-only."""
+        ...
 
 
 class Platform(Protocol):

@@ -26,6 +26,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.config_file import ConfigError
 from bot.escaping import escape_slack
 from bot.platforms.base import Delivery, DeliveryError, Inbound
+from bot.platforms.splitting import headline as first_line
+from bot.platforms.splitting import preview as cut_preview
+from bot.platforms.splitting import split_text
 from bot.render import Renderer
 from bot.settings import Settings
 from commands.events import (
@@ -138,28 +141,7 @@ def mention(who: str) -> str:
 
 def to_blocks(text: str) -> list[dict[str, Any]]:
     """Section blocks of at most 3,000 characters, cut at paragraph or line boundaries."""
-    chunks: list[str] = []
-    current = ""
-    for paragraph in text.split("\n"):
-        candidate = f"{current}\n{paragraph}" if current else paragraph
-        if len(candidate) <= SECTION_LIMIT:
-            current = candidate
-            continue
-        if current:
-            chunks.append(current)
-        while len(paragraph) > SECTION_LIMIT:
-            cut = paragraph.rfind(" ", 0, SECTION_LIMIT)
-            cut = cut if cut > SECTION_LIMIT // 2 else SECTION_LIMIT
-            # never split an escape entity such as &amp; in two
-            amp = paragraph.rfind("&", max(0, cut - 6), cut)
-            if amp != -1 and ";" not in paragraph[amp:cut]:
-                cut = amp
-            chunks.append(paragraph[:cut])
-            paragraph = paragraph[cut:].lstrip(" ")
-        current = paragraph
-    if current.strip():
-        chunks.append(current)
-    chunks = [c for c in chunks if c.strip()] or ["\u200b"]
+    chunks = split_text(text, SECTION_LIMIT) or ["\u200b"]
     if len(chunks) > BLOCK_LIMIT:
         chunks = [*chunks[: BLOCK_LIMIT - 1], "_… cut here: the full text is attached_"]
     # verbatim: Slack must not turn bare URLs, #channels or @here in the text into live links
@@ -170,16 +152,16 @@ def to_blocks(text: str) -> list[dict[str, Any]]:
 
 
 def preview(text: str) -> str:
-    """The start of a long message and its last lines (a draft's reaction hint and approvers),
-    with a pointer to the attached full text."""
-    head = text[:PREVIEW_HEAD].rsplit("\n", 1)[0]
-    tail = "\n".join(text[-PREVIEW_TAIL:].splitlines()[1:])
-    return f"{head}\n\n_… cut here: the full text is attached in this thread_\n\n{tail}"
+    return cut_preview(
+        text,
+        head=PREVIEW_HEAD,
+        tail=PREVIEW_TAIL,
+        notice="_… cut here: the full text is attached in this thread_",
+    )
 
 
 def headline(text: str) -> str:
-    first = next((line for line in text.splitlines() if line.strip()), "crewchief")
-    return first[:TEXT_LIMIT]
+    return first_line(text, TEXT_LIMIT)
 
 
 class SlackPlatform:

@@ -1753,7 +1753,7 @@ class FakeDiscord:
         attachments, files = self._attachments(channel, body, call.files)
         _require_not_empty(body, attachments)
         original = interaction.original
-        if original is not None and original.loading:
+        if original is not None and original.loading and not original.deleted:
             # Discord: the first follow-up after a defer fills in the "thinking" message,
             # keeping the ephemerality chosen at defer time.
             self._apply_edit(original, body, attachments, files)

@@ -1,0 +1,354 @@
+"""The Discord platform end to end: the real discord.py client, logged in to a local fake
+Discord (REST and gateway), driving the real bot on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from bot.app import App, build_app
+from bot.config_file import ConfigError
+from bot.platforms.discord import (
+    DiscordPlatform,
+    command_text,
+    discord_settings,
+)
+from bot.settings import Settings
+from commands.handlers import REGISTRY
+from storage import models
+from tests.conftest import make_config
+from tests.fakes.discord_api import (
+    ALICE_ID,
+    APPROVE_EMOJI_ID,
+    BOB_ID,
+    BOT_TOKEN,
+    CAROL_ID,
+    CONTENT_CHANNEL_ID,
+    EDITORS_ROLE_ID,
+    GUILD_ID,
+    FakeDiscord,
+    Interaction,
+    Message,
+    running_fake_discord,
+)
+
+ZWSP = "\u200b"
+LIVE = re.compile(r"<@!?\d+>|<@&\d+>|<#\d+>|@everyone|@here")
+
+
+def seen(message: Message) -> str:
+    """What a person reads of a message: its content and its embeds' text."""
+    parts = [message.content, *(e.get("description", "") for e in message.embeds)]
+    return "\n".join(p for p in parts if p)
+
+
+def discord_env(db_url: str, tmp_path: Path, **extra: Any) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        crewchief_database_url=db_url,
+        crewchief_config=tmp_path / "absent.yml",
+        crewchief_llm="offline",
+        discord_token=BOT_TOKEN,
+        discord_guild_id=GUILD_ID,
+        **extra,
+    )
+
+
+@dataclass
+class DiscordBot:
+    app: App
+    platform: DiscordPlatform
+    fake: FakeDiscord
+
+    async def command(self, sub: str, user: str = ALICE_ID, **options: str) -> Interaction:
+        interaction = await self.fake.send_interaction(sub, options, user_id=user)
+        await self.fake.wait_until(
+            lambda: (
+                interaction.followups or (interaction.original and interaction.original.deleted)
+            ),
+            what=f"an answer to /crew {sub}",
+        )
+        return interaction
+
+    async def wait(self) -> None:
+        await self.app.wait_idle(timeout=30)
+
+    def card(self) -> Message:
+        return self.fake.bot_messages(CONTENT_CHANNEL_ID)[0]
+
+    def thread(self) -> list[Message]:
+        card = self.card()
+        assert card.thread_id is not None, "the run card has no thread"
+        return self.fake.bot_messages(card.thread_id)
+
+    def platform_id(self, kind: str, index: int = -1) -> str:
+        with self.app.db.read() as s:
+            rows = s.exec(select(models.Message).where(models.Message.kind == kind)).all()
+            value = rows[index].platform_id
+            assert value is not None
+            return value
+
+    async def react(self, user: str, kind: str, emoji: str = "✅", **kwargs: Any) -> Any:
+        card = self.card()
+        assert card.thread_id is not None
+        before = self.events_seen()
+        event = await self.fake.add_reaction(
+            user, card.thread_id, self.platform_id(kind), emoji, **kwargs
+        )
+        await self.fake.wait_until(lambda: self.events_seen() > before, what="the reaction")
+        await self.wait()
+        return event
+
+    def events_seen(self) -> int:
+        """Inbound events the bot has recorded (each exactly once)."""
+        return len(self.rows(models.InboundEvent))
+
+    def run(self, run_id: int = 1) -> models.Run:
+        with self.app.db.read() as s:
+            run = s.get(models.Run, run_id)
+            assert run is not None
+            return run
+
+    def rows(self, model: Any) -> list[Any]:
+        with self.app.db.read() as s:
+            return list(s.exec(select(model)).all())
+
+
+def build(settings: Settings, config: dict[str, Any] | None = None) -> tuple[App, DiscordPlatform]:
+    app = build_app(
+        settings,
+        config=make_config(config),
+        default_approvers=[f"discord:{BOB_ID}", f"discord:{CAROL_ID}"],
+    )
+    platform = DiscordPlatform(app, discord_settings(settings), guild_ready_timeout=0.05)
+    app.add_platform(platform)
+    return app, platform
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with running_fake_discord() as server:
+        yield server
+
+
+@pytest.fixture
+async def bot(
+    request: pytest.FixtureRequest, db_url: str, tmp_path: Path, fake: FakeDiscord
+) -> AsyncIterator[DiscordBot]:
+    """`@pytest.mark.crew_config({...})` extends its crewchief.yml."""
+    marker = request.node.get_closest_marker("crew_config")
+    app, platform = build(discord_env(db_url, tmp_path), marker.args[0] if marker else None)
+    async with app.running():
+        await platform.start(ready_timeout=5)
+        yield DiscordBot(app, platform, fake)
+    await app.aclose()
+
+
+async def test_walkthrough_in_discord(bot: DiscordBot) -> None:
+    fake = bot.fake
+    started = await bot.command("run", workflow="blog-post", text="Why heat pumps beat gas boilers")
+    # deferred at once, privately; the answer fills in the "thinking" message
+    assert started.deferred and started.ephemeral
+    assert "Run 1" in seen(started.followups[0]) or "run 1" in seen(started.followups[0]).lower()
+    await bot.wait()
+
+    card = bot.card()
+    assert "Run 1" in seen(card) and "blog-post" in seen(card)
+    assert card.thread_id is not None and fake.threads[card.thread_id].name.startswith("Run 1")
+    notes, draft = bot.thread()
+    assert "researcher" in seen(notes)
+    assert "v1" in seen(draft) and "✅" in seen(draft) and "approve" in seen(draft)
+    assert card.embeds[0]["color"] == 0xECB22E  # awaiting approval
+
+    # send it back with notes by command (no message-content intent needed)
+    revised = await bot.command("revise", user=BOB_ID, run="1", notes="shorter, add a cost table")
+    assert revised.ephemeral
+    await bot.wait()
+    drafts = [m for m in bot.thread() if "draft v" in seen(m)]
+    assert any("v2" in seen(m) for m in drafts)
+
+    await bot.react(CAROL_ID, "draft")
+    run = bot.run()
+    assert run.status == models.RunStatus.SUCCEEDED and run.decided_by == f"discord:{CAROL_ID}"
+    card = bot.card()
+    assert card.embeds[0]["color"] == 0x2EB886  # green
+    assert "succeeded" in seen(card)
+    published = [m for m in bot.thread() if "publish" in seen(m).lower()]
+    assert len(published) >= 1
+    # the first draft is locked, the second names who decided
+    assert "closed" in seen(fake.message(card.thread_id or "", bot.platform_id("draft")))
+    # every message the bot sent pinged nobody
+    for channel in (CONTENT_CHANNEL_ID, card.thread_id or ""):
+        assert all(m.pings.nobody for m in fake.bot_messages(channel))
+
+
+async def test_slash_command_tree_is_generated_from_the_command_specs(bot: DiscordBot) -> None:
+    [crew] = bot.fake.guild_commands[GUILD_ID]
+    assert crew["name"] == "crew"
+    subcommands = {o["name"]: o for o in crew["options"]}
+    assert list(subcommands) == REGISTRY.names()
+    for spec in REGISTRY.specs:
+        options = subcommands[spec.name].get("options", [])
+        assert [(o["name"], o.get("required", False)) for o in options] == [
+            (a.name, a.required) for a in spec.args
+        ]
+
+
+def test_command_text_round_trips_through_the_shared_parser() -> None:
+    spec, _ = REGISTRY.parse("run x y")
+    for text in ['"quoted"', "it's", "two  spaces ", "'single'", 'say "hi"']:
+        parsed_spec, args = REGISTRY.parse(
+            command_text(spec, {"workflow": "blog-post", "text": text})
+        )
+        assert parsed_spec is spec and args == {"workflow": "blog-post", "text": text}
+    approve, _ = REGISTRY.parse("approve 1")
+    _, args = REGISTRY.parse(command_text(approve, {"run": "#12", "reason": None}))
+    assert args == {"run": "#12"}
+
+
+async def test_autocomplete_offers_workflows_and_open_runs(bot: DiscordBot) -> None:
+    fake = bot.fake
+    typing = await fake.send_autocomplete("run", {"workflow": "bl", "text": ""}, focused="workflow")
+    await fake.wait_for_callback(typing)
+    assert typing.choices == [{"name": "blog-post", "value": "blog-post"}]
+
+    await bot.command("run", workflow="blog-post", text="heat pumps")
+    await bot.command("run", workflow="research-brief", text="solar")
+    await bot.wait()
+    typing = await fake.send_autocomplete("status", {"run": ""}, focused="run")
+    await fake.wait_for_callback(typing)
+    # run 2 (a research brief) has finished; run 1 waits for approval
+    assert [c["value"] for c in typing.choices or []] == ["1"]
+    assert "awaiting approval" in (typing.choices or [{}])[0]["name"]
+
+
+@pytest.mark.crew_config(
+    {
+        "workflows": {
+            "blog-post": {
+                "steps": [
+                    {"name": "research", "agent": "researcher"},
+                    {
+                        "name": "draft",
+                        "agent": "writer",
+                        "approval": {"approvers": [f"discord:role:{EDITORS_ROLE_ID}"]},
+                    },
+                    {"name": "publish", "agent": "publisher", "publish": {"to": "thread"}},
+                ]
+            }
+        }
+    }
+)
+async def test_a_role_approves_and_an_outsider_is_told_by_dm(bot: DiscordBot) -> None:
+    await bot.command("run", workflow="blog-post", text="heat pumps")
+    await bot.wait()
+    # carol holds no editors role: nothing changes, she is told why in a DM, it is audited
+    await bot.react(CAROL_ID, "draft")
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    [dm] = bot.fake.dm_messages(CAROL_ID)
+    assert "only the approvers" in seen(dm)
+    refused = [a for a in bot.rows(models.AuditEntry) if a.action == "vote.refused"]
+    assert [a.actor for a in refused] == [f"discord:{CAROL_ID}"]
+    # alice is an editor but asked for the run: self-approval is refused
+    await bot.react(ALICE_ID, "draft")
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    assert "self-approval" in seen(bot.fake.dm_messages(ALICE_ID)[-1])
+    # bob holds the role (carried by the reaction event): his ✅ decides
+    await bot.react(BOB_ID, "draft")
+    assert bot.run().status == models.RunStatus.SUCCEEDED
+    assert bot.run().decided_by == f"discord:{BOB_ID}"
+
+
+@pytest.mark.crew_config({"reactions": {"approve": [f"<:approve:{APPROVE_EMOJI_ID}>", "✅"]}})
+async def test_a_custom_emoji_approves_and_a_duplicate_delivery_counts_once(
+    bot: DiscordBot,
+) -> None:
+    await bot.command("run", workflow="blog-post", text="heat pumps")
+    await bot.wait()
+    event = await bot.react(CAROL_ID, "draft", "approve")  # the server's :approve: emoji
+    assert bot.run().status == models.RunStatus.SUCCEEDED
+    await bot.fake.redispatch(event)  # Discord may deliver it again
+    await bot.wait()
+    assert len(bot.rows(models.ApprovalVote)) == 1
+    assert len([m for m in bot.rows(models.Message) if m.kind == "published"]) == 1
+    assert bot.fake.dm_messages(CAROL_ID) == []
+
+
+async def test_mentions_in_topics_and_drafts_ping_nobody(bot: DiscordBot) -> None:
+    evil = f"@everyone @here <@&{EDITORS_ROLE_ID}> <@{BOB_ID}> [login](https://evil.example)"
+    await bot.command("run", workflow="blog-post", text=evil)
+    await bot.wait()
+    card = bot.card()
+    messages = [card, *bot.thread()]
+    assert all(m.pings.nobody for m in messages)
+    assert all(m.allowed_mentions == {"parse": []} for m in messages)
+    for message in messages:
+        text = seen(message).replace(f"requested by <@{ALICE_ID}>", "")  # a name chip, no ping
+        assert not LIVE.search(text) and "](" not in text
+    assert evil in seen(card).replace(ZWSP, "")  # what was typed is what people read
+
+
+async def test_a_rate_limited_post_is_retried_by_discord_py_and_posted_once(
+    bot: DiscordBot,
+) -> None:
+    bot.fake.rate_limit("POST /channels/{channel_id}/messages", retry_after=0.3, times=2)
+    await bot.command("run", workflow="blog-post", text="heat pumps")
+    await bot.wait()
+    assert len(bot.fake.bot_messages(CONTENT_CHANNEL_ID)) == 1
+    assert len(bot.thread()) == 2
+    assert [r.status for r in bot.fake.requests_to("POST /channels/{channel_id}/messages")][:2] == [
+        429,
+        429,
+    ]
+
+
+async def test_a_channel_the_bot_cannot_use_stops_the_run_and_is_counted(
+    bot: DiscordBot,
+) -> None:
+    bot.fake.deny_access(CONTENT_CHANNEL_ID)
+    await bot.command("run", workflow="blog-post", text="heat pumps")
+    await bot.wait()
+    assert bot.run().status == models.RunStatus.FAILED
+    failed = [o for o in bot.rows(models.Outbox) if o.status == models.OutboxStatus.FAILED]
+    assert failed and "50001" in (failed[0].error or "")
+
+
+async def test_a_reaction_after_a_restart_still_counts(
+    db_url: str, tmp_path: Path, fake: FakeDiscord
+) -> None:
+    settings = discord_env(db_url, tmp_path)
+    app, platform = build(settings)
+    async with app.running():
+        await platform.start(ready_timeout=5)
+        first = DiscordBot(app, platform, fake)
+        await first.command("run", workflow="blog-post", text="heat pumps")
+        await first.wait()
+        draft_id = first.platform_id("draft")
+    await app.aclose()
+
+    app, platform = build(settings)
+    async with app.running():
+        await platform.start(ready_timeout=5)
+        again = DiscordBot(app, platform, fake)
+        await fake.add_reaction(BOB_ID, again.card().thread_id or "", draft_id, "✅")
+        await fake.wait_until(lambda: again.events_seen() == 2, what="the reaction")
+        await again.wait()
+        assert again.run().status == models.RunStatus.SUCCEEDED
+    await app.aclose()
+
+
+def test_missing_and_malformed_tokens_are_named(tmp_path: Path) -> None:
+    for token, problem in ((None, "DISCORD_TOKEN is not set"), ("xoxb-123", "does not look")):
+        settings = Settings(_env_file=None, discord_token=token)  # type: ignore[call-arg]
+        with pytest.raises(ConfigError, match=problem) as caught:
+            discord_settings(settings)
+        assert "xoxb-123" not in str(caught.value)
+    bad_guild = Settings(_env_file=None, discord_token=BOT_TOKEN, discord_guild_id="general")  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="DISCORD_GUILD_ID"):
+        discord_settings(bad_guild)
