@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import unicodedata
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,9 @@ SETTLED = {
 }
 
 
+CUSTOM_EMOJI = re.compile(r"<a?:(?P<name>\w+):\d+>")
+
+
 def normalize_emoji(emoji: str) -> str:
     """`:white_check_mark:`, `✅` and `✅︎` (with a variation selector) compare equal."""
     text = emoji.strip().strip(":").lower()
@@ -103,7 +107,12 @@ class ApprovalService:
         return self.lifecycle.clock
 
     def vote_for(self, emoji: str) -> Vote | None:
-        return self.emoji.get(normalize_emoji(emoji))
+        """A custom emoji (`<:approve:123>` on Discord) matches its full form or its name."""
+        vote = self.emoji.get(normalize_emoji(emoji))
+        custom = CUSTOM_EMOJI.fullmatch(emoji.strip())
+        if vote is None and custom is not None:
+            vote = self.emoji.get(normalize_emoji(custom["name"]))
+        return vote
 
     def hint(self) -> str:
         r = self.reactions

@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = None
     slack_api_url: str | None = None
     discord_token: SecretStr | None = None
+    discord_api_url: str | None = None  # REST base URL (a proxy, or a local fake in tests)
     discord_guild_id: str | None = None  # sync /crew to this server at once (else globally)
     discord_message_content: bool = False  # the privileged intent: thread replies as feedback
     openai_api_key: SecretStr | None = None

@@ -352,3 +352,150 @@ def test_missing_and_malformed_tokens_are_named(tmp_path: Path) -> None:
     bad_guild = Settings(_env_file=None, discord_token=BOT_TOKEN, discord_guild_id="general")  # type: ignore[call-arg]
     with pytest.raises(ConfigError, match="DISCORD_GUILD_ID"):
         discord_settings(bad_guild)
+
+
+async def test_one_process_serves_slack_and_discord(
+    db_url: str, tmp_path: Path, fake: FakeDiscord
+) -> None:
+    """A run started on each platform is approved on its own platform, and `/crew status`
+    typed in Discord lists both."""
+    from bot.http import web_app
+    from bot.platforms.slack import SCOPES, SlackPlatform, slack_settings
+    from tests.fakes.local_server import serve_locally
+    from tests.fakes.slack_api import BOT_TOKEN as SLACK_TOKEN
+    from tests.fakes.slack_api import fake_slack
+    from tests.fakes.slack_signing import (
+        SIGNING_SECRET,
+        reaction_added,
+        signed_form,
+        signed_json,
+        slash_command,
+    )
+
+    CHANNEL = "C0CONTENT1"
+    async with fake_slack(channels=[CHANNEL], scopes=SCOPES) as slack_api:
+        settings = discord_env(
+            db_url,
+            tmp_path,
+            slack_bot_token=SLACK_TOKEN,
+            slack_signing_secret=SIGNING_SECRET,
+            slack_api_url=slack_api.api_url,
+        )
+        app = build_app(
+            settings,
+            config=make_config(),
+            default_approvers=[f"discord:{BOB_ID}", "slack:U0EDITH001"],
+        )
+        slack = SlackPlatform(app, slack_settings(settings))
+        app.add_platform(slack)
+        platform = DiscordPlatform(app, discord_settings(settings), guild_ready_timeout=0.05)
+        app.add_platform(platform)
+        async with serve_locally(web_app(app, slack)) as base, app.running():
+            await platform.start(ready_timeout=5)
+            bot = DiscordBot(app, platform, fake)
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http:
+                body, headers = signed_form(
+                    slash_command("run blog-post from slack", channel_id=CHANNEL)
+                )
+                async with http.post(f"{base}/slack/events", data=body, headers=headers) as r:
+                    assert r.status == 200
+                await bot.command("run", workflow="blog-post", text="from discord")
+                await bot.wait()
+                with app.db.read() as s:
+                    runs = {r.platform: r for r in s.exec(select(models.Run)).all()}
+                assert set(runs) == {"slack", "discord"}
+
+                status = await bot.command("status")
+                listing = seen(status.followups[0])
+                assert "from slack" in listing and "from discord" in listing
+
+                # each run is approved where it lives
+                slack_draft = next(
+                    m
+                    for m in bot.rows(models.Message)
+                    if m.kind == "draft" and m.platform == "slack"
+                )
+                payload = reaction_added(
+                    user="U0EDITH001",
+                    reaction="white_check_mark",
+                    channel=CHANNEL,
+                    ts=slack_draft.platform_id or "",
+                )
+                body, headers = signed_json(payload)
+                async with http.post(f"{base}/slack/events", data=body, headers=headers) as r:
+                    assert r.status == 200
+            await bot.react(BOB_ID, "draft")
+            await bot.wait()
+            with app.db.read() as s:
+                statuses = {r.platform: r.status for r in s.exec(select(models.Run)).all()}
+            assert statuses == {"slack": "succeeded", "discord": "succeeded"}
+            assert any(
+                "published" in m.text.lower()
+                for m in slack_api.thread(CHANNEL, slack_api.top_level(CHANNEL)[0].ts)
+            )
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/healthz") as r:
+                health = await r.json()
+            assert health["platforms"] == {"discord": "connected", "slack": "connected"}
+        await app.aclose()
+
+
+async def test_crewchief_start_serves_discord_until_sigterm(
+    db_url: str, tmp_path: Path, fake: FakeDiscord
+) -> None:
+    import asyncio
+    import os
+    import signal
+    import socket
+    import sys
+
+    import aiohttp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "CREWCHIEF_DATABASE_URL": db_url,
+        "CREWCHIEF_LLM": "offline",
+        "DISCORD_TOKEN": BOT_TOKEN,
+        "DISCORD_API_URL": fake.api_base,
+        "DISCORD_GUILD_ID": GUILD_ID,
+        "CREWCHIEF_APPROVERS": f"discord:{BOB_ID}",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "start",
+        "--platform",
+        "discord",
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            health: dict[str, Any] = {}
+            for _ in range(300):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        health = await resp.json()
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+            assert health.get("platforms") == {"discord": "connected"}
+        started = await fake.send_interaction("run", {"workflow": "blog-post", "text": "x"})
+        await fake.wait_until(lambda: started.followups, what="the answer")
+        assert started.deferred and started.ephemeral
+        await fake.wait_for_message(CONTENT_CHANNEL_ID, timeout=15)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert BOT_TOKEN not in err.decode()

@@ -26,6 +26,9 @@ from typing import Any
 
 import aiohttp
 import discord
+import discord.gateway
+import discord.http
+import yarl
 from discord import app_commands
 
 from bot.config_file import ConfigError
@@ -81,6 +84,7 @@ class DiscordSettings:
     token: str
     guild_id: int | None
     message_content: bool
+    api_url: str | None = None
 
 
 def discord_settings(settings: Settings) -> DiscordSettings:
@@ -100,7 +104,17 @@ def discord_settings(settings: Settings) -> DiscordSettings:
     guild = (settings.discord_guild_id or "").strip()
     if guild and not guild.isdigit():
         raise ConfigError(f"DISCORD_GUILD_ID must be a server id (digits), got {guild!r}")
-    return DiscordSettings(token, int(guild) if guild else None, settings.discord_message_content)
+    api_url = settings.discord_api_url
+    if api_url is not None and not re.match(r"^https?://", api_url):
+        raise ConfigError(
+            f"DISCORD_API_URL must be an http(s) URL ending in /api/v10, got {api_url!r}"
+        )
+    return DiscordSettings(
+        token,
+        int(guild) if guild else None,
+        settings.discord_message_content,
+        api_url.rstrip("/") if api_url else None,
+    )
 
 
 def intents(message_content: bool) -> discord.Intents:
@@ -240,8 +254,13 @@ class DiscordPlatform:
     async def start(self, ready_timeout: float = 30.0) -> None:
         """Log in (which syncs `/crew`), open the gateway, and wait until Discord says
         ready. Raises ConfigError when Discord refuses the token."""
+        if self.settings.api_url:
+            discord.http.Route.BASE = self.settings.api_url  # discord.py has one base per process
         try:
             await self.client.login(self.settings.token)
+            if self.settings.api_url:  # the gateway the API names, as Discord's own does
+                _, gateway, _ = await self.client.http.get_bot_gateway()
+                discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
         except discord.LoginFailure:
             raise ConfigError(
                 "DISCORD_TOKEN was refused by Discord (reset it in the Developer Portal)"
