@@ -120,11 +120,14 @@ class DiscordBot:
             return list(s.exec(select(model)).all())
 
 
-def build(settings: Settings, config: dict[str, Any] | None = None) -> tuple[App, DiscordPlatform]:
+def build(
+    settings: Settings, config: dict[str, Any] | None = None, **options: Any
+) -> tuple[App, DiscordPlatform]:
     app = build_app(
         settings,
         config=make_config(config),
         default_approvers=[f"discord:{BOB_ID}", f"discord:{CAROL_ID}"],
+        **options,
     )
     platform = DiscordPlatform(app, discord_settings(settings), guild_ready_timeout=0.05)
     app.add_platform(platform)
@@ -499,3 +502,87 @@ async def test_crewchief_start_serves_discord_until_sigterm(
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert BOT_TOKEN not in err.decode()
+
+
+async def test_cancel_is_confirmed_in_the_channel_and_a_refusal_privately(
+    bot: DiscordBot,
+) -> None:
+    await bot.command("run", workflow="blog-post", text="heat pumps")
+    await bot.wait()
+    outsider = "1100000000000001009"
+    refused = await bot.command("cancel", user=outsider, run="1")
+    [answer] = refused.followups
+    assert answer.ephemeral and "only the requester" in seen(answer)
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+
+    cancelled = await bot.command("cancel", run="1")
+    [confirmation] = cancelled.followups
+    assert not confirmation.ephemeral and "cancelled" in seen(confirmation)
+    assert cancelled.original is not None and cancelled.original.deleted
+    await bot.wait()
+    assert bot.run().status == models.RunStatus.CANCELLED
+
+
+async def test_thread_replies_are_feedback_with_the_message_content_intent(
+    db_url: str, tmp_path: Path, fake: FakeDiscord
+) -> None:
+    app, platform = build(discord_env(db_url, tmp_path, discord_message_content=True))
+    async with app.running():
+        await platform.start(ready_timeout=5)
+        bot = DiscordBot(app, platform, fake)
+        await bot.command("run", workflow="blog-post", text="heat pumps")
+        await bot.wait()
+        thread = bot.card().thread_id or ""
+        await fake.post_user_message(BOB_ID, thread, "shorter, add a cost table")
+        await fake.wait_until(lambda: bot.rows(models.ThreadReply), what="the reply stored")
+        await bot.react(BOB_ID, "draft", "🔁")
+        assert [r.text for r in bot.rows(models.ThreadReply)] == ["shorter, add a cost table"]
+        v2 = fake.message(thread, bot.platform_id("draft"))
+        assert "v2" in seen(v2) and "shorter, add a cost table" in seen(v2)
+    await app.aclose()
+
+
+@pytest.mark.crew_config(
+    {
+        "workflows": {
+            "blog-post": {
+                "steps": [
+                    {"name": "research", "agent": "researcher"},
+                    {
+                        "name": "draft",
+                        "agent": "writer",
+                        "approval": {
+                            "approvers": [f"discord:{BOB_ID}", f"discord:role:{EDITORS_ROLE_ID}"],
+                            "timeout": "1h",
+                            "on_timeout": "escalate",
+                        },
+                    },
+                    {"name": "publish", "agent": "publisher", "publish": {"to": "thread"}},
+                ]
+            }
+        }
+    }
+)
+async def test_a_reminder_pings_exactly_the_approvers_it_names(
+    db_url: str, tmp_path: Path, fake: FakeDiscord, request: pytest.FixtureRequest
+) -> None:
+    from tests.conftest import FakeClock
+
+    clock = FakeClock()
+    config = request.node.get_closest_marker("crew_config").args[0]
+    app, platform = build(discord_env(db_url, tmp_path), config, clock=clock)
+    async with app.running():
+        await platform.start(ready_timeout=5)
+        bot = DiscordBot(app, platform, fake)
+        evil = "@everyone <@1100000000000001003>"
+        await bot.command("run", workflow="blog-post", text=evil)
+        await bot.wait()
+        clock.advance(hours=2)
+        assert await app.db.call(app.crew.approvals.check_deadlines) == 1
+        await bot.wait()
+        reminder = bot.thread()[-1]
+        assert reminder.pings.users == [BOB_ID] and reminder.pings.roles == [EDITORS_ROLE_ID]
+        assert not reminder.pings.everyone
+        others = [m for m in [bot.card(), *bot.thread()] if m is not reminder]
+        assert all(m.pings.nobody for m in others)
+    await app.aclose()
