@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,32 @@ class FakeClock:
 
     def advance(self, **kwargs: float) -> None:
         self.now += timedelta(**kwargs)
+
+
+def blog_post(approvers: list[str], **approval: Any) -> dict[str, Any]:
+    """crewchief.yml's blog-post workflow with the draft's approval policy spelled out."""
+    return {
+        "workflows": {
+            "blog-post": {
+                "steps": [
+                    {"name": "research", "agent": "researcher"},
+                    {
+                        "name": "draft",
+                        "agent": "writer",
+                        "approval": {"approvers": approvers, **approval},
+                    },
+                    {"name": "publish", "agent": "publisher", "publish": {"to": "thread"}},
+                ]
+            }
+        }
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def make_config(overrides: dict[str, Any] | None = None) -> CrewConfig:

@@ -12,28 +12,13 @@ from agents.llm import Completion, LLMRequest
 from agents.offline import OfflineProvider
 from commands.events import Actor, ReactionAdded, ReactionRemoved
 from storage import models
-from tests.conftest import Bot, FakeClock
+from tests.conftest import Bot, FakeClock, blog_post
 
 EDITORS = {"roles": {"editors": ["shell:ed", "shell:eve", "shell:fay"]}}
 
 
 def policy(**approval: Any) -> dict[str, Any]:
-    return {
-        **EDITORS,
-        "workflows": {
-            "blog-post": {
-                "steps": [
-                    {"name": "research", "agent": "researcher"},
-                    {
-                        "name": "draft",
-                        "agent": "writer",
-                        "approval": {"approvers": ["role:editors"], **approval},
-                    },
-                    {"name": "publish", "agent": "publisher", "publish": {"to": "thread"}},
-                ]
-            }
-        },
-    }
+    return {**EDITORS, **blog_post(**{"approvers": ["role:editors"], **approval})}
 
 
 async def started(bot: Bot) -> models.Message:

@@ -22,7 +22,7 @@ from bot.platforms.discord import (
 from bot.settings import Settings
 from commands.handlers import REGISTRY
 from storage import models
-from tests.conftest import make_config
+from tests.conftest import blog_post, free_port, make_config
 from tests.fakes.discord_api import (
     ALICE_ID,
     APPROVE_EMOJI_ID,
@@ -231,23 +231,7 @@ async def test_autocomplete_offers_workflows_and_open_runs(bot: DiscordBot) -> N
     assert "awaiting approval" in (typing.choices or [{}])[0]["name"]
 
 
-@pytest.mark.crew_config(
-    {
-        "workflows": {
-            "blog-post": {
-                "steps": [
-                    {"name": "research", "agent": "researcher"},
-                    {
-                        "name": "draft",
-                        "agent": "writer",
-                        "approval": {"approvers": [f"discord:role:{EDITORS_ROLE_ID}"]},
-                    },
-                    {"name": "publish", "agent": "publisher", "publish": {"to": "thread"}},
-                ]
-            }
-        }
-    }
-)
+@pytest.mark.crew_config(blog_post([f"discord:role:{EDITORS_ROLE_ID}"]))
 async def test_a_role_approves_and_an_outsider_is_told_by_dm(bot: DiscordBot) -> None:
     await bot.command("run", workflow="blog-post", text="heat pumps")
     await bot.wait()
@@ -450,16 +434,13 @@ async def test_crewchief_start_serves_discord_until_sigterm(
     import asyncio
     import os
     import signal
-    import socket
     import sys
 
     import aiohttp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "CREWCHIEF_"))},
         "CREWCHIEF_DATABASE_URL": db_url,
         "CREWCHIEF_LLM": "offline",
         "DISCORD_TOKEN": BOT_TOKEN,
@@ -543,25 +524,11 @@ async def test_thread_replies_are_feedback_with_the_message_content_intent(
 
 
 @pytest.mark.crew_config(
-    {
-        "workflows": {
-            "blog-post": {
-                "steps": [
-                    {"name": "research", "agent": "researcher"},
-                    {
-                        "name": "draft",
-                        "agent": "writer",
-                        "approval": {
-                            "approvers": [f"discord:{BOB_ID}", f"discord:role:{EDITORS_ROLE_ID}"],
-                            "timeout": "1h",
-                            "on_timeout": "escalate",
-                        },
-                    },
-                    {"name": "publish", "agent": "publisher", "publish": {"to": "thread"}},
-                ]
-            }
-        }
-    }
+    blog_post(
+        [f"discord:{BOB_ID}", f"discord:role:{EDITORS_ROLE_ID}"],
+        timeout="1h",
+        on_timeout="escalate",
+    )
 )
 async def test_a_reminder_pings_exactly_the_approvers_it_names(
     db_url: str, tmp_path: Path, fake: FakeDiscord, request: pytest.FixtureRequest

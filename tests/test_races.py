@@ -15,28 +15,13 @@ from typing import Any
 
 from commands.events import Actor, ReactionAdded
 from storage import models
-from tests.conftest import Bot
+from tests.conftest import Bot, blog_post
 
 APPROVERS = [f"shell:ed{i}" for i in range(50)]
 
 
-def blog_post(**approval: Any) -> dict[str, Any]:
-    return {
-        "roles": {"editors": APPROVERS},
-        "workflows": {
-            "blog-post": {
-                "steps": [
-                    {"name": "research", "agent": "researcher"},
-                    {
-                        "name": "draft",
-                        "agent": "writer",
-                        "approval": {"approvers": ["role:editors"], **approval},
-                    },
-                    {"name": "publish", "agent": "publisher", "publish": {"to": "thread"}},
-                ]
-            }
-        },
-    }
+def editors(**approval: Any) -> dict[str, Any]:
+    return {"roles": {"editors": APPROVERS}, **blog_post(["role:editors"], **approval)}
 
 
 async def draft_of(bot: Bot) -> models.Message:
@@ -75,7 +60,7 @@ def audited(bot: Bot, action: str) -> list[str]:
 
 
 async def test_fifty_approvers_at_once_with_quorum_one_make_one_decision(bot_factory) -> None:
-    bot: Bot = bot_factory(blog_post(quorum=1))
+    bot: Bot = bot_factory(editors(quorum=1))
     async with bot.app.running():
         draft = await draft_of(bot)
         await at_once(*(reaction(bot, who, draft, "✅") for who in APPROVERS))
@@ -93,7 +78,7 @@ async def test_fifty_approvers_at_once_with_quorum_one_make_one_decision(bot_fac
 async def test_approve_and_reject_racing_have_one_outcome_and_both_are_audited(
     bot_factory,
 ) -> None:
-    bot: Bot = bot_factory(blog_post(quorum=1))
+    bot: Bot = bot_factory(editors(quorum=1))
     async with bot.app.running():
         draft = await draft_of(bot)
         await at_once(reaction(bot, "ed1", draft, "✅"), reaction(bot, "ed2", draft, "❌"))
@@ -114,7 +99,7 @@ async def test_approve_and_reject_racing_have_one_outcome_and_both_are_audited(
 async def test_a_reaction_racing_a_send_back_never_lands_on_another_version(
     bot_factory,
 ) -> None:
-    bot: Bot = bot_factory(blog_post(quorum=1))
+    bot: Bot = bot_factory(editors(quorum=1))
     async with bot.app.running():
         draft = await draft_of(bot)
         await at_once(reaction(bot, "ed1", draft, "🔁"), reaction(bot, "ed2", draft, "✅"))

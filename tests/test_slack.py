@@ -20,7 +20,7 @@ from bot.http import web_app
 from bot.platforms.slack import SCOPES, SlackPlatform, slack_settings
 from bot.settings import Settings
 from storage import models
-from tests.conftest import make_config
+from tests.conftest import free_port, make_config
 from tests.fakes.local_server import serve_locally
 from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack, fake_slack
 from tests.fakes.slack_signing import (
@@ -477,12 +477,9 @@ async def test_crewchief_start_serves_slack_http_until_sigterm(
     import asyncio
     import os
     import signal
-    import socket
     import sys
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CREWCHIEF_"))},
         "CREWCHIEF_DATABASE_URL": db_url,
