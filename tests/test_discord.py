@@ -553,3 +553,71 @@ async def test_a_reminder_pings_exactly_the_approvers_it_names(
         others = [m for m in [bot.card(), *bot.thread()] if m is not reminder]
         assert all(m.pings.nobody for m in others)
     await app.aclose()
+
+
+async def test_long_drafts_are_split_into_embeds_and_very_long_ones_attached(
+    bot: DiscordBot,
+) -> None:
+    from agents.config import Reactions
+    from bot.platforms.base import Delivery
+
+    def draft(content: str) -> dict[str, Any]:
+        return {
+            "run_id": 1,
+            "step": "draft",
+            "agent": "writer",
+            "version": 1,
+            "content": content,
+            "feedback": None,
+            "offline": False,
+            "approvers": [f"discord:{BOB_ID}"],
+            "quorum": 1,
+            "reactions": Reactions().shown(),
+            "decision": None,
+            "decided_by": None,
+        }
+
+    paragraph = "Heat pumps move heat instead of making it. " * 20
+    medium = "\n\n".join([paragraph] * 6)  # about 5,200 characters: two embeds
+    posted = await bot.platform.deliver(
+        Delivery(kind="post", channel=CONTENT_CHANNEL_ID, template="draft", context=draft(medium))
+    )
+    message = bot.fake.message(CONTENT_CHANNEL_ID, posted or "")
+    assert len(message.embeds) == 2 and not message.attachments
+    assert all(len(e["description"]) <= 4096 for e in message.embeds)
+    assert sum(len(e["description"]) for e in message.embeds) <= 6000
+
+    huge = "\n\n".join([paragraph] * 80)  # about 69,000 characters
+    posted = await bot.platform.deliver(
+        Delivery(
+            kind="post", channel=CONTENT_CHANNEL_ID, template="draft", context=draft(huge), ref=7
+        )
+    )
+    message = bot.fake.message(CONTENT_CHANNEL_ID, posted or "")
+    shown = seen(message)
+    assert "the full text is attached" in shown and "✅ approve" in shown
+    assert message.files["draft-7.md"].decode() == huge
+
+
+async def test_a_server_error_is_retried_by_the_outbox_and_posts_once(bot: DiscordBot) -> None:
+    bot.fake.fail("POST /channels/{channel_id}/messages", status=503, times=1)
+    await bot.command("run", workflow="blog-post", text="heat pumps")
+    await bot.wait()
+    assert len(bot.fake.bot_messages(CONTENT_CHANNEL_ID)) == 1
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    done = {models.OutboxStatus.SENT, models.OutboxStatus.SUPERSEDED}
+    assert {o.status for o in bot.rows(models.Outbox)} <= done  # nothing failed or left over
+
+
+async def test_the_bots_own_reactions_are_ignored(bot: DiscordBot) -> None:
+    from tests.fakes.discord_api import BOT_USER_ID
+
+    await bot.command("run", workflow="blog-post", text="heat pumps")
+    await bot.wait()
+    before = bot.events_seen()
+    thread = bot.card().thread_id or ""
+    await bot.fake.add_reaction(BOT_USER_ID, thread, bot.platform_id("draft"), "✅")
+    await bot.react(ALICE_ID, "draft", "🎉")  # handled after the bot's own, on one connection
+    assert bot.events_seen() == before + 1
+    assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
+    assert [v.approver for v in bot.rows(models.ApprovalVote)] == []
