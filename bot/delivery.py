@@ -126,6 +126,7 @@ class OutboxSender:
                 platform_id=message.platform_id if message else None,
                 recipient=row.recipient,
                 key=row.key,
+                attempt=row.attempts,
             )
             orphan = None
             if row.kind == OutboxKind.UPDATE and not delivery.platform_id:

@@ -34,9 +34,17 @@ from commands.spec import Reply, UsageError
 from storage import models
 from storage.audit import audit
 from storage.db import Database
+from storage.queries import post_in_flight
 from storage.threads import Priority
 
 log = logging.getLogger(__name__)
+
+
+class NotYetDelivered(Exception):
+    """A reaction on a message the bot cannot place yet: one of its own posts to that channel
+    is in flight (or was, when the process died) and its id is not recorded. Nothing of the
+    event was recorded; the adapter has it delivered again shortly (Slack redelivers an event
+    that was not acknowledged), by when the post's id is known."""
 
 
 class Dispatcher:
@@ -166,6 +174,8 @@ class Dispatcher:
             session, event.actor.platform, event.channel, event.message_platform_id
         )
         if message is None:
+            if post_in_flight(session, event.actor.platform, event.channel):
+                raise NotYetDelivered(event.message_platform_id)
             return None  # a reaction on someone else's message: not ours to judge
         approvals = self.crew.approvals
         if isinstance(event, ReactionAdded):

@@ -14,6 +14,7 @@ from storage.models import (
     WORKING_STEPS,
     LLMCall,
     Outbox,
+    OutboxKind,
     OutboxStatus,
     Run,
     Step,
@@ -258,3 +259,18 @@ def health_figures(session: Session) -> dict[str, Any]:
         "outbox_pending": int(by_outbox.get(OutboxStatus.PENDING, 0)),
         "outbox_failed": int(by_outbox.get(OutboxStatus.FAILED, 0)),
     }
+
+
+def post_in_flight(session: Session, platform: str, channel: str) -> bool:
+    """Whether a message to `channel` may be on the platform already without its id recorded
+    here: a post that has been tried (perhaps by a process that died) and not marked sent."""
+    row = session.exec(
+        select(Outbox.id).where(
+            Outbox.platform == platform,
+            Outbox.channel == channel,
+            Outbox.kind == OutboxKind.POST,
+            Outbox.status == OutboxStatus.PENDING,
+            Outbox.attempts > 0,
+        )
+    ).first()
+    return row is not None

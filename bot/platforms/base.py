@@ -29,6 +29,7 @@ class Delivery:
     platform_id: str | None = None
     recipient: str | None = None
     key: str = ""  # idempotency key of the outbox row
+    attempt: int = 1  # past the first, an earlier attempt may have posted it already
 
 
 class DeliveryError(Exception):

@@ -16,6 +16,7 @@ pings, and only the approvers it names.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import io
 import logging
@@ -44,6 +45,7 @@ from bot.platforms.discord_text import (
 from bot.platforms.splitting import preview, split_text
 from bot.render import Renderer
 from bot.settings import Settings
+from commands.dispatch import NotYetDelivered
 from commands.events import Actor, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
 from commands.handlers import REGISTRY
 from commands.spec import COMMAND, CommandSpec, Reply
@@ -76,6 +78,8 @@ DECISION_COLOURS = {"approved": 0x2EB886, "rejected": 0xE01E5A, "cancelled": 0x9
 # Messages that ping on purpose: sent as content (embeds never ping) with the ids they name.
 PINGING = frozenset({"reminder"})
 UNKNOWN_CHANNEL = 10003
+# A reaction on a post whose id is not recorded yet is tried again after these pauses.
+REDELIVER_AFTER = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{16,}$")
 
 
@@ -175,6 +179,11 @@ def command_text(spec: CommandSpec, values: dict[str, Any]) -> str:
         else:
             parts.append(text)
     return " ".join(parts)
+
+
+def nonce_for(key: str) -> str:
+    """Discord's nonce (at most 25 characters) for an outbox key."""
+    return str(int(hashlib.sha256(key.encode()).hexdigest()[:15], 16))
 
 
 def colour_for(template: str, context: dict[str, Any]) -> int:
@@ -419,16 +428,20 @@ class DiscordPlatform:
         roles = tuple(str(r.id) for r in payload.member.roles) if payload.member else ()
         try:
             channel = await self._channel_of(payload.channel_id)
-            await self.inbound.handle(
-                kind(
-                    event_id="",
-                    actor=Actor("discord", str(payload.user_id), roles=roles),
-                    channel=str(channel),
-                    message_platform_id=str(payload.message_id),
-                    emoji=emoji,
-                ),
-                private_replies=True,
+            event = kind(
+                event_id="",
+                actor=Actor("discord", str(payload.user_id), roles=roles),
+                channel=str(channel),
+                message_platform_id=str(payload.message_id),
+                emoji=emoji,
             )
+            for wait in REDELIVER_AFTER:
+                try:
+                    await self.inbound.handle(event, private_replies=True)
+                    return
+                except NotYetDelivered:
+                    await asyncio.sleep(wait)  # the gateway never redelivers: try again here
+            log.warning("Discord: a reaction on message %s could not be placed", payload.message_id)
         except Exception:
             log.exception("Discord: a reaction could not be handled")
 
@@ -521,6 +534,10 @@ class DiscordPlatform:
             "embeds": embeds_for(shown, colour_for(delivery.template, delivery.context)),
             "allowed_mentions": discord.AllowedMentions.none(),
         }
+        if delivery.kind == "post":
+            # discord.py sends it with enforce_nonce: a retry of a post that went through
+            # (the bot died before recording its id) returns the first message, not a copy
+            message["nonce"] = nonce_for(delivery.key)
         if long:
             content = str(delivery.context.get("content") or text)
             name = f"{delivery.template}-{delivery.ref or 'message'}.md"

@@ -31,6 +31,7 @@ from bot.platforms.splitting import preview as cut_preview
 from bot.platforms.splitting import split_text
 from bot.render import Renderer
 from bot.settings import Settings
+from commands.dispatch import NotYetDelivered
 from commands.events import (
     Actor,
     ReactionAdded,
@@ -48,7 +49,7 @@ SCOPES = frozenset(
         "commands",  # /crew
         "chat:write",  # chat.postMessage, chat.update, chat.postEphemeral
         "reactions:read",  # reaction_added / reaction_removed
-        "channels:history",  # message.channels: thread replies (feedback for 🔁)
+        "channels:history",  # message.channels (feedback for 🔁); history: finding an earlier post
         "groups:history",  # message.groups: the same in private channels
         "app_mentions:read",  # app_mention
         "files:write",  # long drafts are attached as a file
@@ -80,6 +81,8 @@ TEMPORARY_ERRORS = frozenset(
 )
 # A private answer that cannot be ephemeral here goes to the person's DM with the app.
 NOT_HERE = frozenset({"not_in_channel", "channel_not_found", "user_not_in_channel"})
+# Every post carries its outbox key, so a retry can find a post an earlier attempt made.
+METADATA_TYPE = "crewchief_outbox"
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,14 @@ class SlackPlatform:
     def _register(self) -> None:
         bolt = self.bolt
 
+        @bolt.error
+        async def on_error(error: Exception) -> None:
+            # Bolt answers Slack with a 500, so Slack delivers the event again.
+            if isinstance(error, NotYetDelivered):
+                log.info("reaction on a post not yet recorded; Slack will deliver it again")
+            else:
+                log.error("Slack event failed: %s", type(error).__name__, exc_info=error)
+
         @bolt.command(COMMAND)
         async def on_command(ack: Any, command: dict[str, Any]) -> None:
             event = SlashCommand(
@@ -292,11 +303,16 @@ class SlackPlatform:
                     channel=delivery.channel, ts=delivery.platform_id or "", **message
                 )
                 return None
+            if delivery.attempt > 1:
+                earlier = await self._find_posted(delivery)
+                if earlier is not None:
+                    return earlier  # an attempt cut short (the bot was killed) had posted it
             response = await self.client.chat_postMessage(
                 channel=delivery.channel,
                 thread_ts=delivery.thread_platform_id,
                 unfurl_links=False,
                 unfurl_media=False,
+                metadata={"event_type": METADATA_TYPE, "event_payload": {"key": delivery.key}},
                 **message,
             )
             ts = str(response["ts"])
@@ -307,6 +323,31 @@ class SlackPlatform:
             raise self._delivery_error(exc) from None
         except (SlackClientError, OSError, TimeoutError) as exc:
             raise DeliveryError(f"Slack unreachable: {type(exc).__name__}") from None
+
+    async def _find_posted(self, delivery: Delivery) -> str | None:
+        """The ts of a message an earlier attempt of this delivery posted, found by the key in
+        its metadata among the thread's (or channel's) latest messages."""
+        try:
+            if delivery.thread_platform_id:
+                found = await self.client.conversations_replies(
+                    channel=delivery.channel,
+                    ts=delivery.thread_platform_id,
+                    include_all_metadata=True,
+                    limit=200,
+                )
+            else:
+                found = await self.client.conversations_history(
+                    channel=delivery.channel, include_all_metadata=True, limit=100
+                )
+        except SlackApiError as exc:
+            log.info("cannot look for an earlier post: %s", exc.response.get("error"))
+            return None  # post it: a second copy is better than a lost message
+        for message in found.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            payload = metadata.get("event_payload") or {}
+            if metadata.get("event_type") == METADATA_TYPE and payload.get("key") == delivery.key:
+                return str(message["ts"])
+        return None
 
     async def _notice(self, delivery: Delivery, text: str) -> None:
         user = (delivery.recipient or "").removeprefix("slack:")

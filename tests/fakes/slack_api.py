@@ -57,6 +57,8 @@ METHOD_SCOPES: dict[str, str] = {
     "chat.update": "chat:write",
     "chat.postEphemeral": "chat:write",
     "conversations.open": "im:write",
+    "conversations.history": "channels:history",
+    "conversations.replies": "channels:history",
     "reactions.add": "reactions:write",
     "reactions.remove": "reactions:write",
     "files.getUploadURLExternal": "files:write",
@@ -224,6 +226,8 @@ class FakeSlack:
             "chat.update": self._chat_update,
             "chat.postEphemeral": self._chat_post_ephemeral,
             "conversations.open": self._conversations_open,
+            "conversations.history": self._conversations_history,
+            "conversations.replies": self._conversations_replies,
             "reactions.add": self._reactions_add,
             "reactions.remove": self._reactions_remove,
             "files.getUploadURLExternal": self._files_get_upload_url,
@@ -531,6 +535,38 @@ class FakeSlack:
             return {"channel": {"id": "G" + "".join(u[1:4] for u in users).upper()}}
         already = users[0] in self.dm_channels
         return {"channel": {"id": self._dm_channel(users[0])}, "already_open": already}
+
+    def _listed(self, messages: list[Message], args: dict[str, Any]) -> dict[str, Any]:
+        """A page of messages as Slack lists them: metadata only on request."""
+        try:
+            limit = max(1, min(int(args.get("limit") or 100), 999))
+        except ValueError:
+            raise SlackError("invalid_limit") from None
+        metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        page = []
+        for message in messages[:limit]:
+            data = message.as_api()
+            if not metadata:
+                data.pop("metadata", None)
+            page.append(data)
+        return {"messages": page, "has_more": len(messages) > limit}
+
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A channel's top-level messages, newest first."""
+        channel = self._postable_channel(args.get("channel"))
+        top = [m for m in self.messages[channel] if not m.is_reply]
+        return self._listed(list(reversed(top)), args)
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A thread: its parent, then the replies oldest first."""
+        channel = self._postable_channel(args.get("channel"))
+        ts = _str_or_none(args.get("ts"))
+        if ts is None:
+            raise SlackError("invalid_arguments")
+        thread = [m for m in self.messages[channel] if m.ts == ts or m.thread_ts == ts]
+        if not thread:
+            raise SlackError("thread_not_found")
+        return self._listed(thread, args)
 
     def _reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
         message, name = self._reaction_target(args)
