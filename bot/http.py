@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
 from bot.app import App
-from bot.platforms.slack import SlackPlatform
+from bot.platforms.slack import SlackPlatform, malformed
 from storage.queries import health_figures
+
+log = logging.getLogger(__name__)
 
 
 def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
@@ -29,7 +33,17 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
 
         @routes.post("/slack/events")
         async def slack_events(request: web.Request) -> web.Response:
-            response = await slack.bolt.async_dispatch(await to_bolt_request(request))
+            try:
+                bolt_request = await to_bolt_request(request)
+            except (ValueError, TypeError, AttributeError, LookupError):
+                # Bolt reads the body as it parses it: not JSON, or not Slack's shape
+                problem: str | None = "the body is not a Slack payload"
+            else:
+                problem = malformed(bolt_request.body)
+            if problem is not None:
+                log.warning("malformed Slack request refused: %s", problem)
+                return web.Response(status=400, text=f"malformed request: {problem}")
+            response = await slack.bolt.async_dispatch(bolt_request)
             return await to_aiohttp_response(response)
 
     web_application = web.Application()
