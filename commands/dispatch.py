@@ -20,7 +20,14 @@ from agents.crew import Crew
 from agents.outcomes import Outcome, Refused
 from commands.answers import reply_for
 from commands.context import Context
-from commands.events import InboundEvent, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
+from commands.events import (
+    InboundEvent,
+    ReactionAdded,
+    ReactionRemoved,
+    SlashCommand,
+    ThreadReply,
+    storable_event,
+)
 from commands.handlers import REGISTRY
 from commands.spec import Reply, UsageError
 from storage import models
@@ -49,6 +56,7 @@ class Dispatcher:
 
     def handle_now(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
         """`handle`, on the calling thread."""
+        event = storable_event(event)
         try:
             with self.db.transaction() as session:
                 if not self._first_delivery(session, event):

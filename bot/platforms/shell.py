@@ -132,7 +132,7 @@ class ShellSession:
         if verb.startswith("/"):
             if verb != "/crew":
                 self.platform.say(
-                    f"[red]unknown slash command {escape_markup(verb)}[/red]; try /crew help"
+                    f"[red]unknown slash command {escape_markup(verb[:40])}[/red]; try /crew help"
                 )
             else:
                 self._show(
@@ -154,7 +154,7 @@ class ShellSession:
             self.platform.say(SHELL_HELP)
         else:
             self.platform.say(
-                f"[red]unknown shell command {escape_markup(verb)!s}[/red]; type help"
+                f"[red]unknown shell command {escape_markup(verb[:40])}[/red]; type help"
             )
         return True
 
