@@ -99,4 +99,5 @@ async def test_generated_command_texts_get_a_clear_answer(bot_factory) -> None: 
 def _shell(platform: Any, reply: Any) -> str:
     start = platform.console.file.tell()
     platform.reply(reply)  # prints through rich: escaped markup must not raise
-    return str(platform.console.file.getvalue()[start:])
+    printed = str(platform.console.file.getvalue()[start:])
+    return "\n".join(line.rstrip() for line in printed.splitlines())  # without rich's padding
