@@ -51,6 +51,14 @@ def forge(payload: dict[str, object], how: str) -> tuple[str, dict[str, str]]:
     if how == "malformed signature header":
         body, headers = signed_json(payload)
         return body, {**headers, "X-Slack-Signature": "v1=" + headers["X-Slack-Signature"][3:]}
+    if how == "timestamp not a number":
+        body, headers = signed_json(payload)
+        return body, {**headers, "X-Slack-Request-Timestamp": "soon"}
+    if how == "non-ASCII signature":
+        body, headers = signed_json(payload)
+        return body, {**headers, "X-Slack-Signature": "v0=" + "é" * 64}
+    if how == "no signature headers":
+        return json.dumps(payload), {"Content-Type": "application/json"}
     raise AssertionError(how)
 
 
@@ -61,6 +69,9 @@ FORGERIES = [
     "body changed after signing",
     "signature of another body",
     "malformed signature header",
+    "timestamp not a number",
+    "non-ASCII signature",
+    "no signature headers",
 ]
 
 
