@@ -9,6 +9,7 @@ import re
 from datetime import timedelta
 from importlib import resources
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
@@ -102,11 +103,30 @@ class PublishTarget(Strict):
     path: str | None = None  # folder
     url: str | None = None  # webhook
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        """Only http(s) to a host: `file:`, `gopher:` and the like would reach what a webhook
+        must not. The URL itself is never repeated: it often holds credentials."""
+        if url is None:
+            return None
+        try:
+            parts = urlsplit(url.strip())
+            host = parts.hostname
+        except ValueError:
+            raise ValueError("not a URL; use http(s)://host/path") from None
+        if parts.scheme.lower() not in ("http", "https"):
+            scheme = f"a {parts.scheme}: URL" if parts.scheme else "no scheme"
+            raise ValueError(f"a webhook URL must be http(s)://…, this one has {scheme}")
+        if not host:
+            raise ValueError("a webhook URL needs a host: http(s)://host/path")
+        return url
+
     @model_validator(mode="after")
     def _needs_destination(self) -> PublishTarget:
         if self.to == "folder" and not self.path:
             raise ValueError("publish to a folder needs `path`")
-        if self.to == "webhook" and not (self.url and self.url.startswith(("http://", "https://"))):
+        if self.to == "webhook" and not self.url:
             raise ValueError("publish to a webhook needs an http(s) `url`")
         return self
 

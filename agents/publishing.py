@@ -12,6 +12,7 @@ the same idempotency key `<run>:<step>:<version>`: the same file path and conten
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,31 @@ def display_host(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or "webhook"
     return f"{host}:{parts.port}" if parts.port else host
+
+
+class RedactedURLs(logging.Filter):
+    """httpx logs every request's whole URL at INFO, and a webhook URL's user, password, path
+    and query are often its credentials (Slack's own incoming webhooks keep the secret in the
+    path). On the logger it guards, each URL argument becomes its scheme and host only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redacted(arg) for arg in record.args)
+        return True
+
+
+def _redacted(value: Any) -> Any:
+    text = str(value) if type(value).__name__ == "URL" or isinstance(value, str) else ""
+    if not re.match(r"https?://", text, re.IGNORECASE):
+        return value
+    return f"{urlsplit(text).scheme}://{display_host(text)}/…"
+
+
+def redact_http_logs(logger: str = "httpx") -> None:
+    """Install `RedactedURLs` on the HTTP client's logger, once."""
+    target = logging.getLogger(logger)
+    if not any(isinstance(f, RedactedURLs) for f in target.filters):
+        target.addFilter(RedactedURLs())
 
 
 def slugify(text: str, limit: int = 60) -> str:

@@ -20,6 +20,7 @@ from agents.lifecycle import Clock, Lifecycle
 from agents.llm import LLMError, LLMProvider
 from agents.offline import OfflineProvider
 from agents.permissions import Permissions
+from agents.publishing import redact_http_logs
 from agents.wakeup import Wakeup
 from agents.worker import Workers
 from bot.config_file import ConfigError, load_config
@@ -147,6 +148,7 @@ def build_app(
     migrate: bool = True,
 ) -> App:
     """Wire everything. Raises ConfigError for a bad crewchief.yml or CREWCHIEF_APPROVERS."""
+    redact_http_logs()  # webhook (and model endpoint) URLs can hold credentials
     approvers = settings.approvers if default_approvers is None else default_approvers
     config = config or load_config(settings.crewchief_config, approvers=approvers)
     db = Database(settings.crewchief_database_url)

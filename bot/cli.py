@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError
 
 from agents.cards import run_summary
 from agents.config import CrewConfig
@@ -261,8 +261,12 @@ def main() -> None:
     )
     try:
         cli()
-    except (OperationalError, ArgumentError) as exc:
-        err.print(f"[red]crewchief:[/red] cannot use the database {_database()}: {_reason(exc)}")
+    except (DatabaseError, ArgumentError) as exc:  # DatabaseError: locked, read-only, not one
+        err.print(
+            f"[red]crewchief:[/red] cannot use the database {_database()}: {_reason(exc)}",
+            markup=True,
+            highlight=False,
+        )
         sys.exit(2)
 
 
@@ -276,7 +280,22 @@ def _database() -> str:
 
 def _reason(exc: Exception) -> str:
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return detail[0] if detail else type(exc).__name__
+    reason = detail[0] if detail else type(exc).__name__
+    url = os.environ.get("CREWCHIEF_DATABASE_URL", "sqlite:///crewchief.db")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return reason
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return reason
+    path = Path(parsed.database).expanduser()
+    if path.is_dir():
+        return f"{path} is a directory, not a database file"
+    if not path.parent.is_dir():
+        return f"{reason}: the folder {path.parent} does not exist and cannot be made"
+    if reason == "database is locked":
+        return f"{reason}: another process holds it (set ?timeout=SECONDS to wait longer)"
+    return reason
 
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
 from bot.app import App
-from bot.platforms.slack import SlackPlatform
+from bot.platforms.slack import SlackPlatform, malformed
 from storage.queries import health_figures
+
+log = logging.getLogger(__name__)
 
 
 def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
@@ -38,12 +43,36 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
 
         @routes.post("/slack/events")
         async def slack_events(request: web.Request) -> web.Response:
-            response = await slack.bolt.async_dispatch(await to_bolt_request(request))
+            refused = unverifiable(request)
+            if refused is not None:
+                return web.Response(status=401, text=refused)
+            try:
+                bolt_request = await to_bolt_request(request)
+            except (ValueError, TypeError, AttributeError, LookupError):
+                # Bolt reads the body as it parses it: not JSON, or not Slack's shape
+                problem: str | None = "the body is not a Slack payload"
+            else:
+                problem = malformed(bolt_request.body)
+            if problem is not None:
+                log.warning("malformed Slack request refused: %s", problem)
+                return web.Response(status=400, text=f"malformed request: {problem}")
+            response = await slack.bolt.async_dispatch(bolt_request)
             return await to_aiohttp_response(response)
 
     web_application = web.Application()
     web_application.add_routes(routes)
     return web_application
+
+
+def unverifiable(request: web.Request) -> str | None:
+    """Signature headers Bolt's check would crash on (a 500) instead of refusing: it reads the
+    timestamp with int() and compares the signature with hmac.compare_digest (ASCII only)."""
+    stamp = request.headers.get("X-Slack-Request-Timestamp", "0")
+    if not re.fullmatch(r"-?[0-9]{1,15}", stamp):
+        return "invalid request timestamp"
+    if not request.headers.get("X-Slack-Signature", "").isascii():
+        return "invalid request signature"
+    return None
 
 
 def render_metrics(app: App) -> str:

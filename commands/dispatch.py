@@ -28,6 +28,7 @@ from commands.events import (
     ReactionRemoved,
     SlashCommand,
     ThreadReply,
+    storable_event,
 )
 from commands.handlers import REGISTRY
 from commands.spec import Reply, UsageError
@@ -73,6 +74,7 @@ class Dispatcher:
 
     def handle_now(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
         """`handle`, on the calling thread."""
+        event = storable_event(event)
         try:
             with self.db.transaction() as session:
                 if not self._first_delivery(session, event):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 
 
@@ -54,3 +56,28 @@ class ThreadReply:
 
 
 InboundEvent = SlashCommand | ReactionAdded | ReactionRemoved | ThreadReply
+
+
+# NUL (PostgreSQL cannot store it in text) and lone surrogates (no UTF-8 encoding exists for
+# them, yet JSON can carry one as `\ud800`).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with each character no database can store replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def storable_event(event: InboundEvent) -> InboundEvent:
+    """The event with every text field storable, so odd input is answered, not a crash."""
+    changes: dict[str, object] = {
+        f.name: storable(value)
+        for f in dataclasses.fields(event)
+        if isinstance(value := getattr(event, f.name), str)
+    }
+    changes["actor"] = dataclasses.replace(
+        event.actor,
+        user_id=storable(event.actor.user_id),
+        display_name=storable(event.actor.display_name),
+    )
+    return dataclasses.replace(event, **changes)  # type: ignore[arg-type]

@@ -77,7 +77,7 @@ def cmd_run(ctx: Context, args: dict[str, str]) -> Outcome:
     if name not in workflows:
         suggestion = did_you_mean(name, list(workflows))
         raise UsageError(
-            f"unknown workflow {name!r}; available: {', '.join(sorted(workflows))}",
+            f"unknown workflow {name[:40]!r}; available: {', '.join(sorted(workflows))}",
             usage=REGISTRY.parse("run x y")[0].usage,
             suggestion=f"/crew run {suggestion} …" if suggestion else None,
         )

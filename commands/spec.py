@@ -122,7 +122,7 @@ class Registry:
         if spec is None:
             suggestion = did_you_mean(name, list(self._by_name))
             raise UsageError(
-                f"unknown command {name!r}",
+                f"unknown command {name[:40]!r}",
                 usage=f"{COMMAND} <command> …  ({COMMAND} help lists them)",
                 suggestion=f"{COMMAND} {suggestion}" if suggestion else None,
             )

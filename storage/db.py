@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
@@ -65,8 +66,15 @@ class Database:
             return create_engine(self.url, pool_pre_ping=True)
         database = self.url.database
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
+            # a folder that cannot be made is reported by SQLite when it opens the file
+            with contextlib.suppress(OSError):
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # `?timeout=5` in the URL: how long a writer waits for another process's lock
+        wait = self.url.query.get("timeout", "30")
+        timeout = float(wait if isinstance(wait, str) else wait[-1])
+        engine = create_engine(
+            self.url, connect_args={"timeout": timeout, "check_same_thread": False}
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -77,7 +85,7 @@ class Database:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             cur.close()
 
         @event.listens_for(engine, "begin")

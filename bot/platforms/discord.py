@@ -534,7 +534,7 @@ class DiscordPlatform:
             "embeds": embeds_for(shown, colour_for(delivery.template, delivery.context)),
             "allowed_mentions": discord.AllowedMentions.none(),
         }
-        if delivery.kind == "post":
+        if delivery.kind == "post" and delivery.key:
             # discord.py sends it with enforce_nonce: a retry of a post that went through
             # (the bot died before recording its id) returns the first message, not a copy
             message["nonce"] = nonce_for(delivery.key)

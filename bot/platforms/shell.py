@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from rich.console import Console
 from rich.padding import Padding
+from rich.text import Text
 
 from bot.escaping import escape_shell as escape_markup
 from bot.platforms.base import Delivery
@@ -41,6 +42,13 @@ SHELL_HELP = """[bold]shell commands[/bold]
   whoami                   who you are acting as
   wait                     wait until no work is pending
   quit                     leave (runs stay in the database)"""
+
+
+def _markup(text: str) -> Text:
+    """Markup made into text here, with `:name:` emoji codes left alone: rich renders a string
+    inside Padding later with its defaults, which would turn `:white_check_mark:` in a draft
+    into ✅ (print's emoji=False only reaches strings printed directly)."""
+    return Text.from_markup(text, emoji=False)
 
 
 def _mention(who: str) -> str:
@@ -72,7 +80,7 @@ class ShellPlatform:
 
     def _print(self, text: str, *, threaded: bool) -> None:
         if threaded:
-            self.console.print(Padding(text, (0, 0, 0, 4), expand=False), emoji=False)
+            self.console.print(Padding(_markup(text), (0, 0, 0, 4), expand=False))
         else:
             self.console.print(text, emoji=False)
 
@@ -82,7 +90,8 @@ class ShellPlatform:
     def reply(self, reply: Reply) -> None:
         body = self.renderer.render(reply.template, reply.context)
         self.console.print(
-            body if not reply.private else Padding(body, (0, 0, 0, 2), expand=False), emoji=False
+            body if not reply.private else Padding(_markup(body), (0, 0, 0, 2), expand=False),
+            emoji=False,
         )
 
 
@@ -132,7 +141,7 @@ class ShellSession:
         if verb.startswith("/"):
             if verb != "/crew":
                 self.platform.say(
-                    f"[red]unknown slash command {escape_markup(verb)}[/red]; try /crew help"
+                    f"[red]unknown slash command {escape_markup(verb[:40])}[/red]; try /crew help"
                 )
             else:
                 self._show(
@@ -154,7 +163,7 @@ class ShellSession:
             self.platform.say(SHELL_HELP)
         else:
             self.platform.say(
-                f"[red]unknown shell command {escape_markup(verb)!s}[/red]; type help"
+                f"[red]unknown shell command {escape_markup(verb[:40])}[/red]; type help"
             )
         return True
 

@@ -125,6 +125,39 @@ def slack_settings(settings: Settings) -> SlackSettings:
     return SlackSettings(token, secret, app_token, api_url)
 
 
+# Fields of the events crewchief handles that Slack documents as strings.
+_STRING_FIELDS = (
+    "type", "subtype", "user", "channel", "ts", "thread_ts", "event_ts", "text", "reaction",
+    "bot_id", "parent_user_id",
+)  # fmt: skip
+
+
+def malformed(body: Any) -> str | None:
+    """What makes a request body unusable, or None.
+
+    Bolt's own middleware reads the envelope with `.get` and string methods before any
+    listener runs, so a body of another shape would be a 500 with a traceback (and Slack
+    retries a 500). Refusing it up front turns that into a 400.
+    """
+    if not isinstance(body, dict):
+        return "the body is not a JSON object"
+    if "event" not in body:
+        return None
+    event = body["event"]
+    if not isinstance(event, dict):
+        return "event is not an object"
+    for key in _STRING_FIELDS:
+        if event.get(key) is not None and not isinstance(event[key], str):
+            return f"event.{key} is not a string"
+    return None
+
+
+def field(data: Any, key: str) -> str:
+    """A string field of a payload, or "" when it is missing or of another type."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else ""
+
+
 def event_id(body: dict[str, Any]) -> str:
     """Slack's id for the delivery (the same on its retries); a fresh one if it has none,
     so a malformed event can never be mistaken for an earlier one."""
@@ -206,11 +239,16 @@ class SlackPlatform:
 
         @bolt.command(COMMAND)
         async def on_command(ack: Any, command: dict[str, Any]) -> None:
+            user, channel = field(command, "user_id"), field(command, "channel_id")
+            if not user or not channel:
+                log.warning("a %s command without user_id or channel_id was ignored", COMMAND)
+                await ack(text=f"crewchief could not read this {COMMAND} command")
+                return
             event = SlashCommand(
-                event_id=f"cmd:{command.get('trigger_id') or uuid.uuid4().hex}",
-                actor=Actor("slack", command["user_id"], command.get("user_name", "")),
-                channel=command["channel_id"],
-                text=unescape_slack(command.get("text", "")),
+                event_id=f"cmd:{field(command, 'trigger_id') or uuid.uuid4().hex}",
+                actor=Actor("slack", user, field(command, "user_name")),
+                channel=channel,
+                text=unescape_slack(field(command, "text")),
             )
             replies = await self.inbound.handle(event)
             public = [r for r in replies if not r.private]
@@ -236,24 +274,25 @@ class SlackPlatform:
         async def on_message(
             body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]
         ) -> None:
-            thread_ts = event.get("thread_ts")
+            thread_ts, user, channel = (field(event, k) for k in ("thread_ts", "user", "channel"))
             parent = event.get("parent_user_id")
             if (
                 event.get("subtype") not in (None, "thread_broadcast")
                 or event.get("bot_id")
                 or not thread_ts
                 or thread_ts == event.get("ts")
-                or not event.get("user")
+                or not user
+                or not channel
                 or (parent is not None and parent != context.get("bot_user_id"))
             ):
                 return  # only people's replies in the bot's threads are feedback
             await self.inbound.handle(
                 ThreadReply(
                     event_id=event_id(body),
-                    actor=Actor("slack", event["user"]),
-                    channel=event["channel"],
+                    actor=Actor("slack", user),
+                    channel=channel,
                     thread_platform_id=thread_ts,
-                    text=unescape_slack(event.get("text", "")),
+                    text=unescape_slack(field(event, "text")),
                 ),
                 private_replies=True,
             )
@@ -262,27 +301,32 @@ class SlackPlatform:
         async def on_mention(body: dict[str, Any], event: dict[str, Any]) -> None:
             if event.get("thread_ts"):
                 return  # "@crewchief shorter please" in a run's thread is feedback, not a question
+            user, channel = field(event, "user"), field(event, "channel")
+            if not user or not channel:
+                return
             await self.inbound.handle(
                 SlashCommand(
                     event_id=event_id(body),
-                    actor=Actor("slack", event.get("user", "")),
-                    channel=event["channel"],
+                    actor=Actor("slack", user),
+                    channel=channel,
                     text="help",
                 ),
                 private_replies=True,
             )
 
     async def _reaction(self, body: dict[str, Any], event: dict[str, Any], kind: type) -> None:
-        item = event.get("item") or {}
-        if item.get("type") != "message" or not event.get("user"):
-            return
+        item = event.get("item")
+        user, emoji = field(event, "user"), field(event, "reaction")
+        channel, ts = field(item, "channel"), field(item, "ts")
+        if field(item, "type") != "message" or not (user and emoji and channel and ts):
+            return  # a reaction on a file, or one Slack's documented fields do not describe
         await self.inbound.handle(
             kind(
                 event_id=event_id(body),
-                actor=Actor("slack", event["user"]),
-                channel=item["channel"],
-                message_platform_id=item["ts"],
-                emoji=event.get("reaction", ""),
+                actor=Actor("slack", user),
+                channel=channel,
+                message_platform_id=ts,
+                emoji=emoji,
             ),
             private_replies=True,
         )
