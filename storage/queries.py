@@ -46,10 +46,14 @@ def claim_step(
     step = session.exec(query.limit(1)).first()
     if step is None:
         return None
+    # A step taken from a worker that died re-runs the attempt the crash cut short: a bot
+    # killed three times mid-call must not fail a run that never failed. Only a fresh claim
+    # of a pending step (after a recorded failure, or the first) counts as a new attempt.
+    if step.status != StepStatus.RUNNING:
+        step.attempts += 1
     step.status = StepStatus.RUNNING
     step.lease_owner = owner
     step.lease_until = now + lease
-    step.attempts += 1
     step.started_at = step.started_at or now
     session.add(step)
     session.flush()

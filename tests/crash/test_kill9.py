@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 from aiohttp import web
 from sqlmodel import select
@@ -47,6 +48,8 @@ KILLS = int(os.environ.get("CREWCHIEF_CRASH_KILLS", "20"))
 CHANNEL = "C0CONTENT1"
 EDITH = "U0EDITH001"
 MODEL_DELAY = 0.3
+
+pytestmark = pytest.mark.crash
 
 
 @asynccontextmanager
