@@ -13,6 +13,7 @@ Behaviours, consumed one per request (the default reply is used once the script 
     ("reply", "text", {"prompt_tokens": 9})  ... with this usage (missing fields are filled in)
     ("no_choices",)                          a 200 completion with an empty `choices` list
     ("raw", 200, "<html>..</html>", "text/html")  any body, e.g. a web page at a wrong URL
+    ("cut",)                                 start a 200 answer, then drop the connection
 
 Run stand-alone for demos:  python -m tests.fakes.openai_server --port 8765 --api-key sk-demo
 """
@@ -113,6 +114,7 @@ class FakeOpenAIServer:
                 "reply",
                 "no_choices",
                 "raw",
+                "cut",
             }:
                 raise ValueError(f"unknown behaviour: {behaviour!r}")
         self._script.extend(behaviours)
@@ -175,6 +177,15 @@ class FakeOpenAIServer:
             return web.Response(status=status, text=text, content_type=content_type)
         if kind == "delay":
             await asyncio.sleep(float(behaviour[1]))
+        if kind == "cut":
+            response = web.StreamResponse(
+                status=200, headers={"Content-Type": "application/json", "Content-Length": "4096"}
+            )
+            await response.prepare(request)
+            await response.write(b'{"id": "chatcmpl-cut", "object": "chat.compl')
+            assert request.transport is not None
+            request.transport.close()  # mid-body, as a proxy or a dying server does
+            return response
 
         rejected = self._check_auth(request) or self._validate(body)
         if rejected is not None:
