@@ -9,171 +9,29 @@ seeded generator: `CREWCHIEF_CRASH_SEED=<n>` replays a failing sequence, and
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
-import signal
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-import yaml
-from aiohttp import web
 from sqlmodel import select
 
 from bot.platforms.slack import SCOPES
 from storage import models
 from storage.db import Database
-from tests.conftest import free_port
-from tests.fakes.local_server import serve_locally
-from tests.fakes.openai_server import DEFAULT_API_KEY, running_fake_openai
-from tests.fakes.slack_api import BOT_TOKEN, FakeSlack, fake_slack
-from tests.fakes.slack_signing import (
-    SIGNING_SECRET,
-    reaction_added,
-    signed_form,
-    signed_json,
-    slash_command,
-)
+from tests.crash.harness import CHANNEL, Harness, bot_env, runs_by_text, webhook, write_config
+from tests.fakes.openai_server import running_fake_openai
+from tests.fakes.slack_api import fake_slack
 
 SEED = int(os.environ.get("CREWCHIEF_CRASH_SEED", "20261203"))
 RUNS = int(os.environ.get("CREWCHIEF_CRASH_RUNS", "100"))
 KILLS = int(os.environ.get("CREWCHIEF_CRASH_KILLS", "20"))
-CHANNEL = "C0CONTENT1"
-EDITH = "U0EDITH001"
 MODEL_DELAY = 0.3
 
 pytestmark = pytest.mark.crash
-
-
-@asynccontextmanager
-async def webhook() -> AsyncIterator[dict[str, Any]]:
-    """A publishing target that processes each Idempotency-Key once and counts every POST."""
-    seen: Counter[str] = Counter()
-
-    async def hook(request: web.Request) -> web.Response:
-        seen[request.headers.get("Idempotency-Key", "")] += 1
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    async with serve_locally(app) as base:
-        yield {"url": f"{base}/hook", "seen": seen}
-
-
-class Harness:
-    def __init__(self, tmp_path: Path, db_url: str, slack: FakeSlack, env: dict[str, str]):
-        self.tmp_path = tmp_path
-        self.db_url = db_url
-        self.slack = slack
-        self.env = env
-        self.port = free_port()
-        self.proc: asyncio.subprocess.Process | None = None
-        self.http: aiohttp.ClientSession | None = None
-        self.acked: set[int] = set()  # commands Slack got a 200 for
-        self.sent: set[int] = set()
-        self.approved: set[str] = set()  # draft ts whose ✅ was acknowledged
-        self.next_run = 0
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot.cli",
-            "start",
-            "--platform",
-            "slack",
-            "--port",
-            str(self.port),
-            cwd=self.tmp_path,
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        assert self.http is not None
-        for _ in range(600):
-            try:
-                async with self.http.get(self.base + "/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-        raise AssertionError("crewchief start did not come up")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-
-    async def post(self, body: str, headers: dict[str, str]) -> bool:
-        assert self.http is not None
-        try:
-            async with self.http.post(self.base + "/slack/events", data=body, headers=headers) as r:
-                return r.status == 200
-        except (TimeoutError, aiohttp.ClientError):
-            return False
-
-    async def launch(self) -> None:
-        """One `/crew run`, as a person types it: once (Slack never retries a command)."""
-        if self.next_run >= RUNS:
-            return
-        i = self.next_run
-        self.next_run += 1
-        self.sent.add(i)
-        command = slash_command(
-            f"run blog-post topic-{i:03d}", user_id="U0ALICE001", channel_id=CHANNEL
-        )
-        if await self.post(*signed_form(command)):
-            self.acked.add(i)
-
-    def drafts(self) -> list[str]:
-        found = []
-        for card in self.slack.top_level(CHANNEL):
-            found += [m.ts for m in self.slack.thread(CHANNEL, card.ts) if "draft v1" in m.text]
-        return found
-
-    async def approve(self) -> None:
-        """✅ on each draft not yet acknowledged; like Slack, a delivery that was not
-        acknowledged is sent again with the same event id."""
-        for ts in self.drafts():
-            if ts in self.approved:
-                continue
-            event = reaction_added(
-                user=EDITH,
-                reaction="white_check_mark",
-                channel=CHANNEL,
-                ts=ts,
-                event_id=f"Ev{ts.replace('.', '')}",
-            )
-            if await self.post(*signed_json(event)):
-                self.approved.add(ts)
-
-    async def drive(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        until = loop.time() + seconds
-        while loop.time() < until:
-            await self.launch()
-            await self.approve()
-            await asyncio.sleep(0.02)
-
-
-def runs_by_text(db: Database) -> dict[str, list[models.Run]]:
-    with db.read() as s:
-        runs = s.exec(select(models.Run)).all()
-    grouped: dict[str, list[models.Run]] = {}
-    for run in runs:
-        grouped.setdefault(run.text, []).append(run)
-    return grouped
 
 
 async def test_twenty_kill_9s_lose_nothing_and_do_nothing_twice(
@@ -188,47 +46,12 @@ async def test_twenty_kill_9s_lose_nothing_and_do_nothing_twice(
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
     ):
         llm.script(*[("delay", MODEL_DELAY)] * (RUNS * 4 + 200))
-        (tmp_path / "crewchief.yml").write_text(
-            yaml.safe_dump(
-                {
-                    "workflows": {
-                        "blog-post": {
-                            "steps": [
-                                {"name": "research", "agent": "researcher"},
-                                {
-                                    "name": "draft",
-                                    "agent": "writer",
-                                    "approval": {"approvers": [f"slack:{EDITH}"]},
-                                },
-                                {
-                                    "name": "publish",
-                                    "agent": "publisher",
-                                    "publish": {"to": "webhook", "url": hook["url"]},
-                                },
-                            ]
-                        }
-                    }
-                }
-            )
-        )
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CREWCHIEF_"))},
-            "CREWCHIEF_DATABASE_URL": db_url,
-            "CREWCHIEF_LLM": "openai",
-            "OPENAI_API_KEY": DEFAULT_API_KEY,
-            "OPENAI_BASE_URL": llm.base_url,
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": slack.api_url,
-        }
-        harness = Harness(tmp_path, db_url, slack, env)
-        harness.http = http
+        write_config(tmp_path, hook["url"])
+        harness = Harness(tmp_path, slack, bot_env(db_url, llm, slack), http, runs=RUNS)
         for _ in range(KILLS):
             await harness.start()
             await harness.drive(rng.uniform(0.3, 2.5))
-            harness.kill()
-            assert harness.proc is not None
-            await harness.proc.wait()
+            await harness.kill()
 
         # the last start: everything in flight must move again, and finish
         db = Database(db_url)
@@ -262,9 +85,7 @@ async def test_twenty_kill_9s_lose_nothing_and_do_nothing_twice(
                 and all(r.status == models.RunStatus.SUCCEEDED for r in runs)
             ):
                 break
-        assert harness.proc is not None
-        harness.proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(harness.proc.wait(), 30)
+        await harness.stop()
 
         grouped = runs_by_text(db)
         runs = [r for rs in grouped.values() for r in rs]
