@@ -25,6 +25,7 @@ from agents.worker import Workers
 from bot.config_file import ConfigError, load_config
 from bot.delivery import OutboxSender
 from bot.platforms.base import Platform
+from bot.scheduler import Scheduler, configured_jobs
 from bot.settings import Settings
 from commands.dispatch import Dispatcher
 from commands.events import InboundEvent
@@ -47,6 +48,7 @@ class App:
     workers: Workers
     dispatcher: Dispatcher
     sender: OutboxSender
+    scheduler: Scheduler
     platforms: dict[str, Platform] = field(default_factory=dict)
 
     async def handle(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
@@ -87,8 +89,9 @@ class App:
             await asyncio.sleep(0.02)
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """The engine's workers and the outbox sender, for as long as the block lasts."""
+    async def running(self, *, schedule: bool = False) -> AsyncIterator[None]:
+        """The engine's workers and the outbox sender, for as long as the block lasts; with
+        `schedule`, the scheduler too (digests), in whichever process holds its lock."""
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(self.workers.serve(stop), name="crewchief-workers"),
@@ -98,6 +101,10 @@ class App:
                 for i in range(self.config.engine.senders)
             ),
         ]
+        if schedule:
+            tasks.append(
+                asyncio.create_task(self.scheduler.serve(stop), name="crewchief-scheduler")
+            )
         try:
             yield
         finally:
@@ -166,4 +173,5 @@ def build_app(
         on_lost_card=lifecycle.abandon_run,
         lease=config.engine.lease,
     )
-    return App(settings, config, db, llm, crew, workers, Dispatcher(db, crew), sender)
+    scheduler = Scheduler(db, configured_jobs(db, config, clock))
+    return App(settings, config, db, llm, crew, workers, Dispatcher(db, crew), sender, scheduler)

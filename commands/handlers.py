@@ -4,17 +4,17 @@ waiting, no LLM calls. It never answers on its own; the dispatcher does, once.""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlmodel import col, func, select
-
+from agents import digest
 from agents.cards import run_summary, steps_of
+from agents.durations import parse_duration
 from agents.outcomes import Ignored, Outcome, Refused, Retrying, Started
 from commands.context import Context
 from commands.refs import run_ref
 from commands.spec import Arg, CommandSpec, Registry, Reply, UsageError, did_you_mean
-from storage.models import ApprovalVote, Message, Run, RunStatus, Step, StepStatus, Vote
-from storage.queries import lock_run, runs_with_steps, spend_since
+from storage.models import Message, Run, RunStatus, Vote
+from storage.queries import lock_run, runs_with_steps
 
 # -- who sees what in help ---------------------------------------------------------------
 
@@ -176,35 +176,17 @@ def cmd_agents(ctx: Context, _: dict[str, str]) -> Reply:
     return Reply("agents", {"agents": agents, "provider": ctx.crew.provider})
 
 
-def cmd_digest(ctx: Context, _: dict[str, str]) -> Reply:
-    """Health figures of the last 24 hours."""
-    session = ctx.session
-    now = ctx.crew.now()
-    since = now - timedelta(hours=24)
-    by_status = dict(
-        session.exec(
-            select(Run.status, func.count())
-            .where(col(Run.created_at) >= since)
-            .group_by(Run.status)
-        ).all()
-    )
-    waiting = session.exec(select(Step).where(Step.status == StepStatus.AWAITING_APPROVAL)).all()
-    oldest: datetime | None = min(
-        (s.awaiting_since for s in waiting if s.awaiting_since), default=None
-    )
-    votes = session.exec(select(func.count()).select_from(ApprovalVote)).one()
-    return Reply(
-        "digest",
-        {
-            "started": sum(by_status.values()),
-            "by_status": by_status,
-            "awaiting": len(waiting),
-            "oldest_wait_s": int((now - oldest).total_seconds()) if oldest else None,
-            "spend_usd": round(spend_since(session, since), 4),
-            "budget_usd": ctx.crew.config.budgets.per_day_usd,
-            "votes": votes,
-        },
-    )
+def cmd_digest(ctx: Context, args: dict[str, str]) -> Reply:
+    """The digest over the configured window (or the one asked for, e.g. 7d)."""
+    window = ctx.crew.config.digest.window
+    if args.get("window"):
+        try:
+            window = parse_duration(args["window"])
+        except ValueError as exc:
+            raise UsageError(str(exc), usage=REGISTRY.parse("digest")[0].usage) from None
+        if window < timedelta(minutes=1):
+            raise UsageError("the window must be at least 1m (e.g. 24h, 7d)")
+    return Reply("digest", digest.build(ctx.session, ctx.crew.config, ctx.crew.now(), window))
 
 
 REGISTRY = Registry(
@@ -250,7 +232,12 @@ REGISTRY = Registry(
         ),
         CommandSpec("workflows", "the workflows and who approves them", cmd_workflows),
         CommandSpec("agents", "the agents and their models", cmd_agents),
-        CommandSpec("digest", "health figures of the last 24 hours", cmd_digest),
+        CommandSpec(
+            "digest",
+            "how the crew did: runs, approvals, spend, latency, errors",
+            cmd_digest,
+            (Arg("window", required=False),),
+        ),
         CommandSpec("help", "this list", cmd_help, aliases=("?",)),
     ]
 )

@@ -58,6 +58,7 @@ class MessageKind(StrEnum):
     REMINDER = "reminder"
     PUBLISHED = "published"
     FAILURE = "failure"
+    DIGEST = "digest"
 
 
 class Decision(StrEnum):
@@ -244,3 +245,20 @@ class AuditEntry(SQLModel, table=True):
     action: str  # e.g. "vote.refused", "run.started", "command.refused"
     run_id: int | None = None
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class JobRun(SQLModel, table=True):
+    """One scheduled job's run for one period: inserted first, so a second fire of the same
+    period finds it and does nothing, and a period without a row is a missed run."""
+
+    __table_args__ = (
+        UniqueConstraint("job", "period"),
+        Index("ix_jobrun_job_started", "job", "started_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job: str  # "digest", ...
+    period: str  # the scheduled time it stands for, ISO 8601 in UTC
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
