@@ -7,6 +7,8 @@ APScheduler 3's `CronTrigger.from_crontab` counts weekdays from Monday = 0, so t
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from apscheduler.triggers.cron import CronTrigger
 
 _DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
@@ -63,3 +65,24 @@ def cron_trigger(expression: str, timezone: str = "UTC") -> CronTrigger:
         day_of_week=_weekdays(weekday),
         timezone=timezone,
     )
+
+
+def period_of(when: datetime) -> str:
+    """The period a fire stands for: its minute, in UTC (cron's resolution)."""
+    return when.astimezone(UTC).replace(second=0, microsecond=0).isoformat(timespec="minutes")
+
+
+def last_fire(trigger: CronTrigger, at_or_before: datetime) -> datetime | None:
+    """The latest time `trigger` fires at or before `at_or_before` (within about a year)."""
+    for lookback in (timedelta(hours=1), timedelta(days=1), timedelta(days=8), timedelta(days=400)):
+        found = None
+        when: datetime | None = at_or_before - lookback
+        while when is not None:
+            when = trigger.get_next_fire_time(None, when)
+            if when is None or when > at_or_before:
+                break
+            found = when
+            when += timedelta(seconds=1)
+        if found is not None:
+            return found
+    return None

@@ -15,6 +15,7 @@ from sqlmodel import Session
 from agents.config import CrewConfig
 from agents.pricing import is_priced
 from storage import figures, outbox
+from storage.alert_queries import alerts_between
 from storage.db import Database
 from storage.figures import Window
 from storage.jobs import claim_period, last_runs
@@ -99,6 +100,7 @@ def build(session: Session, config: CrewConfig, now: datetime, window: timedelta
     runs_per_bucket = figures.runs_per_bucket(session, current, BUCKETS)
     causes = figures.errors_by_cause(session, current)
     costliest = figures.costliest_runs(session, current)
+    alerts = alerts_between(session, current.since, current.until)
     quiet = total_now["started"] == 0 and pending == 0 and calls == 0
     return {
         "window": window_label(window),
@@ -144,6 +146,7 @@ def build(session: Session, config: CrewConfig, now: datetime, window: timedelta
             }
             for r in costliest
         ],
+        "alerts": alerts,
         "jobs": [
             {"job": job, "ago_s": int((now - _aware(at)).total_seconds())}
             for job, at in sorted(jobs.items())

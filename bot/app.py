@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.alerts import AlertService
 from agents.approvals import ApprovalService
 from agents.config import CrewConfig
 from agents.crew import Crew
@@ -66,10 +67,11 @@ class App:
             ],
         }
 
-    def is_message(self, platform: str, ref: int) -> bool:
+    def message_channel(self, platform: str, ref: int) -> str | None:
+        """The channel of the bot's message `ref` on `platform`; None when there is none."""
         with self.db.read() as session:
             message = session.get(Message, ref)
-            return message is not None and message.platform == platform
+            return message.channel if message is not None and message.platform == platform else None
 
     def add_platform(self, platform: Platform) -> None:
         self.platforms[platform.name] = platform
@@ -163,7 +165,8 @@ def build_app(
     lifecycle = Lifecycle(config, clock=clock, offline=llm.name == "offline")
     permissions = Permissions(config, approvers)
     approvals = ApprovalService(db, lifecycle, permissions, config.reactions)
-    crew = Crew(config, permissions, lifecycle, approvals, llm.name)
+    alerts = AlertService(config, permissions, clock)
+    crew = Crew(config, permissions, lifecycle, approvals, llm.name, alerts)
     workers = Workers(db, config, llm, lifecycle, approvals, wakeup=steps_wakeup)
     sender = OutboxSender(
         db,
@@ -173,5 +176,5 @@ def build_app(
         on_lost_card=lifecycle.abandon_run,
         lease=config.engine.lease,
     )
-    scheduler = Scheduler(db, configured_jobs(db, config, clock))
+    scheduler = Scheduler(db, configured_jobs(db, config, alerts, clock))
     return App(settings, config, db, llm, crew, workers, Dispatcher(db, crew), sender, scheduler)

@@ -15,14 +15,17 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from agents import digest
+from agents.alert_rules import EVALUATION_JOB
+from agents.alerts import AlertService, run_evaluation
 from agents.config import CrewConfig
-from agents.cron import cron_trigger
+from agents.cron import cron_trigger, period_of
 from agents.lifecycle import Clock
 from storage.db import Database
 from storage.leader import LeaderLock
@@ -39,17 +42,27 @@ class Job:
     run: Callable[[], Awaitable[object]]
 
 
-def period_of(when: datetime) -> str:
-    """The period a fire stands for: its minute, in UTC (cron's resolution)."""
-    return when.astimezone(UTC).replace(second=0, microsecond=0).isoformat(timespec="minutes")
+def evaluation_period(when: datetime, every: timedelta) -> str:
+    """The evaluation period a fire stands for: `when` floored to a multiple of `every`."""
+    step = max(1, int(every.total_seconds()))
+    start = int(when.timestamp()) // step * step
+    return datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds")
 
 
-def configured_jobs(db: Database, config: CrewConfig, clock: Clock) -> list[Job]:
-    """The periodic jobs crewchief.yml asks for."""
+def configured_jobs(
+    db: Database, config: CrewConfig, alerts: AlertService, clock: Clock
+) -> list[Job]:
+    """The periodic jobs crewchief.yml asks for: the digest, and the alerts' evaluation."""
 
     async def post_digest() -> object:
         now = clock()
         return await db.call(digest.run_scheduled, db, config, now, period_of(now))
+
+    every = config.alerts.evaluate_every
+
+    async def evaluate_alerts() -> object:
+        now = clock()
+        return await db.call(run_evaluation, db, alerts, now, evaluation_period(now, every))
 
     return [
         Job(
@@ -57,6 +70,7 @@ def configured_jobs(db: Database, config: CrewConfig, clock: Clock) -> list[Job]
             cron_trigger(config.digest.schedule, config.digest.timezone),
             post_digest,
         ),
+        Job(EVALUATION_JOB, IntervalTrigger(seconds=int(every.total_seconds())), evaluate_alerts),
     ]
 
 

@@ -228,6 +228,7 @@ def test_a_workflow_name_cannot_ping_or_forge_links_in_the_slack_digest() -> Non
         "llm": {"calls": 0, "failed": 0},
         "latency": [],
         "errors": [{"cause": "<@U123> broke it", "count": 1}],
+        "alerts": {"fired": 0, "acknowledged": 0, "resolved": 0},
         "costliest": [],
         "jobs": [],
     }

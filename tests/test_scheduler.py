@@ -12,8 +12,8 @@ from apscheduler.triggers.date import DateTrigger
 from sqlmodel import select
 
 from agents import digest
-from agents.cron import cron_trigger
-from bot.scheduler import Job, Scheduler, period_of
+from agents.cron import cron_trigger, period_of
+from bot.scheduler import Job, Scheduler
 from storage import models
 from storage.db import Database
 from tests.conftest import POSTGRES_URL, Bot, make_config
@@ -28,11 +28,20 @@ async def until(condition: Any, timeout: float = 10.0) -> None:
 
 
 async def test_jobs_are_registered_from_crewchief_yml_when_the_bot_starts(bot_factory: Any) -> None:
-    bot: Bot = bot_factory({"digest": {"schedule": "0 9 * * 1-5", "timezone": "Europe/Berlin"}})
+    bot: Bot = bot_factory(
+        {
+            "digest": {"schedule": "0 9 * * 1-5", "timezone": "Europe/Berlin"},
+            "alerts": {"evaluate_every": "30s"},
+        }
+    )
     async with bot.app.running(schedule=True):
         await until(lambda: bot.app.scheduler.leading)
         scheduled = bot.app.scheduler.next_run("digest")
+        evaluation = bot.app.scheduler.next_run("alerts")
+        started = datetime.now(UTC)
     await bot.app.aclose()
+    assert evaluation is not None
+    assert timedelta(0) < evaluation - started <= timedelta(seconds=30)
     expected = cron_trigger("0 9 * * 1-5", "Europe/Berlin").get_next_fire_time(
         None, datetime.now(UTC)
     )

@@ -262,7 +262,45 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "latency": [{"agent": "writer", "calls": 3, "p50_ms": 900, "p95_ms": 2_100}],
         "errors": [{"cause": "HTTP 500 from the model", "count": 1}],
         "costliest": [{"run_id": 3, "workflow": "blog-post", "cost_usd": 0.0123}],
+        "alerts": {"fired": 2, "acknowledged": 1, "resolved": 1},
         "jobs": [{"job": "digest", "ago_s": 86_400}],
+    },
+    "alert": {
+        "alert_id": 1,
+        "rule": "failure-rate",
+        "labels": {"workflow": "blog-post"},
+        "summary": "3 of 4 blog-post runs failed in the last 1h (75%)",
+        "state": "firing",
+        "fired_at": "2026-12-03 09:00 UTC",
+        "resolved_after_s": None,
+        "acknowledged_by": "slack:U012AB",
+        "silenced_by": "slack:U0ADMIN",
+        "silenced_until": "2026-12-03 11:00 UTC",
+        "silence_reason": "deploying a fix",
+    },
+    "alert_update": {
+        "alert_id": 1,
+        "rule": "failure-rate",
+        "summary": "3 of 4 blog-post runs failed in the last 1h (75%)",
+        "acknowledged_by": None,
+        "event": "escalated",
+        "on_call": ["slack:U012AB"],
+        "firing_s": 1_900,
+    },
+    "alerts": {
+        "alerts": [
+            {
+                "alert_id": 1,
+                "rule": "llm-errors",
+                "labels": {"model": "gpt-4o-mini"},
+                "summary": "5 of 6 calls to gpt-4o-mini failed in the last 15m (83%)",
+                "state": "firing",
+                "age_s": 600,
+                "acknowledged_by": "slack:U012AB",
+                "silenced_by": None,
+                "silenced_until": None,
+            }
+        ]
     },
     "notice": {"text": "run 3 cancelled"},
     "usage_error": {
@@ -314,7 +352,7 @@ def poison(value: Any) -> Any:
     if isinstance(value, dict):
         return {
             k: v
-            if k in {"requester", "who", "approvers", "status", "to", "decision"}
+            if k in {"requester", "who", "approvers", "status", "to", "decision", "on_call"}
             else poison(v)
             for k, v in value.items()
         }
@@ -544,7 +582,8 @@ async def test_contexts_of_a_real_walkthrough_render(bot_factory: Any, slack: Re
                 render(row.template, row.context)
 
         actor = Actor("slack", "U012AB")
-        lines = ["help", "status", "status 1", "workflows", "agents", "digest", "run nope x"]
+        lines = ["help", "status", "status 1", "workflows", "agents", "digest", "alerts"]
+        lines += ["run nope x"]
         lines += ["cancel 1", "approve 1"]
         for n, line in enumerate(lines):
             event = SlashCommand(f"slack-test-{n}", actor, "C1", line)
@@ -552,7 +591,8 @@ async def test_contexts_of_a_real_walkthrough_render(bot_factory: Any, slack: Re
                 render(reply.template, reply.context)
     await bot.app.aclose()
 
-    expected = slack_names() - {"failure", "reminder"}  # need a failing LLM / a timeout
+    # a failing LLM, a timeout, an alert rule that trips
+    expected = slack_names() - {"failure", "reminder", "alert", "alert_update"}
     assert expected <= set(rendered)
     everything = "\n".join(text for texts in rendered.values() for text in texts)
     assert "<!channel>" not in everything and "<@U999>" not in everything
