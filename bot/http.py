@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
 from bot.app import App
+from bot.metrics import registry_for, render
 from bot.platforms.slack import SlackPlatform
-from storage.queries import health_figures
 
 
 def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
@@ -21,9 +22,12 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
             return web.json_response({"ok": False, "database": "unreachable"}, status=503)
         return web.json_response({"ok": True})
 
+    registry = registry_for(app.db)
+
     @routes.get("/metrics")
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=render_metrics(app), content_type="text/plain")
+        body = await app.db.call(render, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     if slack is not None:
 
@@ -35,24 +39,3 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
     web_application = web.Application()
     web_application.add_routes(routes)
     return web_application
-
-
-def render_metrics(app: App) -> str:
-    """Prometheus text format: gauges read from the database, so every replica agrees."""
-    with app.db.read() as session:
-        figures = health_figures(session)
-    lines = [
-        "# HELP crewchief_runs Runs by status.",
-        "# TYPE crewchief_runs gauge",
-        *(f'crewchief_runs{{status="{st}"}} {n}' for st, n in sorted(figures["runs"].items())),
-        "# HELP crewchief_steps_runnable Steps waiting for a worker.",
-        "# TYPE crewchief_steps_runnable gauge",
-        f"crewchief_steps_runnable {figures['steps_runnable']}",
-        "# HELP crewchief_outbox_pending Messages not yet delivered.",
-        "# TYPE crewchief_outbox_pending gauge",
-        f"crewchief_outbox_pending {figures['outbox_pending']}",
-        "# HELP crewchief_outbox_failed Messages given up on (a platform refused them for good).",
-        "# TYPE crewchief_outbox_failed gauge",
-        f"crewchief_outbox_failed {figures['outbox_failed']}",
-    ]
-    return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -258,3 +259,21 @@ def health_figures(session: Session) -> dict[str, Any]:
         "outbox_pending": int(by_outbox.get(OutboxStatus.PENDING, 0)),
         "outbox_failed": int(by_outbox.get(OutboxStatus.FAILED, 0)),
     }
+
+
+def model_usage(session: Session) -> list[tuple[str, int, int, float, int, int]]:
+    """Per model, over all time: (model, input tokens, output tokens, cost, calls, errors)."""
+    rows = session.execute(
+        sa_select(
+            col(LLMCall.model),
+            func.coalesce(func.sum(LLMCall.input_tokens), 0),
+            func.coalesce(func.sum(LLMCall.output_tokens), 0),
+            func.coalesce(func.sum(LLMCall.cost_usd), 0.0),
+            func.count(),
+            func.count(col(LLMCall.error)),
+        ).group_by(col(LLMCall.model))
+    ).all()
+    return [
+        (str(m), int(tin), int(tout), float(cost), int(n), int(err))
+        for m, tin, tout, cost, n, err in rows
+    ]

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.config import Reactions
 from bot.app import App, build_app
@@ -220,9 +221,15 @@ async def test_url_verification_and_health(bot: SlackBot) -> None:
     await bot.command("run research-brief heat pumps")
     await bot.wait()
     async with bot.http.get(base + "/metrics") as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
         text = await resp.text()
-    assert 'crewchief_runs{status="succeeded"} 1' in text
-    assert "crewchief_outbox_pending 0" in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("crewchief_runs", (("status", "succeeded"),))] == 1
+    assert samples[("crewchief_outbox_pending", ())] == 0
 
 
 def votes(bot: SlackBot) -> list[str]:
