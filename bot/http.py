@@ -20,7 +20,14 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
             app.pending()
         except Exception:
             return web.json_response({"ok": False, "database": "unreachable"}, status=503)
-        return web.json_response({"ok": True})
+        return web.json_response(
+            {
+                "ok": True,
+                "database": "ok",
+                "scheduler": app.scheduler.state,
+                "platforms": sorted(app.platforms),
+            }
+        )
 
     registry = registry_for(app.db)
 

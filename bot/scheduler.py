@@ -81,13 +81,22 @@ class Scheduler:
         self.poll = poll
         self.leader = LeaderLock(db)
         self.aps: AsyncIOScheduler | None = None
+        self.serving = False
 
     @property
     def leading(self) -> bool:
         return self.aps is not None
 
+    @property
+    def state(self) -> str:
+        """`leading` (it schedules), `standby` (another process does) or `off`."""
+        if self.aps is not None:
+            return "leading"
+        return "standby" if self.serving else "off"
+
     async def serve(self, stop: asyncio.Event) -> None:
         """Schedule while this process holds the lock; until `stop` is set."""
+        self.serving = True
         try:
             while not stop.is_set():
                 try:
@@ -103,6 +112,7 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.poll)
         finally:
+            self.serving = False
             self._stop()
             await asyncio.to_thread(self.leader.release)
 

@@ -98,7 +98,7 @@ async def test_one_replica_schedules_and_another_takes_over_when_it_stops(db_url
     await until(lambda: first.leading)
     second_task = asyncio.create_task(second.serve(stop_second))
     await asyncio.sleep(0.3)  # several of its polls
-    assert first.leading and not second.leading
+    assert (first.state, second.state) == ("leading", "standby")
     stop_first.set()
     await first_task
     await until(lambda: second.leading)
@@ -119,7 +119,8 @@ async def test_on_sqlite_the_one_process_schedules(tmp_path: Any) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(scheduler.serve(stop))
     await until(lambda: scheduler.leading)
+    assert scheduler.state == "leading"
     stop.set()
     await task
-    assert not scheduler.leading
+    assert scheduler.state == "off"
     db.dispose()
