@@ -101,6 +101,7 @@ def build(session: Session, config: CrewConfig, now: datetime, window: timedelta
     causes = figures.errors_by_cause(session, current)
     costliest = figures.costliest_runs(session, current)
     alerts = alerts_between(session, current.since, current.until)
+    prompts = compare_prompts(figures.prompt_versions(session, current))
     quiet = total_now["started"] == 0 and pending == 0 and calls == 0
     return {
         "window": window_label(window),
@@ -147,11 +148,39 @@ def build(session: Session, config: CrewConfig, now: datetime, window: timedelta
             for r in costliest
         ],
         "alerts": alerts,
+        "prompts": prompts,
         "jobs": [
             {"job": job, "ago_s": int((now - _aware(at)).total_seconds())}
             for job, at in sorted(jobs.items())
         ],
     }
+
+
+def compare_prompts(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prompt versions of agents that ran more than one in the window, side by side."""
+    per_agent: dict[str, int] = {}
+    for version in versions:
+        per_agent[version["agent"]] = per_agent.get(version["agent"], 0) + 1
+    out = []
+    for version in versions:
+        if per_agent[version["agent"]] < 2:
+            continue
+        decisions = version["decisions"]
+        decided = sum(decisions.values())
+        median = version["median_decision_s"]
+        out.append(
+            {
+                "agent": version["agent"],
+                "version": version["version"],
+                "calls": version["calls"],
+                "cost_usd": round(version["cost_usd"], 4),
+                "decided": decided,
+                "approve_rate": _rate(decisions.get("approved", 0), decided),
+                "revise_rate": _rate(decisions.get("sent back", 0), decided),
+                "median_decision_s": round(median) if median is not None else None,
+            }
+        )
+    return out
 
 
 def _aware(at: datetime) -> datetime:

@@ -164,21 +164,17 @@ def decisions(session: Session, window: Window) -> dict[str, int]:
     return {DECISION_ACTIONS[action]: int(n) for action, n in rows}
 
 
-def decision_times(session: Session, window: Window) -> dict[str, Any]:
-    """Seconds from a draft version's posting to its decision: count, median and p90."""
+def _decisions_of_drafts(window: Window) -> dict[str, Any]:
+    """Decision audit entries in the window, joined to the draft version they decided."""
     audit = AuditEntry.__table__.c  # type: ignore[attr-defined]
-    waited = epoch(session, audit.at) - epoch(session, DraftVersion.created_at)
-    found = percentiles(
-        session,
-        waited,
-        None,
-        where=[
+    return {
+        "where": [
             audit.at >= window.since,
             audit.at < window.until,
             audit.action.in_(DECISION_ACTIONS),
         ],
-        from_=AuditEntry.__table__,  # type: ignore[attr-defined]
-        joins=[
+        "from_": AuditEntry.__table__,  # type: ignore[attr-defined]
+        "joins": [
             (
                 DraftVersion,
                 and_(
@@ -187,8 +183,59 @@ def decision_times(session: Session, window: Window) -> dict[str, Any]:
                 ),
             )
         ],
-    )
+    }
+
+
+def _waited(session: Session) -> ColumnElement[Any]:
+    audit = AuditEntry.__table__.c  # type: ignore[attr-defined]
+    return epoch(session, audit.at) - epoch(session, DraftVersion.created_at)
+
+
+def decision_times(session: Session, window: Window) -> dict[str, Any]:
+    """Seconds from a draft version's posting to its decision: count, median and p90."""
+    found = percentiles(session, _waited(session), None, **_decisions_of_drafts(window))
     return found.get(None, {"n": 0})
+
+
+def prompt_versions(session: Session, window: Window) -> list[dict[str, Any]]:
+    """Per agent and prompt version: model calls and their cost, and for drafts the
+    decisions people made on them and the median time they took."""
+    calls = session.execute(
+        sa_select(
+            col(LLMCall.agent),
+            col(LLMCall.prompt_version),
+            func.count(),
+            func.sum(LLMCall.cost_usd),
+        )
+        .where(_in(LLMCall.created_at, window), col(LLMCall.prompt_version).is_not(None))
+        .group_by(col(LLMCall.agent), col(LLMCall.prompt_version))
+    ).all()
+    joined = _decisions_of_drafts(window)
+    audit = AuditEntry.__table__.c  # type: ignore[attr-defined]
+    query = sa_select(col(DraftVersion.prompt_version), audit.action, func.count()).select_from(
+        joined["from_"]
+    )
+    for table, on in joined["joins"]:
+        query = query.join(table, on)
+    decided: dict[str, dict[str, int]] = {}
+    for version, action, n in session.execute(
+        query.where(*joined["where"]).group_by(col(DraftVersion.prompt_version), audit.action)
+    ):
+        decided.setdefault(str(version), {})[DECISION_ACTIONS[action]] = int(n)
+    waits = percentiles(
+        session, _waited(session), col(DraftVersion.prompt_version), ranks=(50,), **joined
+    )
+    return [
+        {
+            "agent": agent,
+            "version": version,
+            "calls": int(n),
+            "cost_usd": float(cost or 0.0),
+            "decisions": decided.get(version, {}),
+            "median_decision_s": waits.get(version, {}).get("p50"),
+        }
+        for agent, version, n, cost in sorted(calls)
+    ]
 
 
 def spend_by_model(session: Session, window: Window) -> list[dict[str, Any]]:

@@ -151,6 +151,7 @@ class DraftVersion(SQLModel, table=True):
     version: int
     content: str = Field(sa_column=Column(Text, nullable=False))
     feedback: str | None = Field(default=None, sa_column=Column(Text))
+    prompt_version: str | None = None  # agents.prompts.prompt_version of the writer
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -268,6 +269,7 @@ class LLMCall(SQLModel, table=True):
     cost_usd: float = 0.0
     latency_ms: int = 0
     error: str | None = Field(default=None, sa_column=Column(Text))
+    prompt_version: str | None = None  # agents.prompts.prompt_version of the calling agent
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 

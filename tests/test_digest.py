@@ -229,6 +229,7 @@ def test_a_workflow_name_cannot_ping_or_forge_links_in_the_slack_digest() -> Non
         "latency": [],
         "errors": [{"cause": "<@U123> broke it", "count": 1}],
         "alerts": {"fired": 0, "acknowledged": 0, "resolved": 0},
+        "prompts": [],
         "costliest": [],
         "jobs": [],
     }
@@ -275,3 +276,115 @@ async def test_crew_digest_says_quiet_in_one_line_takes_a_window_and_refuses_a_b
     assert "digest · last 7d" in out and "research-brief: started 1" in out
     out = await bot.type("/crew digest soon")
     assert "'soon' is not a duration" in out and "usage: /crew digest [window]" in out
+
+
+def test_the_digest_compares_prompt_versions_by_decisions_time_and_cost(db_url: str) -> None:
+    db = Database(db_url)
+    db.upgrade()
+    with db.transaction() as s:
+        for n, (version, action, waited, cost) in enumerate(
+            [
+                ("aaaa1111", "draft.sent_back", 10, 0.01),
+                ("aaaa1111", "draft.approved", 30, 0.01),
+                ("bbbb2222", "draft.approved", 5, 0.004),
+                ("bbbb2222", "draft.approved", 15, 0.004),
+            ]
+        ):
+            run = models.Run(
+                workflow="blog-post",
+                text="t",
+                requester="shell:a",
+                platform="shell",
+                channel="shell",
+                created_at=ago(hours=5),
+            )
+            s.add(run)
+            s.flush()
+            step = models.Step(run_id=run.id, position=1, name="draft", agent="writer")
+            s.add(step)
+            s.flush()
+            posted = ago(hours=4 - n)
+            s.add(
+                models.DraftVersion(
+                    run_id=run.id,
+                    step_id=step.id,
+                    version=1,
+                    content="d",
+                    prompt_version=version,
+                    created_at=posted,
+                )
+            )
+            s.add(
+                models.AuditEntry(
+                    at=posted + timedelta(minutes=waited),
+                    actor="shell:editor",
+                    action=action,
+                    run_id=run.id,
+                    detail={"version": 1},
+                )
+            )
+            for agent, prompt in (("writer", version), ("researcher", "cccc3333")):
+                s.add(
+                    models.LLMCall(
+                        run_id=run.id,
+                        agent=agent,
+                        provider="openai",
+                        model="gpt-4o-mini",
+                        cost_usd=cost,
+                        prompt_version=prompt,
+                        created_at=posted,
+                    )
+                )
+    with db.read() as s:
+        d = digest.build(s, make_config(), NOW, timedelta(hours=24))
+    db.dispose()
+    assert d["prompts"] == [
+        {
+            "agent": "writer",
+            "version": "aaaa1111",
+            "calls": 2,
+            "cost_usd": 0.02,
+            "decided": 2,
+            "approve_rate": 0.5,
+            "revise_rate": 0.5,
+            "median_decision_s": 600,
+        },
+        {
+            "agent": "writer",
+            "version": "bbbb2222",
+            "calls": 2,
+            "cost_usd": 0.008,
+            "decided": 2,
+            "approve_rate": 1.0,
+            "revise_rate": 0.0,
+            "median_decision_s": 300,
+        },
+    ], "the researcher ran one version only: nothing to compare"
+    text = Renderer("shell", lambda who: who).render("digest", d)
+    assert "writer bbbb2222: 2 calls · $0.0080 · 2 decided · approved 100% · sent back 0%" in text
+    assert "median 5m 00s to decide" in text
+
+
+async def test_each_model_call_and_draft_records_its_prompt_version(bot_factory: Any) -> None:
+    from agents.prompts import prompt_version
+
+    custom = {"agents": {"writer": {"role": "writer", "prompt": "Write on {{ topic }}."}}}
+    for run_id, config in enumerate((None, custom), start=1):
+        bot: Bot = bot_factory(config)  # the same database: run 1, then run 2
+        async with bot.app.running():
+            await bot.type("/crew run blog-post heat pumps")
+            await bot.wait()
+        await bot.app.aclose()
+        agents = bot.app.config.agents
+        writer = prompt_version(agents["writer"])
+        calls = {
+            (c.agent, c.prompt_version) for c in bot.rows(models.LLMCall) if c.run_id == run_id
+        }
+        assert ("researcher", prompt_version(agents["researcher"])) in calls
+        assert ("writer", writer) in calls
+        drafts = [d for d in bot.rows(models.DraftVersion) if d.run_id == run_id]
+        assert {d.prompt_version for d in drafts} == {writer}
+    assert prompt_version(make_config().agents["writer"]) != prompt_version(
+        make_config(custom).agents["writer"]
+    )
+    assert len(prompt_version(make_config().agents["writer"])) == 8

@@ -263,6 +263,18 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "errors": [{"cause": "HTTP 500 from the model", "count": 1}],
         "costliest": [{"run_id": 3, "workflow": "blog-post", "cost_usd": 0.0123}],
         "alerts": {"fired": 2, "acknowledged": 1, "resolved": 1},
+        "prompts": [
+            {
+                "agent": "writer",
+                "version": "1a2b3c4d",
+                "calls": 3,
+                "cost_usd": 0.01,
+                "decided": 2,
+                "approve_rate": 0.5,
+                "revise_rate": 0.5,
+                "median_decision_s": 600,
+            }
+        ],
         "jobs": [{"job": "digest", "ago_s": 86_400}],
     },
     "alert": {
