@@ -35,6 +35,8 @@ ACKNOWLEDGE = {"eyes", "👀"}
 SILENCE = {"no_bell", "🔕"}
 SILENCE_BY_REACTION = timedelta(hours=1)
 OPS_ROLE = "ops"
+INHIBITOR = "llm-errors"  # the provider failing explains runs failing:
+INHIBITED = {"failure-rate"}  # these are listed in its card instead of posted
 
 
 def _aware(at: datetime | None) -> datetime | None:
@@ -94,6 +96,7 @@ class AlertService:
         """One evaluation of every rule, and what it changes, in the caller's transaction."""
         holding = {c.key: c for c in conditions(session, self.config, now)}
         alerts = {a.key: a for a in open_alerts(session, lock=True)}
+        fired: list[Alert] = []
         for key, condition in holding.items():
             alert = alerts.get(key) or self._open(session, condition, now)
             alerts[key] = alert
@@ -101,7 +104,10 @@ class AlertService:
             alert.summary = condition.summary
             held = now - alert.started_at
             if alert.state == AlertState.PENDING and held >= self.rule(alert.rule).for_:
-                self._fire(session, alert, now)
+                alert.state = AlertState.FIRING
+                alert.fired_at = now
+                alert.notified_at = now
+                fired.append(alert)
             session.add(alert)
         for key, alert in alerts.items():
             if key in holding:
@@ -110,10 +116,48 @@ class AlertService:
                 session.delete(alert)  # it never fired: nobody heard of it
             elif now - alert.last_true_at >= self.rule(alert.rule).keep_firing_for:
                 self._resolve(session, alert, now)
-        for alert in alerts.values():
-            if alert.state == AlertState.FIRING and not self._quiet(alert, now):
+        firing = [a for a in alerts.values() if a.state == AlertState.FIRING]
+        explained = self._inhibited(session, firing, fired)
+        for alert in firing:
+            if alert.id in explained:
+                continue
+            if alert in fired or (alert.rule in INHIBITED and not cards_of(session, alert.id or 0)):
+                self._fire(session, alert, now)  # new, or no longer explained by the provider
+            elif not self._quiet(alert, now):
                 self._repeat(session, alert, now)
                 self._escalate(session, alert, now)
+        if explained:
+            for alert in firing:
+                if alert.rule == INHIBITOR and alert not in fired:
+                    card = self.card_context(alert, now, self._explains(session, firing))
+                    for message in cards_of(session, alert.id or 0):
+                        outbox.update(
+                            session, message, template="alert", context=card, order_key=message.key
+                        )
+
+    def _inhibited(self, session: Session, firing: list[Alert], fired: list[Alert]) -> set[int]:
+        """Failure-rate alerts the LLM provider's errors explain: those firing without a card
+        of their own while an llm-errors alert fires. They are listed in its card instead."""
+        if not any(a.rule == INHIBITOR for a in firing):
+            return set()
+        return {
+            a.id
+            for a in firing
+            if a.id is not None
+            and a.rule in INHIBITED
+            and (a in fired or not cards_of(session, a.id))
+        }
+
+    def _explains_for(self, session: Session, alert: Alert) -> list[str]:
+        """What a firing llm-errors alert explains (nothing for any other alert)."""
+        if alert.rule != INHIBITOR or alert.state != AlertState.FIRING:
+            return []
+        firing = [a for a in open_alerts(session) if a.state == AlertState.FIRING]
+        return self._explains(session, firing)
+
+    def _explains(self, session: Session, firing: list[Alert]) -> list[str]:
+        explained = self._inhibited(session, firing, [])
+        return [a.summary for a in firing if a.id in explained]
 
     def _open(self, session: Session, condition: Condition, now: datetime) -> Alert:
         alert = Alert(
@@ -134,10 +178,9 @@ class AlertService:
         return alert.acknowledged_by is not None or _silenced(alert, now)
 
     def _fire(self, session: Session, alert: Alert, now: datetime) -> None:
+        """Post the firing alert's card in each ops channel."""
         assert alert.id is not None
-        alert.state = AlertState.FIRING
-        alert.fired_at = now
-        alert.notified_at = now
+        explains = self._explains_for(session, alert)
         for platform, channel in self.config.ops.targets():
             key = f"alert:{alert.id}:{platform}:{channel}"
             outbox.post(
@@ -147,7 +190,7 @@ class AlertService:
                 platform=platform,
                 channel=channel,
                 template="alert",
-                context=self.card_context(alert, now),
+                context=self.card_context(alert, now, explains),
                 alert_id=alert.id,
                 order_key=key,
             )
@@ -253,9 +296,12 @@ class AlertService:
 
     # -- messages -------------------------------------------------------------------------
 
-    def card_context(self, alert: Alert, now: datetime) -> dict[str, Any]:
+    def card_context(
+        self, alert: Alert, now: datetime, explains: list[str] | None = None
+    ) -> dict[str, Any]:
         silenced = _silenced(alert, now)
         return {
+            "explains": explains or [],
             "alert_id": alert.id,
             "rule": alert.rule,
             "labels": dict(alert.labels),
@@ -281,7 +327,7 @@ class AlertService:
         event: str | None = None,
     ) -> None:
         """Edit the alert's cards and say what changed in their threads."""
-        card = self.card_context(alert, now)
+        card = self.card_context(alert, now, self._explains_for(session, alert))
         for message in cards_of(session, alert.id or 0):
             outbox.update(session, message, template="alert", context=card, order_key=message.key)
         self._reply(session, alert, now, key, {"event": event or key, **context})

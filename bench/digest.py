@@ -89,6 +89,7 @@ def seed(db: Database, steps: int, now: datetime) -> None:
                             "cost_usd": 0.0003,
                             "latency_ms": rng.randrange(200, 4000),
                             "error": "HTTP 500" if rng.random() < 0.02 else None,
+                            "prompt_version": f"{agent[:4]}{i * 2 // runs:04d}",
                             "created_at": created[i] + timedelta(seconds=position * 30),
                         }
                     )
@@ -102,6 +103,7 @@ def seed(db: Database, steps: int, now: datetime) -> None:
                         "step_id": (i - 1) * 3 + 2,
                         "version": 1,
                         "content": "draft",
+                        "prompt_version": f"writ{i * 2 // runs:04d}",
                         "created_at": created[i] + timedelta(minutes=1),
                     }
                     for i in ids

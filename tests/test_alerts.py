@@ -306,3 +306,47 @@ def test_every_rule_names_what_it_measures(db_url: str) -> None:
     quiet = make_config({"alerts": {"rules": {"stuck-run": {"enabled": False}}}})
     with Database(db_url).read() as s:
         assert "stuck-run{workflow=blog-post}" not in {c.key for c in conditions(s, quiet, now)}
+
+
+async def test_llm_errors_inhibit_the_failure_rate_alerts_they_explain(bot_factory: Any) -> None:
+    clock = FakeClock()
+    config = ops_config()
+    config["alerts"]["rules"] = {
+        "failure-rate": {"for": 0, "keep_firing_for": 0},
+        "llm-errors": {"keep_firing_for": 0},
+        "missed-job": {"enabled": False},
+    }
+    bot: Bot = bot_factory(config, clock=clock)
+    async with bot.app.running():
+        with bot.app.db.transaction() as s:
+            for _ in range(5):
+                s.add(
+                    models.LLMCall(
+                        agent="writer",
+                        provider="openai",
+                        model="gpt-4o-mini",
+                        error="HTTP 500 from the provider",
+                        created_at=clock() - timedelta(minutes=1),
+                    )
+                )
+        failed_runs(bot, 3)
+        await evaluate(bot)
+        [card] = bot.messages("alert")  # one card: the provider's
+        assert [(a.id, a.rule, a.state) for a in alerts(bot)] == [
+            (1, "failure-rate", "firing"),
+            (2, "llm-errors", "firing"),
+        ]
+        assert "alert 2 · llm-errors · model=gpt-4o-mini · firing" in bot.transcript
+        assert "alert 1 · failure-rate" not in bot.transcript
+        assert "also explains (not posted on their own):" in bot.transcript
+        assert "· 3 of 3 blog-post runs failed in the last 1h (100%)" in bot.transcript
+
+        clock.advance(minutes=20)  # the model errors left their 15m window; runs still fail
+        failed_runs(bot, 3)
+        await evaluate(bot)
+    await bot.app.aclose()
+    states = {a.rule: a.state for a in alerts(bot)}
+    assert states == {"llm-errors": "resolved", "failure-rate": "firing"}
+    cards = bot.messages("alert")
+    assert len(cards) == 2 and cards[0].id == card.id
+    assert "alert 1 · failure-rate · workflow=blog-post · firing" in bot.transcript

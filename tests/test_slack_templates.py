@@ -289,6 +289,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "silenced_by": "slack:U0ADMIN",
         "silenced_until": "2026-12-03 11:00 UTC",
         "silence_reason": "deploying a fix",
+        "explains": ["3 of 4 blog-post runs failed in the last 1h (75%)"],
     },
     "alert_update": {
         "alert_id": 1,
