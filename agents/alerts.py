@@ -25,7 +25,7 @@ from agents.monitoring_config import Rule
 from agents.outcomes import Acknowledged, Ignored, Outcome, Refused, Silenced
 from agents.permissions import Permissions
 from storage import outbox
-from storage.alert_queries import cards_of, lock_alert, open_alerts
+from storage.alert_queries import cards_of, lock_alert, open_alerts, times_fired
 from storage.audit import audit
 from storage.db import Database
 from storage.jobs import claim_period
@@ -35,6 +35,8 @@ ACKNOWLEDGE = {"eyes", "👀"}
 SILENCE = {"no_bell", "🔕"}
 SILENCE_BY_REACTION = timedelta(hours=1)
 OPS_ROLE = "ops"
+FLAP_WINDOW = timedelta(hours=1)  # firing this many times within it is flapping,
+FLAP_FIRINGS = 3  # and a flapping alert resolves only once clear for the whole window
 INHIBITOR = "llm-errors"  # the provider failing explains runs failing:
 INHIBITED = {"failure-rate"}  # these are listed in its card instead of posted
 
@@ -114,7 +116,7 @@ class AlertService:
                 continue
             if alert.state == AlertState.PENDING:
                 session.delete(alert)  # it never fired: nobody heard of it
-            elif now - alert.last_true_at >= self.rule(alert.rule).keep_firing_for:
+            elif now - alert.last_true_at >= self._hold(session, alert, now):
                 self._resolve(session, alert, now)
         firing = [a for a in alerts.values() if a.state == AlertState.FIRING]
         explained = self._inhibited(session, firing, fired)
@@ -159,6 +161,19 @@ class AlertService:
         explained = self._inhibited(session, firing, [])
         return [a.summary for a in firing if a.id in explained]
 
+    def _flapping(self, session: Session, alert: Alert, now: datetime) -> bool:
+        """It fired FLAP_FIRINGS times (this time included) within the window before this
+        firing; it stays flapping until it resolves."""
+        if alert.state != AlertState.FIRING or alert.fired_at is None:
+            return False
+        return times_fired(session, alert.key, alert.fired_at - FLAP_WINDOW) >= FLAP_FIRINGS
+
+    def _hold(self, session: Session, alert: Alert, now: datetime) -> timedelta:
+        """How long a firing alert must be clear before it resolves: `keep_firing_for`, or
+        the whole flapping window for an alert that keeps flipping."""
+        hold = self.rule(alert.rule).keep_firing_for
+        return max(hold, FLAP_WINDOW) if self._flapping(session, alert, now) else hold
+
     def _open(self, session: Session, condition: Condition, now: datetime) -> Alert:
         alert = Alert(
             key=condition.key,
@@ -190,7 +205,9 @@ class AlertService:
                 platform=platform,
                 channel=channel,
                 template="alert",
-                context=self.card_context(alert, now, explains),
+                context=self.card_context(
+                    alert, now, explains, flapping=self._flapping(session, alert, now)
+                ),
                 alert_id=alert.id,
                 order_key=key,
             )
@@ -297,11 +314,17 @@ class AlertService:
     # -- messages -------------------------------------------------------------------------
 
     def card_context(
-        self, alert: Alert, now: datetime, explains: list[str] | None = None
+        self,
+        alert: Alert,
+        now: datetime,
+        explains: list[str] | None = None,
+        *,
+        flapping: bool = False,
     ) -> dict[str, Any]:
         silenced = _silenced(alert, now)
         return {
             "explains": explains or [],
+            "flapping": flapping,
             "alert_id": alert.id,
             "rule": alert.rule,
             "labels": dict(alert.labels),
@@ -327,7 +350,12 @@ class AlertService:
         event: str | None = None,
     ) -> None:
         """Edit the alert's cards and say what changed in their threads."""
-        card = self.card_context(alert, now, self._explains_for(session, alert))
+        card = self.card_context(
+            alert,
+            now,
+            self._explains_for(session, alert),
+            flapping=self._flapping(session, alert, now),
+        )
         for message in cards_of(session, alert.id or 0):
             outbox.update(session, message, template="alert", context=card, order_key=message.key)
         self._reply(session, alert, now, key, {"event": event or key, **context})

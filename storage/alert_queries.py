@@ -147,3 +147,15 @@ def alerts_between(session: Session, since: datetime, until: datetime) -> dict[s
             ).one()
         )
     return counts
+
+
+def times_fired(session: Session, key: str, since: datetime) -> int:
+    """How many alerts of `key` fired since `since` (each firing after a resolution is a new
+    alert): how an alert that keeps flipping is told apart."""
+    return int(
+        session.exec(
+            select(func.count())
+            .select_from(Alert)
+            .where(Alert.key == key, col(Alert.fired_at) >= since)
+        ).one()
+    )

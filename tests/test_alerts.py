@@ -350,3 +350,54 @@ async def test_llm_errors_inhibit_the_failure_rate_alerts_they_explain(bot_facto
     cards = bot.messages("alert")
     assert len(cards) == 2 and cards[0].id == card.id
     assert "alert 1 · failure-rate · workflow=blog-post · firing" in bot.transcript
+
+
+async def test_a_flapping_alert_holds_its_resolution(bot_factory: Any) -> None:
+    clock = FakeClock()
+    config = ops_config()
+    config["alerts"]["rules"] = {
+        "stuck-run": {"after": "1m", "for": 0, "keep_firing_for": 0},
+        "missed-job": {"enabled": False},
+    }
+    bot: Bot = bot_factory(config, clock=clock)
+
+    def stuck(yes: bool) -> None:
+        with bot.app.db.transaction() as s:
+            run = s.get(models.Run, 1)
+            if run is None:
+                run = models.Run(
+                    workflow="blog-post",
+                    text="t",
+                    requester="shell:alice",
+                    platform="shell",
+                    channel="shell",
+                )
+            run.status = "running" if yes else "succeeded"
+            run.updated_at = clock() - timedelta(minutes=5)
+            s.add(run)
+
+    async with bot.app.running():
+        for _ in range(2):  # fires and clears twice: resolved each time
+            stuck(True)
+            await evaluate(bot)
+            clock.advance(minutes=1)
+            stuck(False)
+            await evaluate(bot)
+            clock.advance(minutes=1)
+        assert [a.state for a in alerts(bot)] == ["resolved", "resolved"]
+
+        stuck(True)  # the third time within the hour: flapping
+        await evaluate(bot)
+        assert "↯ flapping: it keeps firing and clearing" in bot.transcript
+        clock.advance(minutes=1)
+        stuck(False)
+        await evaluate(bot)
+        assert [a.state for a in alerts(bot)][-1] == "firing", "its resolution is held"
+        clock.advance(minutes=58)  # last seen 59m ago
+        await evaluate(bot)
+        assert [a.state for a in alerts(bot)][-1] == "firing"
+        clock.advance(minutes=1)  # an hour
+        await evaluate(bot)
+    await bot.app.aclose()
+    assert [a.state for a in alerts(bot)] == ["resolved", "resolved", "resolved"]
+    assert len(bot.messages("alert")) == 3

@@ -290,6 +290,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "silenced_until": "2026-12-03 11:00 UTC",
         "silence_reason": "deploying a fix",
         "explains": ["3 of 4 blog-post runs failed in the last 1h (75%)"],
+        "flapping": True,
     },
     "alert_update": {
         "alert_id": 1,
