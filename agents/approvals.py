@@ -121,7 +121,14 @@ class ApprovalService:
     # -- a draft waiting for people --------------------------------------------------------
 
     def await_approval(
-        self, session: Session, run: Run, step: Step, policy: ApprovalPolicy, text: str
+        self,
+        session: Session,
+        run: Run,
+        step: Step,
+        policy: ApprovalPolicy,
+        text: str,
+        *,
+        prompt_version: str | None = None,
     ) -> None:
         """The writer's new version: stored, waiting for people, its card posted."""
         assert run.id is not None and step.id is not None
@@ -135,6 +142,7 @@ class ApprovalService:
                 version=step.version,
                 content=text,
                 feedback=step.feedback,
+                prompt_version=prompt_version,
                 created_at=now,
             )
         )

@@ -8,31 +8,17 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+from agents.durations import Duration
+from agents.monitoring_config import AlertSettings, DigestSettings, Ops
 
-
-def parse_duration(value: Any) -> timedelta:
-    """`90`, `30s`, `15m`, `24h`, `2d` -> timedelta (bare numbers are seconds)."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 15m, 24h, 2d)")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 ID_PATTERN = re.compile(r"^(role:[\w.-]+|(shell|slack|discord):[^\s,]+)$")
 
 
@@ -210,6 +196,9 @@ class CrewConfig(Strict):
     reactions: Reactions = Reactions()
     engine: Engine = Engine()
     max_text_chars: int = Field(default=40_000, gt=0)
+    ops: Ops = Ops()
+    digest: DigestSettings = DigestSettings()
+    alerts: AlertSettings = AlertSettings()
 
     _admins = field_validator("admins")(_check_ids)
 
@@ -233,6 +222,13 @@ class CrewConfig(Strict):
                 for who in (step.approval.approvers if step.approval else []) + wf.launchers:
                     if who.startswith("role:") and who[5:] not in self.roles:
                         raise ValueError(f"{where}: unknown role {who!r} (define it under roles)")
+        for who in self.alerts.on_call:
+            if not ID_PATTERN.match(who):
+                raise ValueError(
+                    f"alerts.on_call: {who!r} is not a user or role (e.g. role:oncall)"
+                )
+            if who.startswith("role:") and who[5:] not in self.roles:
+                raise ValueError(f"alerts.on_call: unknown role {who!r} (define it under roles)")
         return self
 
     def members(self, ids: list[str]) -> set[str]:

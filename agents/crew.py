@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from agents.alerts import AlertService
 from agents.approvals import ApprovalService
 from agents.config import CrewConfig
 from agents.lifecycle import Lifecycle
@@ -18,6 +19,7 @@ class Crew:
     lifecycle: Lifecycle
     approvals: ApprovalService
     provider: str  # the LLM provider's name: "openai" or "offline"
+    alerts: AlertService
 
     def now(self) -> datetime:
         return self.lifecycle.clock()

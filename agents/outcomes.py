@@ -54,6 +54,18 @@ class Retrying:
 
 
 @dataclass(frozen=True)
+class Acknowledged:
+    alert_id: int
+    by: str
+
+
+@dataclass(frozen=True)
+class Silenced:
+    alert_id: int
+    until: str  # e.g. "2026-12-03 10:15 UTC"
+
+
+@dataclass(frozen=True)
 class Refused:
     """The asker may not do this. The dispatcher audits it as `action` and answers once."""
 
@@ -82,4 +94,6 @@ Outcome = (
     | Retrying
     | Refused
     | Ignored
+    | Acknowledged
+    | Silenced
 )

@@ -27,7 +27,7 @@ from agents.heartbeat import heartbeat, interval
 from agents.lifecycle import Lifecycle
 from agents.llm import Completion, LLMError, LLMProvider
 from agents.owners import dead_here, process_owner
-from agents.prompts import build_request
+from agents.prompts import build_request, prompt_version
 from agents.publishing import Publication, Publisher, PublishError, record
 from agents.wakeup import Wakeup, seconds_until
 from storage.db import Database
@@ -287,6 +287,7 @@ class Workers:
                     cost_usd=done.cost_usd if done else 0.0,
                     latency_ms=done.latency_ms if done else 0,
                     error=error,
+                    prompt_version=prompt_version(claimed.request_kwargs["spec"]),
                     created_at=self.clock(),
                 )
             )
@@ -331,7 +332,14 @@ class Workers:
                 return
             run, step = owned
             if spec.approval is not None:
-                self.approvals.await_approval(session, run, step, spec.approval, completion.text)
+                self.approvals.await_approval(
+                    session,
+                    run,
+                    step,
+                    spec.approval,
+                    completion.text,
+                    prompt_version=prompt_version(claimed.request_kwargs["spec"]),
+                )
                 return
             step.output = completion.text
             offline = self.lifecycle.offline

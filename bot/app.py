@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.alerts import AlertService
 from agents.approvals import ApprovalService
 from agents.config import CrewConfig
 from agents.crew import Crew
@@ -26,6 +27,7 @@ from agents.worker import Workers
 from bot.config_file import ConfigError, load_config
 from bot.delivery import OutboxSender
 from bot.platforms.base import Platform
+from bot.scheduler import Scheduler, configured_jobs
 from bot.settings import Settings
 from commands.dispatch import Dispatcher
 from commands.events import Actor, InboundEvent
@@ -48,6 +50,7 @@ class App:
     workers: Workers
     dispatcher: Dispatcher
     sender: OutboxSender
+    scheduler: Scheduler
     platforms: dict[str, Platform] = field(default_factory=dict)
 
     async def handle(self, event: InboundEvent, *, private_replies: bool = False) -> list[Reply]:
@@ -68,10 +71,11 @@ class App:
             ],
         }
 
-    def is_message(self, platform: str, ref: int) -> bool:
+    def message_channel(self, platform: str, ref: int) -> str | None:
+        """The channel of the bot's message `ref` on `platform`; None when there is none."""
         with self.db.read() as session:
             message = session.get(Message, ref)
-            return message is not None and message.platform == platform
+            return message.channel if message is not None and message.platform == platform else None
 
     def add_platform(self, platform: Platform) -> None:
         self.platforms[platform.name] = platform
@@ -91,8 +95,9 @@ class App:
             await asyncio.sleep(0.02)
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """The engine's workers and the outbox sender, for as long as the block lasts."""
+    async def running(self, *, schedule: bool = False) -> AsyncIterator[None]:
+        """The engine's workers and the outbox sender, for as long as the block lasts; with
+        `schedule`, the scheduler too (digests), in whichever process holds its lock."""
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(self.workers.serve(stop), name="crewchief-workers"),
@@ -102,6 +107,10 @@ class App:
                 for i in range(self.config.engine.senders)
             ),
         ]
+        if schedule:
+            tasks.append(
+                asyncio.create_task(self.scheduler.serve(stop), name="crewchief-scheduler")
+            )
         try:
             yield
         finally:
@@ -161,7 +170,8 @@ def build_app(
     lifecycle = Lifecycle(config, clock=clock, offline=llm.name == "offline")
     permissions = Permissions(config, approvers)
     approvals = ApprovalService(db, lifecycle, permissions, config.reactions)
-    crew = Crew(config, permissions, lifecycle, approvals, llm.name)
+    alerts = AlertService(config, permissions, clock)
+    crew = Crew(config, permissions, lifecycle, approvals, llm.name, alerts)
     workers = Workers(db, config, llm, lifecycle, approvals, wakeup=steps_wakeup)
     sender = OutboxSender(
         db,
@@ -171,4 +181,5 @@ def build_app(
         on_lost_card=lifecycle.abandon_run,
         lease=config.engine.lease,
     )
-    return App(settings, config, db, llm, crew, workers, Dispatcher(db, crew), sender)
+    scheduler = Scheduler(db, configured_jobs(db, config, alerts, clock))
+    return App(settings, config, db, llm, crew, workers, Dispatcher(db, crew), sender, scheduler)

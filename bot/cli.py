@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +18,12 @@ from sqlalchemy.exc import ArgumentError, DatabaseError
 
 from agents.cards import run_summary
 from agents.config import CrewConfig
+from agents.durations import parse_duration
 from bot.app import App, build_app
 from bot.config_file import ConfigError, load_config
 from bot.settings import Settings
 from storage.db import Database
+from storage.models import utcnow
 from storage.queries import runs_with_steps
 
 cli = typer.Typer(
@@ -86,7 +89,7 @@ def shell(
             lines = source.read().splitlines()
 
     async def main() -> None:
-        async with app.running():
+        async with app.running(schedule=lines is None):
             session.greet("editor" if approvers == ["shell:editor"] else None)
             if lines is None:
                 await session.interactive()
@@ -169,6 +172,57 @@ def invite_url(
     if not application_id.isdigit():
         raise _fail(f"an application id is digits, got {application_id!r}")
     Console(highlight=False, soft_wrap=True).print(url_for(application_id), markup=False)
+
+
+@cli.command("digest")
+def digest_command(
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the digest here instead of posting it.")
+    ] = False,
+    window: Annotated[
+        str | None,
+        typer.Option(help="The window it covers, e.g. 24h or 7d (default: digest.window)."),
+    ] = None,
+) -> None:
+    """The digest: print it, or post it to the ops channels (ops.channels in crewchief.yml)."""
+    from agents import digest
+    from bot.platforms.shell import ShellPlatform
+    from commands.spec import Reply
+
+    settings = _settings()
+    try:
+        config = load_config(settings.crewchief_config, approvers=settings.approvers)
+        span = parse_duration(window) if window else config.digest.window
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except ValueError as exc:
+        raise _fail(f"--window: {exc}") from None
+    if span < timedelta(minutes=1):
+        raise _fail("--window: the window must be at least 1m (e.g. 24h, 7d)")
+    if not print_only and not config.ops.channels:
+        raise _fail(
+            "no ops channels to post to: set ops.channels in crewchief.yml "
+            "(e.g. slack:C0OPS), or use --print"
+        )
+    db = Database(settings.crewchief_database_url)
+    db.upgrade()
+    now = utcnow()
+    try:
+        with db.transaction() as session:
+            context = digest.build(session, config, now, span)
+            if not print_only:
+                digest.post(session, config, context, f"cli:{now.isoformat(timespec='seconds')}")
+    finally:
+        db.dispose()
+    if print_only:
+        ShellPlatform(Console(highlight=False, soft_wrap=True)).reply(
+            Reply("digest", context, private=False)
+        )
+        return
+    typer.echo(
+        f"digest queued for {', '.join(config.ops.channels)}: "
+        "the running bot (crewchief start) delivers it"
+    )
 
 
 @cli.command()

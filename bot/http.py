@@ -6,11 +6,12 @@ import logging
 import re
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
 from bot.app import App
+from bot.metrics import registry_for, render
 from bot.platforms.slack import SlackPlatform, malformed
-from storage.queries import health_figures
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,21 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
             )
         ok = all(state == "connected" for state in platforms.values())
         return web.json_response(
-            {"ok": ok, "database": "ok", "platforms": platforms}, status=200 if ok else 503
+            {
+                "ok": ok,
+                "database": "ok",
+                "scheduler": app.scheduler.state,
+                "platforms": platforms,
+            },
+            status=200 if ok else 503,
         )
+
+    registry = registry_for(app.db)
 
     @routes.get("/metrics")
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=render_metrics(app), content_type="text/plain")
+        body = await app.db.call(render, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     if slack is not None:
 
@@ -73,24 +83,3 @@ def unverifiable(request: web.Request) -> str | None:
     if not request.headers.get("X-Slack-Signature", "").isascii():
         return "invalid request signature"
     return None
-
-
-def render_metrics(app: App) -> str:
-    """Prometheus text format: gauges read from the database, so every replica agrees."""
-    with app.db.read() as session:
-        figures = health_figures(session)
-    lines = [
-        "# HELP crewchief_runs Runs by status.",
-        "# TYPE crewchief_runs gauge",
-        *(f'crewchief_runs{{status="{st}"}} {n}' for st, n in sorted(figures["runs"].items())),
-        "# HELP crewchief_steps_runnable Steps waiting for a worker.",
-        "# TYPE crewchief_steps_runnable gauge",
-        f"crewchief_steps_runnable {figures['steps_runnable']}",
-        "# HELP crewchief_outbox_pending Messages not yet delivered.",
-        "# TYPE crewchief_outbox_pending gauge",
-        f"crewchief_outbox_pending {figures['outbox_pending']}",
-        "# HELP crewchief_outbox_failed Messages given up on (a platform refused them for good).",
-        "# TYPE crewchief_outbox_failed gauge",
-        f"crewchief_outbox_failed {figures['outbox_failed']}",
-    ]
-    return "\n".join(lines) + "\n"

@@ -45,7 +45,7 @@ async def serve(settings: Settings, *, platforms: set[str], host: str, port: int
     site = web.TCPSite(runner, host, port)
     socket_handler = None
     try:
-        async with app.running():
+        async with app.running(schedule=True):
             await site.start()
             log.warning("crewchief listening on http://%s:%s (/healthz, /metrics)", host, port)
             if slack and slack.settings.socket_mode:

@@ -8,6 +8,7 @@ the cards themselves.
 from __future__ import annotations
 
 from agents.outcomes import (
+    Acknowledged,
     AlreadyVoted,
     Cancelled,
     Counted,
@@ -16,6 +17,7 @@ from agents.outcomes import (
     Outcome,
     Refused,
     Retrying,
+    Silenced,
     Started,
     Withdrawn,
 )
@@ -51,4 +53,8 @@ def reply_for(outcome: Outcome, *, command: bool) -> Reply | None:
             return notice(f"run {run_id}: retrying step {step.name}", run_id, private=False)
         case Withdrawn():
             return None
+        case Acknowledged(alert_id, _):
+            return notice(f"alert {alert_id} acknowledged") if command else None
+        case Silenced(alert_id, until):
+            return notice(f"alert {alert_id} silenced until {until}") if command else None
     raise TypeError(f"no answer for {outcome!r}")  # pragma: no cover - a new Outcome type

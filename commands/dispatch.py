@@ -179,6 +179,10 @@ class Dispatcher:
             if post_in_flight(session, event.actor.platform, event.channel):
                 raise NotYetDelivered(event.message_platform_id)
             return None  # a reaction on someone else's message: not ours to judge
+        if message.kind == models.MessageKind.ALERT:
+            if isinstance(event, ReactionAdded):
+                return self.crew.alerts.reaction_added(session, ctx.who, message, event.emoji)
+            return None  # taking back 👀 or 🔕 undoes nothing
         approvals = self.crew.approvals
         if isinstance(event, ReactionAdded):
             return approvals.reaction_added(session, ctx.who, message, event.emoji, ctx.roles)

@@ -4,17 +4,18 @@ waiting, no LLM calls. It never answers on its own; the dispatcher does, once.""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlmodel import col, func, select
-
+from agents import digest
 from agents.cards import run_summary, steps_of
+from agents.durations import parse_duration
 from agents.outcomes import Ignored, Outcome, Refused, Retrying, Started
 from commands.context import Context
 from commands.refs import run_ref
 from commands.spec import Arg, CommandSpec, Registry, Reply, UsageError, did_you_mean
-from storage.models import ApprovalVote, Message, Run, RunStatus, Step, StepStatus, Vote
-from storage.queries import lock_run, runs_with_steps, spend_since
+from storage.alert_queries import lock_alert, open_alerts
+from storage.models import Alert, Message, Run, RunStatus, Vote
+from storage.queries import lock_run, runs_with_steps
 
 # -- who sees what in help ---------------------------------------------------------------
 
@@ -180,35 +181,67 @@ def cmd_agents(ctx: Context, _: dict[str, str]) -> Reply:
     return Reply("agents", {"agents": agents, "provider": ctx.crew.provider})
 
 
-def cmd_digest(ctx: Context, _: dict[str, str]) -> Reply:
-    """Health figures of the last 24 hours."""
-    session = ctx.session
+def cmd_digest(ctx: Context, args: dict[str, str]) -> Reply:
+    """The digest over the configured window (or the one asked for, e.g. 7d)."""
+    window = ctx.crew.config.digest.window
+    if args.get("window"):
+        try:
+            window = parse_duration(args["window"])
+        except ValueError as exc:
+            raise UsageError(str(exc), usage=REGISTRY.parse("digest")[0].usage) from None
+        if window < timedelta(minutes=1):
+            raise UsageError("the window must be at least 1m (e.g. 24h, 7d)")
+    return Reply("digest", digest.build(ctx.session, ctx.crew.config, ctx.crew.now(), window))
+
+
+def _may_silence(ctx: Context) -> bool:
+    return ctx.crew.alerts.may_silence(ctx.who)
+
+
+def find_alert(ctx: Context, ref: str) -> Alert:
+    """`3` is alert 3; `#12` is the alert whose card (or thread reply) is message 12."""
+    parsed = run_ref(ref)
+    if parsed is None:
+        raise UsageError(
+            f"{ref[:40]!r} is not an alert: give its number, e.g. 3, or its card, e.g. #12"
+        )
+    kind, number = parsed
+    alert_id: int | None = number
+    if kind == "message":
+        message = ctx.session.get(Message, number)
+        alert_id = message.alert_id if message else None
+    alert = lock_alert(ctx.session, alert_id) if alert_id is not None else None
+    if alert is None:
+        raise UsageError(f"there is no alert {ref}; /crew alerts lists them")
+    return alert
+
+
+def cmd_alerts(ctx: Context, _: dict[str, str]) -> Reply:
+    """Firing and pending alerts, with who acknowledged or silenced them."""
     now = ctx.crew.now()
-    since = now - timedelta(hours=24)
-    by_status = dict(
-        session.exec(
-            select(Run.status, func.count())
-            .where(col(Run.created_at) >= since)
-            .group_by(Run.status)
-        ).all()
-    )
-    waiting = session.exec(select(Step).where(Step.status == StepStatus.AWAITING_APPROVAL)).all()
-    oldest: datetime | None = min(
-        (s.awaiting_since for s in waiting if s.awaiting_since), default=None
-    )
-    votes = session.exec(select(func.count()).select_from(ApprovalVote)).one()
-    return Reply(
-        "digest",
-        {
-            "started": sum(by_status.values()),
-            "by_status": by_status,
-            "awaiting": len(waiting),
-            "oldest_wait_s": int((now - oldest).total_seconds()) if oldest else None,
-            "spend_usd": round(spend_since(session, since), 4),
-            "budget_usd": ctx.crew.config.budgets.per_day_usd,
-            "votes": votes,
-        },
-    )
+    service = ctx.crew.alerts
+    items = []
+    for alert in open_alerts(ctx.session):
+        since = alert.fired_at or alert.started_at
+        items.append(
+            {
+                **service.card_context(alert, now),
+                "age_s": int((now - since).total_seconds()),
+            }
+        )
+    return Reply("alerts", {"alerts": items})
+
+
+def cmd_silence(ctx: Context, args: dict[str, str]) -> Outcome:
+    alert = find_alert(ctx, args["alert"])
+    try:
+        duration = parse_duration(args["duration"])
+    except ValueError as exc:
+        raise UsageError(str(exc), usage=REGISTRY.parse("silence 1 1h")[0].usage) from None
+    if duration <= timedelta(0):
+        raise UsageError("silence for a positive duration, e.g. 2h")
+    reason = args.get("reason", "").strip() or None
+    return ctx.crew.alerts.silence(ctx.session, alert, ctx.who, duration, reason)
 
 
 REGISTRY = Registry(
@@ -254,7 +287,20 @@ REGISTRY = Registry(
         ),
         CommandSpec("workflows", "the workflows and who approves them", cmd_workflows),
         CommandSpec("agents", "the agents and their models", cmd_agents),
-        CommandSpec("digest", "health figures of the last 24 hours", cmd_digest),
+        CommandSpec(
+            "digest",
+            "how the crew did: runs, approvals, spend, latency, errors",
+            cmd_digest,
+            (Arg("window", required=False),),
+        ),
+        CommandSpec("alerts", "firing alerts, who acknowledged or silenced them", cmd_alerts),
+        CommandSpec(
+            "silence",
+            "mute an alert's repeats and escalation for a while",
+            cmd_silence,
+            (Arg("alert"), Arg("duration"), Arg("reason", required=False, rest=True)),
+            visible=_may_silence,
+        ),
         CommandSpec("help", "this list", cmd_help, aliases=("?",)),
     ]
 )

@@ -58,6 +58,9 @@ class MessageKind(StrEnum):
     REMINDER = "reminder"
     PUBLISHED = "published"
     FAILURE = "failure"
+    DIGEST = "digest"
+    ALERT = "alert"  # an alert's card in an ops channel, edited as the alert changes
+    ALERT_UPDATE = "alert_update"  # a change of an alert, in its card's thread
 
 
 class Decision(StrEnum):
@@ -148,6 +151,7 @@ class DraftVersion(SQLModel, table=True):
     version: int
     content: str = Field(sa_column=Column(Text, nullable=False))
     feedback: str | None = Field(default=None, sa_column=Column(Text))
+    prompt_version: str | None = None  # agents.prompts.prompt_version of the writer
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -172,6 +176,36 @@ class InboundEvent(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow)
 
 
+class AlertState(StrEnum):
+    PENDING = "pending"  # the condition holds, not yet for `for`
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class Alert(SQLModel, table=True):
+    """One alert: a rule's condition for one set of labels, from pending to resolved."""
+
+    __table_args__ = (Index("ix_alert_key_state", "key", "state"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str  # rule + labels, e.g. "failure-rate{workflow=blog-post}"
+    rule: str
+    labels: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    summary: str = Field(sa_column=Column(Text, nullable=False))
+    state: str = Field(default=AlertState.PENDING, index=True)
+    started_at: datetime  # the condition first held
+    last_true_at: datetime  # the last evaluation it held
+    fired_at: datetime | None = None
+    resolved_at: datetime | None = None
+    notified_at: datetime | None = None  # the last post about it (repeats wait for this)
+    escalated_at: datetime | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    silenced_by: str | None = None
+    silenced_until: datetime | None = None
+    silence_reason: str | None = Field(default=None, sa_column=Column(Text))
+
+
 class Message(SQLModel, table=True):
     """A message the bot posts, by its own idempotency key; `id` is the short ref (#4)."""
 
@@ -185,6 +219,7 @@ class Message(SQLModel, table=True):
     version: int | None = None
     thread_of: int | None = None  # Message.id of the thread's parent (the run card)
     platform_id: str | None = Field(default=None, index=True)  # Slack ts, Discord id, ...
+    alert_id: int | None = Field(default=None, foreign_key="alert.id", index=True)
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -234,6 +269,7 @@ class LLMCall(SQLModel, table=True):
     cost_usd: float = 0.0
     latency_ms: int = 0
     error: str | None = Field(default=None, sa_column=Column(Text))
+    prompt_version: str | None = None  # agents.prompts.prompt_version of the calling agent
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 
@@ -244,3 +280,20 @@ class AuditEntry(SQLModel, table=True):
     action: str  # e.g. "vote.refused", "run.started", "command.refused"
     run_id: int | None = None
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class JobRun(SQLModel, table=True):
+    """One scheduled job's run for one period: inserted first, so a second fire of the same
+    period finds it and does nothing, and a period without a row is a missed run."""
+
+    __table_args__ = (
+        UniqueConstraint("job", "period"),
+        Index("ix_jobrun_job_started", "job", "started_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job: str  # "digest", ...
+    period: str  # the scheduled time it stands for, ISO 8601 in UTC
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))

@@ -23,8 +23,11 @@ def post(
     step_id: int | None = None,
     version: int | None = None,
     thread_of: int | None = None,
+    alert_id: int | None = None,
+    order_key: str | None = None,
 ) -> Message:
-    """A new message, once per key: posting the same key again returns the first one."""
+    """A new message, once per key: posting the same key again returns the first one.
+    Rows sharing `order_key` (default: the run's) are delivered in order."""
     existing = session.exec(select(Message).where(Message.key == key)).first()
     if existing is not None:
         return existing
@@ -37,6 +40,7 @@ def post(
         step_id=step_id,
         version=version,
         thread_of=thread_of,
+        alert_id=alert_id,
     )
     session.add(message)
     session.flush()
@@ -46,7 +50,7 @@ def post(
             kind=OutboxKind.POST,
             platform=platform,
             channel=channel,
-            order_key=_order_key(run_id),
+            order_key=order_key or _order_key(run_id),
             message_id=message.id,
             thread_of=thread_of,
             template=template,
@@ -56,7 +60,14 @@ def post(
     return message
 
 
-def update(session: Session, message: Message, *, template: str, context: dict[str, Any]) -> None:
+def update(
+    session: Session,
+    message: Message,
+    *,
+    template: str,
+    context: dict[str, Any],
+    order_key: str | None = None,
+) -> None:
     """Edit a posted message. Older edits of it still waiting are superseded by this one."""
     pending = session.exec(
         select(Outbox).where(
@@ -75,7 +86,7 @@ def update(session: Session, message: Message, *, template: str, context: dict[s
             kind=OutboxKind.UPDATE,
             platform=message.platform,
             channel=message.channel,
-            order_key=_order_key(message.run_id),
+            order_key=order_key or _order_key(message.run_id),
             message_id=message.id,
             thread_of=message.thread_of,  # where the message lives, for platforms that need it
             template=template,

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -278,3 +279,21 @@ def post_in_flight(session: Session, platform: str, channel: str) -> bool:
         )
     ).first()
     return row is not None
+
+
+def model_usage(session: Session) -> list[tuple[str, int, int, float, int, int]]:
+    """Per model, over all time: (model, input tokens, output tokens, cost, calls, errors)."""
+    rows = session.execute(
+        sa_select(
+            col(LLMCall.model),
+            func.coalesce(func.sum(LLMCall.input_tokens), 0),
+            func.coalesce(func.sum(LLMCall.output_tokens), 0),
+            func.coalesce(func.sum(LLMCall.cost_usd), 0.0),
+            func.count(),
+            func.count(col(LLMCall.error)),
+        ).group_by(col(LLMCall.model))
+    ).all()
+    return [
+        (str(m), int(tin), int(tout), float(cost), int(n), int(err))
+        for m, tin, tout, cost, n, err in rows
+    ]

@@ -108,7 +108,7 @@ async def test_status_workflows_agents_digest(bot: Bot) -> None:
     out = await bot.type("/crew agents")
     assert "writer: writer · gpt-4o-mini" in out and "LLM provider: offline" in out
     out = await bot.type("/crew digest")
-    assert "runs started: 1 · awaiting_approval: 1" in out
+    assert "runs started: 1" in out and "waiting for approval 1" in out
     assert "approvals waiting: 1" in out
 
 

@@ -68,12 +68,7 @@ class DiscordBot:
 
     async def command(self, sub: str, user: str = ALICE_ID, **options: str) -> Interaction:
         interaction = await self.fake.send_interaction(sub, options, user_id=user)
-        await self.fake.wait_until(
-            lambda: (
-                interaction.followups or (interaction.original and interaction.original.deleted)
-            ),
-            what=f"an answer to /crew {sub}",
-        )
+        await self.fake.wait_until(lambda: interaction.followups, what=f"an answer to /crew {sub}")
         return interaction
 
     async def wait(self) -> None:

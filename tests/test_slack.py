@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.config import Reactions
 from bot.app import App, build_app
@@ -216,13 +217,25 @@ async def test_url_verification_and_health(bot: SlackBot) -> None:
         assert resp.status == 200 and "ch4ll3ng3" in await resp.text()
     base = bot.url.removesuffix("/slack/events")
     async with bot.http.get(base + "/healthz") as resp:
-        assert resp.status == 200 and (await resp.json())["ok"] is True
+        assert resp.status == 200
+        assert await resp.json() == {
+            "ok": True,
+            "database": "ok",
+            "scheduler": "off",  # this test bot runs without the scheduler
+            "platforms": {"slack": "connected"},
+        }
     await bot.command("run research-brief heat pumps")
     await bot.wait()
     async with bot.http.get(base + "/metrics") as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
         text = await resp.text()
-    assert 'crewchief_runs{status="succeeded"} 1' in text
-    assert "crewchief_outbox_pending 0" in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("crewchief_runs", (("status", "succeeded"),))] == 1
+    assert samples[("crewchief_outbox_pending", ())] == 0
 
 
 def votes(bot: SlackBot) -> list[str]:
@@ -720,3 +733,53 @@ async def test_replies_in_other_peoples_threads_are_not_feedback(bot: SlackBot) 
     assert replies == [f"<@{WORKSPACE.bot_user_id}> shorter please"]
     assert seen_events == 2  # the command and the one reply: nothing else touched the database
     assert [e for e in bot.slack.ephemerals if e.user == EDITH] == []  # no help in the thread
+
+
+SLACK_OPS = {
+    "ops": {"channels": [f"slack:{CHANNEL}"]},
+    "alerts": {"rules": {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}},
+}
+
+
+@pytest.mark.crew_config(SLACK_OPS)
+async def test_an_alert_in_the_slack_ops_channel_is_acknowledged_and_resolves(
+    bot: SlackBot,
+) -> None:
+    from datetime import timedelta
+
+    from agents.alerts import run_evaluation
+
+    now = models.utcnow()
+    with bot.app.db.transaction() as s:
+        for i in range(3):
+            s.add(
+                models.Run(
+                    workflow="blog-post",
+                    text=f"run {i}",
+                    requester=f"slack:{ALICE}",
+                    platform="slack",
+                    channel=CHANNEL,
+                    status="failed",
+                    finished_at=now - timedelta(minutes=1),
+                )
+            )
+    app = bot.app
+    await app.db.call(run_evaluation, app.db, app.crew.alerts, now, "p1")
+    await bot.wait()
+    [card] = bot.top()
+    assert "alert 1 · failure-rate · workflow=blog-post · firing" in seen(card)
+    assert card.attachments and card.attachments[0]["color"] == "#e01e5a"  # red
+
+    await bot.event(reaction_added(user=MALLORY, reaction="eyes", channel=CHANNEL, ts=card.ts))
+    await bot.wait()
+    card = bot.slack.message(CHANNEL, card.ts)
+    assert f"acknowledged by slack:{MALLORY}" in seen(card)
+    await app.db.call(run_evaluation, app.db, app.crew.alerts, now + timedelta(hours=2), "p2")
+    await bot.wait()
+    card = bot.slack.message(CHANNEL, card.ts)
+    assert "· resolved" in seen(card) and card.attachments[0]["color"] == "#2eb886"  # green
+    replies = [seen(m) for m in bot.slack.thread(CHANNEL, card.ts)]
+    assert len(replies) == 2
+    assert f"acknowledged by slack:{MALLORY}" in replies[0]
+    assert f"resolved after 2h 00m, acknowledged by slack:{MALLORY}" in replies[1]
+    assert len(bot.top()) == 1, "one card per alert, edited in place"

@@ -136,6 +136,27 @@ def run_summary(**overrides: Any) -> dict[str, Any]:
     return {**summary, **overrides}
 
 
+NOW_COUNTS = {
+    "started": 5,
+    "succeeded": 3,
+    "failed": 1,
+    "rejected": 0,
+    "cancelled": 0,
+    "running": 0,
+    "awaiting_approval": 1,
+    "stuck": 0,
+}
+BEFORE_COUNTS = {
+    "started": 2,
+    "succeeded": 2,
+    "failed": 0,
+    "rejected": 0,
+    "cancelled": 0,
+    "running": 0,
+    "awaiting_approval": 0,
+    "stuck": 0,
+}
+
 CONTEXTS: dict[str, dict[str, Any]] = {
     "run_card": card("awaiting_approval"),
     "draft": draft(),
@@ -192,13 +213,108 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "provider": "offline",
     },
     "digest": {
-        "started": 5,
-        "by_status": {"succeeded": 3, "failed": 1, "awaiting_approval": 1},
-        "awaiting": 1,
-        "oldest_wait_s": 3_700,
-        "spend_usd": 0.0123,
-        "budget_usd": 5.0,
-        "votes": 4,
+        "window": "24h",
+        "since": "2026-12-02T09:00+00:00",
+        "until": "2026-12-03T09:00+00:00",
+        "quiet": False,
+        "totals": {"now": NOW_COUNTS, "before": BEFORE_COUNTS},
+        "workflows": [{"name": "blog-post", "now": NOW_COUNTS, "before": BEFORE_COUNTS}],
+        "runs_spark": "▁▃█",
+        "approvals": {
+            "pending": 1,
+            "oldest_wait_s": 3_700,
+            "decided": 4,
+            "approved": 2,
+            "sent_back": 1,
+            "rejected": 1,
+            "approve_rate": 0.5,
+            "revise_rate": 0.25,
+            "reject_rate": 0.25,
+            "median_s": 1_200,
+            "p90_s": 2_400,
+        },
+        "spend": {
+            "usd": 0.0123,
+            "budget_usd": 5.0,
+            "tokens": 1_500,
+            "models": [
+                {
+                    "model": "gpt-4o-mini",
+                    "calls": 3,
+                    "input_tokens": 1_000,
+                    "output_tokens": 400,
+                    "cost_usd": 0.0123,
+                    "priced": True,
+                },
+                {
+                    "model": "llama3",
+                    "calls": 1,
+                    "input_tokens": 80,
+                    "output_tokens": 20,
+                    "cost_usd": 0.0,
+                    "priced": False,
+                },
+            ],
+            "unpriced": ["llama3"],
+            "spark": "▁█▁",
+        },
+        "llm": {"calls": 4, "failed": 1},
+        "latency": [{"agent": "writer", "calls": 3, "p50_ms": 900, "p95_ms": 2_100}],
+        "errors": [{"cause": "HTTP 500 from the model", "count": 1}],
+        "costliest": [{"run_id": 3, "workflow": "blog-post", "cost_usd": 0.0123}],
+        "alerts": {"fired": 2, "acknowledged": 1, "resolved": 1},
+        "prompts": [
+            {
+                "agent": "writer",
+                "version": "1a2b3c4d",
+                "calls": 3,
+                "cost_usd": 0.01,
+                "decided": 2,
+                "approve_rate": 0.5,
+                "revise_rate": 0.5,
+                "median_decision_s": 600,
+            }
+        ],
+        "jobs": [{"job": "digest", "ago_s": 86_400}],
+    },
+    "alert": {
+        "alert_id": 1,
+        "rule": "failure-rate",
+        "labels": {"workflow": "blog-post"},
+        "summary": "3 of 4 blog-post runs failed in the last 1h (75%)",
+        "state": "firing",
+        "fired_at": "2026-12-03 09:00 UTC",
+        "resolved_after_s": None,
+        "acknowledged_by": "slack:U012AB",
+        "silenced_by": "slack:U0ADMIN",
+        "silenced_until": "2026-12-03 11:00 UTC",
+        "silence_reason": "deploying a fix",
+        "explains": ["3 of 4 blog-post runs failed in the last 1h (75%)"],
+        "flapping": True,
+    },
+    "alert_update": {
+        "alert_id": 1,
+        "rule": "failure-rate",
+        "summary": "3 of 4 blog-post runs failed in the last 1h (75%)",
+        "acknowledged_by": None,
+        "event": "escalated",
+        "on_call": ["slack:U012AB"],
+        "firing_s": 1_900,
+    },
+    "alerts": {
+        "alerts": [
+            {
+                "alert_id": 1,
+                "rule": "llm-errors",
+                "labels": {"model": "gpt-4o-mini"},
+                "summary": "5 of 6 calls to gpt-4o-mini failed in the last 15m (83%)",
+                "state": "firing",
+                "age_s": 600,
+                "acknowledged_by": "slack:U012AB",
+                "silenced_by": None,
+                "silenced_until": None,
+            }
+        ]
     },
     "notice": {"text": "run 3 cancelled"},
     "usage_error": {
@@ -250,7 +366,8 @@ def poison(value: Any) -> Any:
     if isinstance(value, dict):
         return {
             k: v
-            if k in {"requester", "who", "approvers", "status", "to", "decision"}
+            if k
+            in {"requester", "who", "approvers", "status", "to", "decision", "on_call", "event"}
             else poison(v)
             for k, v in value.items()
         }
@@ -426,12 +543,17 @@ def test_small_replies(slack: Renderer) -> None:
         "no runs yet · start one with `/crew run blog-post &lt;topic&gt;`"
     )
     digest = slack.render("digest", CONTEXTS["digest"]).splitlines()
-    assert digest == [
-        ":bar_chart: *digest · last 24 hours*",
-        "runs started: 5 · awaiting approval: 1 · failed: 1 · succeeded: 3",
-        "approvals waiting: 1 (oldest 1h 01m)",
-        "spend: $0.0123 of $5.00 daily budget",
+    assert digest[:5] == [
+        ":bar_chart: *digest · last 24h*",
+        "*runs started:* 5 (was 2)  `▁▃█`",
+        "succeeded 3 (was 2) · failed 1 (was 0) · rejected 0 · cancelled 0 · stuck 0"
+        " · in progress 0 · waiting for approval 1",
+        "• *blog-post*: started 5 (was 2) · succeeded 3 (was 2) · failed 1 (was 0) · rejected 0"
+        " · cancelled 0 · stuck 0",
+        "*approvals waiting:* 1 (oldest 1h 01m)",
     ]
+    assert "• llama3: 1 calls · 80 in / 20 out · _price unknown_" in digest
+    assert "*spend:* $0.0123 of $5.00 budget · 1500 tokens  `▁█▁`" in digest
     workflows = slack.render("workflows", CONTEXTS["workflows"])
     assert "approvers: slack:U012AB · _you may not launch it_" in workflows
     assert "<@" not in workflows
@@ -475,7 +597,8 @@ async def test_contexts_of_a_real_walkthrough_render(bot_factory: Any, slack: Re
                 render(row.template, row.context)
 
         actor = Actor("slack", "U012AB")
-        lines = ["help", "status", "status 1", "workflows", "agents", "digest", "run nope x"]
+        lines = ["help", "status", "status 1", "workflows", "agents", "digest", "alerts"]
+        lines += ["run nope x"]
         lines += ["cancel 1", "approve 1"]
         for n, line in enumerate(lines):
             event = SlashCommand(f"slack-test-{n}", actor, "C1", line)
@@ -483,7 +606,8 @@ async def test_contexts_of_a_real_walkthrough_render(bot_factory: Any, slack: Re
                 render(reply.template, reply.context)
     await bot.app.aclose()
 
-    expected = slack_names() - {"failure", "reminder"}  # need a failing LLM / a timeout
+    # a failing LLM, a timeout, an alert rule that trips
+    expected = slack_names() - {"failure", "reminder", "alert", "alert_update"}
     assert expected <= set(rendered)
     everything = "\n".join(text for texts in rendered.values() for text in texts)
     assert "<!channel>" not in everything and "<@U999>" not in everything

@@ -75,8 +75,10 @@ KIND_COLOURS = {
     "reminder": 0xECB22E,
 }
 DECISION_COLOURS = {"approved": 0x2EB886, "rejected": 0xE01E5A, "cancelled": 0x9E9EA6}
-# Messages that ping on purpose: sent as content (embeds never ping) with the ids they name.
-PINGING = frozenset({"reminder"})
+# Messages that ping on purpose: sent as content (embeds never ping), allowed to ping only the
+# ids in this context key: a reminder its approvers, an alert's escalation the on-call people.
+PINGING = {"reminder": "approvers", "alert_update": "on_call"}
+ALERT_COLOURS = {"firing": 0xE01E5A, "pending": 0xECB22E, "resolved": 0x2EB886}
 UNKNOWN_CHANNEL = 10003
 # A reaction on a post whose id is not recorded yet is tried again after these pauses.
 REDELIVER_AFTER = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
@@ -191,6 +193,8 @@ def colour_for(template: str, context: dict[str, Any]) -> int:
         return STATUS_COLOURS.get(str(context.get("status")), DEFAULT_COLOUR)
     if template == "decision":
         return DECISION_COLOURS.get(str(context.get("decision")), DEFAULT_COLOUR)
+    if template == "alert":
+        return ALERT_COLOURS.get(str(context.get("state")), DEFAULT_COLOUR)
     return KIND_COLOURS.get(template, DEFAULT_COLOUR)
 
 
@@ -507,8 +511,10 @@ class DiscordPlatform:
             raise delivery_error(exc) from None
 
     def _message(self, delivery: Delivery, text: str) -> dict[str, Any]:
-        if delivery.template in PINGING:
-            users, roles = mentioned_ids(list(delivery.context.get("approvers") or []))
+        pinged = delivery.context.get(PINGING.get(delivery.template, ""))
+        if pinged:
+            ids = [pinged] if isinstance(pinged, str) else [str(p) for p in pinged]
+            users, roles = mentioned_ids(ids)
             return {
                 "content": text[:2000],
                 "embeds": [],

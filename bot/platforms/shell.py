@@ -106,7 +106,7 @@ class ShellHost(Protocol):
 
     def greeting(self) -> dict[str, Any]: ...
 
-    def is_message(self, platform: str, ref: int) -> bool: ...
+    def message_channel(self, platform: str, ref: int) -> str | None: ...
 
 
 class ShellSession:
@@ -212,12 +212,13 @@ class ShellSession:
         if ref is None or not emoji:
             self.platform.say(f"usage: {verb} <ref> <emoji>   e.g. {verb} #4 ✅")
             return
-        if not self._known(ref):
+        channel = self._channel_of(ref)
+        if channel is None:
             self.platform.say(f"there is no message #{ref}")
             return
         event_type = ReactionAdded if verb == "react" else ReactionRemoved
         self._show(
-            await self.host.handle(event_type(self._event_id(), self.actor, CHANNEL, ref, emoji))
+            await self.host.handle(event_type(self._event_id(), self.actor, channel, ref, emoji))
         )
 
     async def _reply(self, rest: str) -> None:
@@ -226,20 +227,22 @@ class ShellSession:
         if ref is None or not text.strip():
             self.platform.say("usage: reply <ref> <text>   e.g. reply #4 shorter, add a cost table")
             return
-        if not self._known(ref):
+        channel = self._channel_of(ref)
+        if channel is None:
             self.platform.say(f"there is no message #{ref}")
             return
         self._show(
             await self.host.handle(
-                ThreadReply(self._event_id(), self.actor, CHANNEL, ref, text.strip())
+                ThreadReply(self._event_id(), self.actor, channel, ref, text.strip())
             )
         )
         self.platform.say(
             f"[dim]{escape_markup(self.actor.qualified)} replied in the thread of #{ref}[/dim]"
         )
 
-    def _known(self, ref: str) -> bool:
-        return self.host.is_message("shell", int(ref))
+    def _channel_of(self, ref: str) -> str | None:
+        """The shell channel message #ref is in (`shell` for runs, e.g. `ops` for alerts)."""
+        return self.host.message_channel("shell", int(ref))
 
     def _show(self, replies: list[Reply]) -> None:
         for reply in replies:

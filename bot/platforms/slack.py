@@ -73,6 +73,9 @@ STATUS_COLOURS = {
     "cancelled": "#9e9ea6",
     "awaiting_approval": "#ecb22e",
     "running": "#1d9bd1",
+    "firing": "#e01e5a",  # an alert
+    "resolved": "#2eb886",
+    "pending": "#ecb22e",
 }
 # Slack answers most refusals with HTTP 200 and `ok: false`. Only these are worth retrying;
 # any other error (not_in_channel, restricted_action, invalid_blocks, ...) will not change.
@@ -413,8 +416,10 @@ class SlackPlatform:
 
     def _message(self, template: str, context: dict[str, Any], text: str) -> dict[str, Any]:
         blocks = to_blocks(text)
-        if template == "run_card":
-            colour = STATUS_COLOURS.get(str(context.get("status")), "#1d9bd1")
+        if template in ("run_card", "alert"):
+            colour = STATUS_COLOURS.get(
+                str(context.get("status") or context.get("state")), "#1d9bd1"
+            )
             # A coloured bar (green when it succeeds) needs a legacy attachment around the
             # blocks; its `fallback` is the notification text, so no title line repeats above.
             attachment = {"color": colour, "blocks": blocks, "fallback": headline(text)}

@@ -1,0 +1,393 @@
+"""The alert lifecycle, as Prometheus and Alertmanager run it, over rows in the database.
+
+Every `evaluate_every` the rules (agents.alert_rules) say which conditions hold. A condition
+without an open alert opens one, pending; it fires once it has held for the rule's `for`, and
+resolves once it has been clear for `keep_firing_for` (a pending alert that clears is simply
+dropped). A firing alert posts one card in each ops channel, edited in place as it changes,
+with every change as a reply in the card's thread: repeats after `repeat_interval`, the
+escalation to `on_call` after `escalate_after`, acknowledgements (👀, anyone), silences (🔕 or
+`/crew silence`, only admins, on-call people and the `ops` role) and the resolution.
+Acknowledged or silenced alerts neither repeat nor escalate.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session
+
+from agents.alert_rules import EVALUATION_JOB, Condition, conditions
+from agents.approvals import normalize_emoji
+from agents.config import CrewConfig
+from agents.lifecycle import Clock
+from agents.monitoring_config import Rule
+from agents.outcomes import Acknowledged, Ignored, Outcome, Refused, Silenced
+from agents.permissions import Permissions
+from storage import outbox
+from storage.alert_queries import cards_of, lock_alert, open_alerts, times_fired
+from storage.audit import audit
+from storage.db import Database
+from storage.jobs import claim_period
+from storage.models import Alert, AlertState, Message, MessageKind
+
+ACKNOWLEDGE = {"eyes", "👀"}
+SILENCE = {"no_bell", "🔕"}
+SILENCE_BY_REACTION = timedelta(hours=1)
+OPS_ROLE = "ops"
+FLAP_WINDOW = timedelta(hours=1)  # firing this many times within it is flapping,
+FLAP_FIRINGS = 3  # and a flapping alert resolves only once clear for the whole window
+INHIBITOR = "llm-errors"  # the provider failing explains runs failing:
+INHIBITED = {"failure-rate"}  # these are listed in its card instead of posted
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _silenced(alert: Alert, now: datetime) -> bool:
+    until = _aware(alert.silenced_until)
+    return until is not None and until > now
+
+
+def _when(at: datetime | None) -> str | None:
+    at = _aware(at)
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else None
+
+
+def _seconds(since: datetime | None, now: datetime) -> int | None:
+    since = _aware(since)
+    return int((now - since).total_seconds()) if since else None
+
+
+class AlertService:
+    def __init__(self, config: CrewConfig, permissions: Permissions, clock: Clock) -> None:
+        self.config = config
+        self.permissions = permissions
+        self.clock = clock
+        self.acknowledge_emoji = {normalize_emoji(e) for e in ACKNOWLEDGE}
+        self.silence_emoji = {normalize_emoji(e) for e in SILENCE}
+
+    # -- who may do what ----------------------------------------------------------------
+
+    def may_silence(self, who: str) -> bool:
+        config = self.config
+        on_call = config.members(config.alerts.on_call)
+        return (
+            self.permissions.is_admin(who)
+            or who in on_call
+            or who in config.roles.get(OPS_ROLE, [])
+        )
+
+    def rule(self, name: str) -> Rule:
+        rules = self.config.alerts.rules
+        by_name: dict[str, Rule] = {
+            "failure-rate": rules.failure_rate,
+            "stuck-run": rules.stuck_run,
+            "approval-sla": rules.approval_sla,
+            "budget-burn": rules.budget_burn,
+            "llm-errors": rules.llm_errors,
+            "missed-job": rules.missed_job,
+            "undelivered": rules.undelivered,
+        }
+        return by_name[name]
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def evaluate(self, session: Session, now: datetime) -> None:
+        """One evaluation of every rule, and what it changes, in the caller's transaction."""
+        holding = {c.key: c for c in conditions(session, self.config, now)}
+        alerts = {a.key: a for a in open_alerts(session, lock=True)}
+        fired: list[Alert] = []
+        for key, condition in holding.items():
+            alert = alerts.get(key) or self._open(session, condition, now)
+            alerts[key] = alert
+            alert.last_true_at = now
+            alert.summary = condition.summary
+            held = now - alert.started_at
+            if alert.state == AlertState.PENDING and held >= self.rule(alert.rule).for_:
+                alert.state = AlertState.FIRING
+                alert.fired_at = now
+                alert.notified_at = now
+                fired.append(alert)
+            session.add(alert)
+        for key, alert in alerts.items():
+            if key in holding:
+                continue
+            if alert.state == AlertState.PENDING:
+                session.delete(alert)  # it never fired: nobody heard of it
+            elif now - alert.last_true_at >= self._hold(session, alert, now):
+                self._resolve(session, alert, now)
+        firing = [a for a in alerts.values() if a.state == AlertState.FIRING]
+        explained = self._inhibited(session, firing, fired)
+        for alert in firing:
+            if alert.id in explained:
+                continue
+            if alert in fired or (alert.rule in INHIBITED and not cards_of(session, alert.id or 0)):
+                self._fire(session, alert, now)  # new, or no longer explained by the provider
+            elif not self._quiet(alert, now):
+                self._repeat(session, alert, now)
+                self._escalate(session, alert, now)
+        if explained:
+            for alert in firing:
+                if alert.rule == INHIBITOR and alert not in fired:
+                    card = self.card_context(alert, now, self._explains(session, firing))
+                    for message in cards_of(session, alert.id or 0):
+                        outbox.update(
+                            session, message, template="alert", context=card, order_key=message.key
+                        )
+
+    def _inhibited(self, session: Session, firing: list[Alert], fired: list[Alert]) -> set[int]:
+        """Failure-rate alerts the LLM provider's errors explain: those firing without a card
+        of their own while an llm-errors alert fires. They are listed in its card instead."""
+        if not any(a.rule == INHIBITOR for a in firing):
+            return set()
+        return {
+            a.id
+            for a in firing
+            if a.id is not None
+            and a.rule in INHIBITED
+            and (a in fired or not cards_of(session, a.id))
+        }
+
+    def _explains_for(self, session: Session, alert: Alert) -> list[str]:
+        """What a firing llm-errors alert explains (nothing for any other alert)."""
+        if alert.rule != INHIBITOR or alert.state != AlertState.FIRING:
+            return []
+        firing = [a for a in open_alerts(session) if a.state == AlertState.FIRING]
+        return self._explains(session, firing)
+
+    def _explains(self, session: Session, firing: list[Alert]) -> list[str]:
+        explained = self._inhibited(session, firing, [])
+        return [a.summary for a in firing if a.id in explained]
+
+    def _flapping(self, session: Session, alert: Alert, now: datetime) -> bool:
+        """It fired FLAP_FIRINGS times (this time included) within the window before this
+        firing; it stays flapping until it resolves."""
+        if alert.state != AlertState.FIRING or alert.fired_at is None:
+            return False
+        return times_fired(session, alert.key, alert.fired_at - FLAP_WINDOW) >= FLAP_FIRINGS
+
+    def _hold(self, session: Session, alert: Alert, now: datetime) -> timedelta:
+        """How long a firing alert must be clear before it resolves: `keep_firing_for`, or
+        the whole flapping window for an alert that keeps flipping."""
+        hold = self.rule(alert.rule).keep_firing_for
+        return max(hold, FLAP_WINDOW) if self._flapping(session, alert, now) else hold
+
+    def _open(self, session: Session, condition: Condition, now: datetime) -> Alert:
+        alert = Alert(
+            key=condition.key,
+            rule=condition.rule,
+            labels=dict(condition.labels),
+            summary=condition.summary,
+            state=AlertState.PENDING,
+            started_at=now,
+            last_true_at=now,
+        )
+        session.add(alert)
+        session.flush()
+        return alert
+
+    def _quiet(self, alert: Alert, now: datetime) -> bool:
+        """Acknowledged or silenced: no repeats, no escalation."""
+        return alert.acknowledged_by is not None or _silenced(alert, now)
+
+    def _fire(self, session: Session, alert: Alert, now: datetime) -> None:
+        """Post the firing alert's card in each ops channel."""
+        assert alert.id is not None
+        explains = self._explains_for(session, alert)
+        for platform, channel in self.config.ops.targets():
+            key = f"alert:{alert.id}:{platform}:{channel}"
+            outbox.post(
+                session,
+                key=key,
+                kind=MessageKind.ALERT,
+                platform=platform,
+                channel=channel,
+                template="alert",
+                context=self.card_context(
+                    alert, now, explains, flapping=self._flapping(session, alert, now)
+                ),
+                alert_id=alert.id,
+                order_key=key,
+            )
+        audit(session, "crewchief", "alert.fired", None, alert=alert.id, key=alert.key)
+
+    def _resolve(self, session: Session, alert: Alert, now: datetime) -> None:
+        alert.state = AlertState.RESOLVED
+        alert.resolved_at = now
+        session.add(alert)
+        self._changed(session, alert, now, "resolved", {"after_s": _seconds(alert.fired_at, now)})
+
+    def _repeat(self, session: Session, alert: Alert, now: datetime) -> None:
+        last = _aware(alert.notified_at) or now
+        if now - last < self.config.alerts.repeat_interval:
+            return
+        alert.notified_at = now
+        session.add(alert)
+        self._reply(
+            session,
+            alert,
+            now,
+            f"repeat:{now.isoformat(timespec='seconds')}",
+            {"event": "repeat", "firing_s": _seconds(alert.fired_at, now)},
+        )
+
+    def _escalate(self, session: Session, alert: Alert, now: datetime) -> None:
+        on_call = self.config.alerts.on_call
+        fired = _aware(alert.fired_at)
+        if not on_call or alert.escalated_at is not None or fired is None:
+            return
+        if now - fired < self.config.alerts.escalate_after:
+            return
+        alert.escalated_at = now
+        session.add(alert)
+        self._reply(
+            session,
+            alert,
+            now,
+            "escalated",
+            {
+                "event": "escalated",
+                "on_call": sorted(self.config.members(on_call)),
+                "firing_s": _seconds(fired, now),
+            },
+        )
+
+    # -- people ---------------------------------------------------------------------------
+
+    def reaction_added(self, session: Session, who: str, message: Message, emoji: str) -> Outcome:
+        if message.alert_id is None:
+            return Ignored(quiet=True)
+        name = normalize_emoji(emoji)
+        alert = lock_alert(session, message.alert_id)
+        if alert is None:
+            return Ignored(quiet=True)
+        if name in self.acknowledge_emoji:
+            return self.acknowledge(session, alert, who)
+        if name in self.silence_emoji:
+            return self.silence(session, alert, who, SILENCE_BY_REACTION, None)
+        return Ignored(quiet=True)
+
+    def acknowledge(self, session: Session, alert: Alert, who: str) -> Outcome:
+        assert alert.id is not None
+        if alert.state != AlertState.FIRING:
+            return Ignored(f"alert {alert.id} is {alert.state}; there is nothing to acknowledge")
+        if alert.acknowledged_by is not None:
+            return Ignored(f"alert {alert.id} is already acknowledged", quiet=True)
+        now = self.clock()
+        alert.acknowledged_by = who
+        alert.acknowledged_at = now
+        session.add(alert)
+        audit(session, who, "alert.acknowledged", None, alert=alert.id)
+        self._changed(session, alert, now, "acknowledged", {"who": who})
+        return Acknowledged(alert.id, who)
+
+    def silence(
+        self, session: Session, alert: Alert, who: str, duration: timedelta, reason: str | None
+    ) -> Outcome:
+        assert alert.id is not None
+        if not self.may_silence(who):
+            return Refused(
+                "only admins, the on-call people and the ops role may silence alerts",
+                action="alert.silence.refused",
+                detail={"alert": alert.id},
+            )
+        if alert.state == AlertState.RESOLVED:
+            return Ignored(f"alert {alert.id} is resolved; there is nothing to silence")
+        now = self.clock()
+        alert.silenced_by = who
+        alert.silenced_until = now + duration
+        alert.silence_reason = reason
+        session.add(alert)
+        audit(session, who, "alert.silenced", None, alert=alert.id, until=_when(now + duration))
+        self._changed(
+            session,
+            alert,
+            now,
+            f"silenced:{now.isoformat(timespec='seconds')}",
+            {"who": who, "until": _when(now + duration), "reason": reason},
+            event="silenced",
+        )
+        return Silenced(alert.id, _when(now + duration) or "")
+
+    # -- messages -------------------------------------------------------------------------
+
+    def card_context(
+        self,
+        alert: Alert,
+        now: datetime,
+        explains: list[str] | None = None,
+        *,
+        flapping: bool = False,
+    ) -> dict[str, Any]:
+        silenced = _silenced(alert, now)
+        return {
+            "explains": explains or [],
+            "flapping": flapping,
+            "alert_id": alert.id,
+            "rule": alert.rule,
+            "labels": dict(alert.labels),
+            "summary": alert.summary,
+            "state": alert.state,
+            "fired_at": _when(alert.fired_at),
+            "resolved_after_s": _seconds(alert.fired_at, _aware(alert.resolved_at) or now)
+            if alert.resolved_at
+            else None,
+            "acknowledged_by": alert.acknowledged_by,
+            "silenced_by": alert.silenced_by if silenced else None,
+            "silenced_until": _when(alert.silenced_until) if silenced else None,
+            "silence_reason": alert.silence_reason if silenced else None,
+        }
+
+    def _changed(
+        self,
+        session: Session,
+        alert: Alert,
+        now: datetime,
+        key: str,
+        context: dict[str, Any],
+        event: str | None = None,
+    ) -> None:
+        """Edit the alert's cards and say what changed in their threads."""
+        card = self.card_context(
+            alert,
+            now,
+            self._explains_for(session, alert),
+            flapping=self._flapping(session, alert, now),
+        )
+        for message in cards_of(session, alert.id or 0):
+            outbox.update(session, message, template="alert", context=card, order_key=message.key)
+        self._reply(session, alert, now, key, {"event": event or key, **context})
+
+    def _reply(
+        self, session: Session, alert: Alert, now: datetime, key: str, context: dict[str, Any]
+    ) -> None:
+        for message in cards_of(session, alert.id or 0):
+            outbox.post(
+                session,
+                key=f"{message.key}:{key}",
+                kind=MessageKind.ALERT_UPDATE,
+                platform=message.platform,
+                channel=message.channel,
+                template="alert_update",
+                context={
+                    "alert_id": alert.id,
+                    "rule": alert.rule,
+                    "summary": alert.summary,
+                    "acknowledged_by": alert.acknowledged_by,
+                    **context,
+                },
+                thread_of=message.id,
+                alert_id=alert.id,
+                order_key=message.key,
+            )
+
+
+def run_evaluation(db: Database, service: AlertService, now: datetime, period: str) -> bool:
+    """One scheduled evaluation; False when another fire already evaluated `period`."""
+    with db.transaction() as session:
+        if claim_period(session, EVALUATION_JOB, period, now) is None:
+            return False
+        service.evaluate(session, now)
+    return True

@@ -1,0 +1,33 @@
+"""Scheduled jobs' runs: one (job, period) row each, claimed before the job does anything."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from storage.models import JobRun
+
+
+def claim_period(session: Session, job: str, period: str, now: datetime) -> JobRun | None:
+    """The row for `job` in `period`, or None when another fire (here or in another replica)
+    has claimed that period already."""
+    if session.exec(select(JobRun.id).where(JobRun.job == job, JobRun.period == period)).first():
+        return None
+    row = JobRun(job=job, period=period, started_at=now)
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return None
+    return row
+
+
+def last_runs(session: Session) -> dict[str, datetime]:
+    """When each job last ran."""
+    rows = session.exec(
+        select(JobRun.job, func.max(JobRun.started_at)).group_by(col(JobRun.job))
+    ).all()
+    return {job: at for job, at in rows}

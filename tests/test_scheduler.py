@@ -1,0 +1,126 @@
+"""The scheduler: jobs from crewchief.yml at every start, one scheduling replica, one run per
+period however often a job fires."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from apscheduler.triggers.date import DateTrigger
+from sqlmodel import select
+
+from agents import digest
+from agents.cron import cron_trigger, period_of
+from bot.scheduler import Job, Scheduler
+from storage import models
+from storage.db import Database
+from tests.conftest import POSTGRES_URL, Bot, make_config
+
+
+async def until(condition: Any, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_jobs_are_registered_from_crewchief_yml_when_the_bot_starts(bot_factory: Any) -> None:
+    bot: Bot = bot_factory(
+        {
+            "digest": {"schedule": "0 9 * * 1-5", "timezone": "Europe/Berlin"},
+            "alerts": {"evaluate_every": "30s"},
+        }
+    )
+    async with bot.app.running(schedule=True):
+        await until(lambda: bot.app.scheduler.leading)
+        scheduled = bot.app.scheduler.next_run("digest")
+        evaluation = bot.app.scheduler.next_run("alerts")
+        started = datetime.now(UTC)
+    await bot.app.aclose()
+    assert evaluation is not None
+    assert timedelta(0) < evaluation - started <= timedelta(seconds=30)
+    expected = cron_trigger("0 9 * * 1-5", "Europe/Berlin").get_next_fire_time(
+        None, datetime.now(UTC)
+    )
+    assert scheduled == expected
+    assert scheduled is not None and scheduled.strftime("%H:%M %Z") == "09:00 CET"
+    assert scheduled.weekday() < 5
+
+
+async def test_a_job_fired_twice_for_one_period_posts_one_digest(db_url: str) -> None:
+    db = Database(db_url)
+    db.upgrade()
+    config = make_config({"ops": {"channels": ["shell:ops", "slack:C0OPS"]}})
+    done: list[bool] = []
+
+    async def post() -> None:
+        now = datetime.now(UTC)
+        done.append(await db.call(digest.run_scheduled, db, config, now, "2026-12-03T09:00"))
+
+    soon = DateTrigger(datetime.now(UTC) + timedelta(milliseconds=100))
+    scheduler = Scheduler(db, [Job("digest", soon, post), Job("digest-again", soon, post)])
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.serve(stop))
+    await until(lambda: len(done) == 2)
+    stop.set()
+    await task
+    assert sorted(done) == [False, True]
+    with db.read() as s:
+        posts = s.exec(select(models.Message)).all()
+        periods = s.exec(select(models.JobRun)).all()
+    db.dispose()
+    assert sorted((m.platform, m.channel) for m in posts) == [("shell", "ops"), ("slack", "C0OPS")]
+    assert [(p.job, p.period) for p in periods] == [("digest", "2026-12-03T09:00")]
+
+
+def test_a_fire_stands_for_its_minute_in_utc() -> None:
+    berlin = datetime(2026, 12, 3, 10, 0, 0, 400_000, tzinfo=UTC).astimezone()
+    assert period_of(berlin) == "2026-12-03T10:00+00:00"
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="replicas share a PostgreSQL server")
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_one_replica_schedules_and_another_takes_over_when_it_stops(db_url: str) -> None:
+    first_db, second_db = Database(db_url), Database(db_url)
+    first_db.upgrade()
+    never = cron_trigger("0 9 1 1 *")
+
+    async def nothing() -> None:
+        return None
+
+    first = Scheduler(first_db, [Job("digest", never, nothing)], poll=0.05)
+    second = Scheduler(second_db, [Job("digest", never, nothing)], poll=0.05)
+    stop_first, stop_second = asyncio.Event(), asyncio.Event()
+    first_task = asyncio.create_task(first.serve(stop_first))
+    await until(lambda: first.leading)
+    second_task = asyncio.create_task(second.serve(stop_second))
+    await asyncio.sleep(0.3)  # several of its polls
+    assert (first.state, second.state) == ("leading", "standby")
+    stop_first.set()
+    await first_task
+    await until(lambda: second.leading)
+    stop_second.set()
+    await second_task
+    first_db.dispose()
+    second_db.dispose()
+
+
+async def test_on_sqlite_the_one_process_schedules(tmp_path: Any) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'crewchief.db'}")
+    db.upgrade()
+
+    async def nothing() -> None:
+        return None
+
+    scheduler = Scheduler(db, [Job("digest", cron_trigger("0 9 * * *"), nothing)], poll=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.serve(stop))
+    await until(lambda: scheduler.leading)
+    assert scheduler.state == "leading"
+    stop.set()
+    await task
+    assert scheduler.state == "off"
+    db.dispose()
