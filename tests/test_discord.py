@@ -32,6 +32,7 @@ from tests.fakes.discord_api import (
     CONTENT_CHANNEL_ID,
     EDITORS_ROLE_ID,
     GUILD_ID,
+    OPS_CHANNEL_ID,
     FakeDiscord,
     Interaction,
     Message,
@@ -616,3 +617,54 @@ async def test_the_bots_own_reactions_are_ignored(bot: DiscordBot) -> None:
     assert bot.events_seen() == before + 1
     assert bot.run().status == models.RunStatus.AWAITING_APPROVAL
     assert [v.approver for v in bot.rows(models.ApprovalVote)] == []
+
+
+@pytest.mark.crew_config(
+    {
+        "ops": {"channels": [f"discord:{OPS_CHANNEL_ID}"]},
+        "alerts": {"rules": {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}},
+    }
+)
+async def test_an_alert_in_the_discord_ops_channel_is_acknowledged_and_resolves(
+    bot: DiscordBot,
+) -> None:
+    from datetime import timedelta
+
+    from agents.alerts import run_evaluation
+
+    now = models.utcnow()
+    with bot.app.db.transaction() as s:
+        for i in range(3):
+            s.add(
+                models.Run(
+                    workflow="blog-post",
+                    text=f"run {i}",
+                    requester=f"discord:{ALICE_ID}",
+                    platform="discord",
+                    channel=CONTENT_CHANNEL_ID,
+                    status="failed",
+                    finished_at=now - timedelta(minutes=1),
+                )
+            )
+    app = bot.app
+    await app.db.call(run_evaluation, app.db, app.crew.alerts, now, "p1")
+    await bot.wait()
+    [card] = bot.fake.bot_messages(OPS_CHANNEL_ID)
+    assert "alert 1 · failure-rate · workflow=blog-post · firing" in seen(card)
+    assert card.embeds[0]["color"] == 0xE01E5A  # red
+
+    before = bot.events_seen()
+    await bot.fake.add_reaction(CAROL_ID, OPS_CHANNEL_ID, card.id, "👀")
+    await bot.fake.wait_until(lambda: bot.events_seen() > before, what="the 👀")
+    await bot.wait()
+    assert f"acknowledged by discord:{CAROL_ID}" in seen(bot.fake.message(OPS_CHANNEL_ID, card.id))
+    await app.db.call(run_evaluation, app.db, app.crew.alerts, now + timedelta(hours=2), "p2")
+    await bot.wait()
+    card = bot.fake.message(OPS_CHANNEL_ID, card.id)
+    assert "· resolved" in seen(card) and card.embeds[0]["color"] == 0x2EB886  # green
+    assert card.thread_id is not None
+    replies = [seen(m) for m in bot.fake.bot_messages(card.thread_id)]
+    assert len(replies) == 2
+    assert f"acknowledged by discord:{CAROL_ID}" in replies[0]
+    assert "resolved after 2h 00m" in replies[1]
+    assert len(bot.fake.bot_messages(OPS_CHANNEL_ID)) == 1, "one card per alert, edited in place"

@@ -561,8 +561,14 @@ class DiscordPlatform:
         except discord.NotFound as exc:
             if exc.code != UNKNOWN_CHANNEL:
                 raise
-        # The run card is there but its thread is not (the bot stopped in between): open it.
-        name = f"Run {delivery.context.get('run_id') or ''}".strip()
+        # The card is there but its thread is not (not opened yet, or the bot stopped in
+        # between): open it.
+        context = delivery.context
+        name = (
+            f"Alert {context['alert_id']}"
+            if context.get("alert_id") and not context.get("run_id")
+            else f"Run {context.get('run_id') or ''}".strip()
+        )
         opened = await self._start_thread(int(delivery.channel), int(thread), name)
         return await self.client.get_partial_messageable(opened).send(**message)
 
