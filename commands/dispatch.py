@@ -178,6 +178,12 @@ class Dispatcher:
         if message is None:
             if post_in_flight(session, event.actor.platform, event.channel):
                 raise NotYetDelivered(event.message_platform_id)
+            # Each statement sees what was committed before it (PostgreSQL's read committed):
+            # a post recorded between the two reads above is there now.
+            message = self._message(
+                session, event.actor.platform, event.channel, event.message_platform_id
+            )
+        if message is None:
             return None  # a reaction on someone else's message: not ours to judge
         if message.kind == models.MessageKind.ALERT:
             if isinstance(event, ReactionAdded):
