@@ -84,8 +84,13 @@ class DiscordBot:
         return self.fake.bot_messages(card.thread_id)
 
     def platform_id(self, kind: str, index: int = -1) -> str:
+        """Discord's id of the bot's `index`-th message of `kind`, in the order it was made."""
         with self.app.db.read() as s:
-            rows = s.exec(select(models.Message).where(models.Message.kind == kind)).all()
+            rows = s.exec(
+                select(models.Message)
+                .where(models.Message.kind == kind, models.Message.platform == "discord")
+                .order_by(models.Message.id)  # type: ignore[arg-type]
+            ).all()
             value = rows[index].platform_id
             assert value is not None
             return value

@@ -81,7 +81,11 @@ class SlackBot:
         with self.app.db.read() as s:
             from sqlmodel import select
 
-            rows = s.exec(select(models.Message).where(models.Message.kind == kind)).all()
+            rows = s.exec(
+                select(models.Message)
+                .where(models.Message.kind == kind)
+                .order_by(models.Message.id)  # type: ignore[arg-type]
+            ).all()
             ts = rows[index].platform_id
             assert ts is not None
             return ts
