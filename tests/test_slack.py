@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,8 @@ async def slack() -> AsyncIterator[FakeSlack]:
         yield fake
 
 
-@pytest.fixture
-async def bot(
+@asynccontextmanager
+async def serving(
     request: pytest.FixtureRequest, db_url: str, tmp_path: Path, slack: FakeSlack
 ) -> AsyncIterator[SlackBot]:
     """The bot serving HTTP; `@pytest.mark.crew_config({...})` extends its crewchief.yml."""
@@ -144,6 +145,14 @@ async def bot(
     ):
         yield SlackBot(app, slack, f"{base}/slack/events", http)
     await app.aclose()
+
+
+@pytest.fixture
+async def bot(
+    request: pytest.FixtureRequest, db_url: str, tmp_path: Path, slack: FakeSlack
+) -> AsyncIterator[SlackBot]:
+    async with serving(request, db_url, tmp_path, slack) as serving_bot:
+        yield serving_bot
 
 
 async def test_walkthrough_in_slack_http_mode(bot: SlackBot) -> None:

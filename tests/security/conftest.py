@@ -7,14 +7,11 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from bot.http import web_app
 from bot.platforms.slack import SCOPES
-from tests.fakes.local_server import serve_locally
 from tests.fakes.slack_api import FakeSlack, fake_slack
-from tests.test_slack import CHANNEL, SlackBot, build, slack_env
+from tests.test_slack import CHANNEL, SlackBot, serving
 
 
 class LogCapture(logging.Handler):
@@ -61,14 +58,5 @@ async def slack_bot(
     request: pytest.FixtureRequest, db_url: str, tmp_path: Path, slack: FakeSlack
 ) -> AsyncIterator[SlackBot]:
     """The Slack bot in HTTP mode; `@pytest.mark.crew_config({...})` extends its config."""
-    marker = request.node.get_closest_marker("crew_config")
-    app, platform = build(
-        slack_env(db_url, tmp_path, slack.api_url), marker.args[0] if marker else None
-    )
-    async with (
-        serve_locally(web_app(app, platform)) as base,
-        app.running(),
-        aiohttp.ClientSession() as http,
-    ):
-        yield SlackBot(app, slack, f"{base}/slack/events", http)
-    await app.aclose()
+    async with serving(request, db_url, tmp_path, slack) as bot:
+        yield bot
