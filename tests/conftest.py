@@ -80,6 +80,25 @@ def blog_post(approvers: list[str], **approval: Any) -> dict[str, Any]:
     }
 
 
+def seed_failed_runs(
+    db: Any, *, platform: str, channel: str, requester: str, at: datetime, count: int = 3
+) -> None:
+    """`count` blog-post runs that failed just before `at`: enough to trip failure-rate."""
+    with db.transaction() as session:
+        for i in range(count):
+            session.add(
+                models.Run(
+                    workflow="blog-post",
+                    text=f"run {i}",
+                    requester=requester,
+                    platform=platform,
+                    channel=channel,
+                    status="failed",
+                    finished_at=at - timedelta(minutes=1),
+                )
+            )
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

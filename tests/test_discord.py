@@ -22,7 +22,7 @@ from bot.platforms.discord import (
 from bot.settings import Settings
 from commands.handlers import REGISTRY
 from storage import models
-from tests.conftest import blog_post, free_port, make_config
+from tests.conftest import blog_post, free_port, make_config, seed_failed_runs
 from tests.fakes.discord_api import (
     ALICE_ID,
     APPROVE_EMOJI_ID,
@@ -638,19 +638,13 @@ async def test_an_alert_in_the_discord_ops_channel_is_acknowledged_and_resolves(
     from agents.alerts import run_evaluation
 
     now = models.utcnow()
-    with bot.app.db.transaction() as s:
-        for i in range(3):
-            s.add(
-                models.Run(
-                    workflow="blog-post",
-                    text=f"run {i}",
-                    requester=f"discord:{ALICE_ID}",
-                    platform="discord",
-                    channel=CONTENT_CHANNEL_ID,
-                    status="failed",
-                    finished_at=now - timedelta(minutes=1),
-                )
-            )
+    seed_failed_runs(
+        bot.app.db,
+        platform="discord",
+        channel=CONTENT_CHANNEL_ID,
+        requester=f"discord:{ALICE_ID}",
+        at=now,
+    )
     app = bot.app
     await app.db.call(run_evaluation, app.db, app.crew.alerts, now, "p1")
     await bot.wait()

@@ -22,7 +22,7 @@ from bot.http import web_app
 from bot.platforms.slack import SCOPES, SlackPlatform, slack_settings
 from bot.settings import Settings
 from storage import models
-from tests.conftest import free_port, make_config
+from tests.conftest import free_port, make_config, seed_failed_runs
 from tests.fakes.local_server import serve_locally
 from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack, fake_slack
 from tests.fakes.slack_signing import (
@@ -763,19 +763,9 @@ async def test_an_alert_in_the_slack_ops_channel_is_acknowledged_and_resolves(
     from agents.alerts import run_evaluation
 
     now = models.utcnow()
-    with bot.app.db.transaction() as s:
-        for i in range(3):
-            s.add(
-                models.Run(
-                    workflow="blog-post",
-                    text=f"run {i}",
-                    requester=f"slack:{ALICE}",
-                    platform="slack",
-                    channel=CHANNEL,
-                    status="failed",
-                    finished_at=now - timedelta(minutes=1),
-                )
-            )
+    seed_failed_runs(
+        bot.app.db, platform="slack", channel=CHANNEL, requester=f"slack:{ALICE}", at=now
+    )
     app = bot.app
     await app.db.call(run_evaluation, app.db, app.crew.alerts, now, "p1")
     await bot.wait()
