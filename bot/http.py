@@ -21,10 +21,7 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
 
     @routes.get("/healthz")
     async def healthz(_: web.Request) -> web.Response:
-        platforms = {
-            name: str(getattr(platform, "state", "connected"))
-            for name, platform in sorted(app.platforms.items())
-        }
+        platforms = {name: platform.state for name, platform in sorted(app.platforms.items())}
         try:
             await app.db.call(app.pending)
         except Exception:

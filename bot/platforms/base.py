@@ -58,6 +58,11 @@ class Inbound(Protocol):
 class Platform(Protocol):
     name: str
 
+    @property
+    def state(self) -> str:
+        """For /healthz: "connected" when it can receive and deliver; anything else is down."""
+        ...
+
     async def deliver(self, delivery: Delivery) -> str | None:
         """Send it; return the platform's id of a posted message (None for edits/notices)."""
         ...

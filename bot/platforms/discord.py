@@ -82,6 +82,7 @@ ALERT_COLOURS = {"firing": 0xE01E5A, "pending": 0xECB22E, "resolved": 0x2EB886}
 UNKNOWN_CHANNEL = 10003
 # A reaction on a post whose id is not recorded yet is tried again after these pauses.
 REDELIVER_AFTER = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+TOKEN_REFUSED = "DISCORD_TOKEN was refused by Discord (reset it in the Developer Portal)"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{16,}$")
 
 
@@ -149,9 +150,7 @@ async def application_id_of(token: str) -> str:
         info = await client.application_info()
         return str(info.id)
     except discord.LoginFailure:
-        raise ConfigError(
-            "DISCORD_TOKEN was refused by Discord (reset it in the Developer Portal)"
-        ) from None
+        raise ConfigError(TOKEN_REFUSED) from None
     except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
         raise ConfigError(f"cannot reach Discord to look up the application: {exc}") from None
     finally:
@@ -202,8 +201,7 @@ def embeds_for(text: str, colour: int) -> list[discord.Embed]:
     """Embeds of at most 4,096 characters each and 6,000 in all (the caller previews longer
     text)."""
     chunks = split_text(text, EMBED_DESCRIPTION_LIMIT) or ["\u200b"]
-    embeds = [discord.Embed(description=c, colour=colour) for c in chunks[:EMBEDS_PER_MESSAGE]]
-    return embeds
+    return [discord.Embed(description=c, colour=colour) for c in chunks[:EMBEDS_PER_MESSAGE]]
 
 
 def thread_name(context: dict[str, Any]) -> str:
@@ -275,14 +273,7 @@ class DiscordPlatform:
                 _, gateway, _ = await self.client.http.get_bot_gateway()
                 discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
         except discord.LoginFailure:
-            raise ConfigError(
-                "DISCORD_TOKEN was refused by Discord (reset it in the Developer Portal)"
-            ) from None
-        except discord.PrivilegedIntentsRequired:
-            raise ConfigError(
-                "DISCORD_MESSAGE_CONTENT is on, but the Message Content intent is not enabled "
-                "for the bot in the Developer Portal"
-            ) from None
+            raise ConfigError(TOKEN_REFUSED) from None
         self._connection = asyncio.create_task(self._connect(), name="crewchief-discord")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(

@@ -205,6 +205,7 @@ def headline(text: str) -> str:
 
 class SlackPlatform:
     name = "slack"
+    state = "connected"  # /healthz: HTTP mode holds no connection (Socket Mode is not tracked)
 
     def __init__(self, inbound: Inbound, settings: SlackSettings) -> None:
         self.inbound = inbound
