@@ -80,17 +80,9 @@ class AlertService:
         )
 
     def rule(self, name: str) -> Rule:
-        rules = self.config.alerts.rules
-        by_name: dict[str, Rule] = {
-            "failure-rate": rules.failure_rate,
-            "stuck-run": rules.stuck_run,
-            "approval-sla": rules.approval_sla,
-            "budget-burn": rules.budget_burn,
-            "llm-errors": rules.llm_errors,
-            "missed-job": rules.missed_job,
-            "undelivered": rules.undelivered,
-        }
-        return by_name[name]
+        """A rule's settings by its name in crewchief.yml (`failure-rate` is `failure_rate`)."""
+        rule: Rule = getattr(self.config.alerts.rules, name.replace("-", "_"))
+        return rule
 
     # -- evaluation ---------------------------------------------------------------------
 
