@@ -21,7 +21,10 @@ def parse_duration(value: Any) -> timedelta:
     match = _DURATION.match(str(value))
     if not match:
         raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 15m, 24h, 2d)")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    except OverflowError:
+        raise ValueError(f"{value!r} is too long a duration") from None
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]

@@ -35,19 +35,26 @@ def _may_manage_any(ctx: Context) -> bool:
 # -- helpers ------------------------------------------------------------------------------
 
 
+def referenced(ctx: Context, ref: str, field: str, problem: str) -> int | None:
+    """The id `ref` names: `3` is 3 itself; `#12` is message 12's `field` (its run or alert).
+    `problem` is the answer to text that is neither."""
+    parsed = run_ref(ref)
+    if parsed is None:
+        raise UsageError(f"{ref[:40]!r} {problem}")
+    kind, number = parsed
+    if kind != "message":
+        return number
+    message = ctx.session.get(Message, number)
+    value = getattr(message, field) if message else None
+    return int(value) if value is not None else None
+
+
 def find_run(ctx: Context, ref: str, *, lock: bool = True) -> Run:
     """`3` is run 3; `#12` is the run that message #12 belongs to. The run comes back locked
     (unless only read): what the command decides about it is serialized with other decisions."""
-    parsed = run_ref(ref)
-    if parsed is None:
-        raise UsageError(
-            f"{ref[:40]!r} is not a run: give its number, e.g. 3, or a message ref, e.g. #12"
-        )
-    kind, number = parsed
-    run_id: int | None = number
-    if kind == "message":
-        message = ctx.session.get(Message, number)
-        run_id = message.run_id if message else None
+    run_id = referenced(
+        ctx, ref, "run_id", "is not a run: give its number, e.g. 3, or a message ref, e.g. #12"
+    )
     if run_id is None:
         run = None
     else:
@@ -58,6 +65,8 @@ def find_run(ctx: Context, ref: str, *, lock: bool = True) -> Run:
 
 
 # -- handlers -----------------------------------------------------------------------------
+
+MAX_WINDOW = timedelta(days=366)  # a digest window or a silence: a year, not an overflow
 
 
 def cmd_help(ctx: Context, _: dict[str, str]) -> Reply:
@@ -189,8 +198,8 @@ def cmd_digest(ctx: Context, args: dict[str, str]) -> Reply:
             window = parse_duration(args["window"])
         except ValueError as exc:
             raise UsageError(str(exc), usage=REGISTRY.parse("digest")[0].usage) from None
-        if window < timedelta(minutes=1):
-            raise UsageError("the window must be at least 1m (e.g. 24h, 7d)")
+        if not timedelta(minutes=1) <= window <= MAX_WINDOW:
+            raise UsageError("the window must be between 1m and 366d (e.g. 24h, 7d)")
     return Reply("digest", digest.build(ctx.session, ctx.crew.config, ctx.crew.now(), window))
 
 
@@ -200,16 +209,9 @@ def _may_silence(ctx: Context) -> bool:
 
 def find_alert(ctx: Context, ref: str) -> Alert:
     """`3` is alert 3; `#12` is the alert whose card (or thread reply) is message 12."""
-    parsed = run_ref(ref)
-    if parsed is None:
-        raise UsageError(
-            f"{ref[:40]!r} is not an alert: give its number, e.g. 3, or its card, e.g. #12"
-        )
-    kind, number = parsed
-    alert_id: int | None = number
-    if kind == "message":
-        message = ctx.session.get(Message, number)
-        alert_id = message.alert_id if message else None
+    alert_id = referenced(
+        ctx, ref, "alert_id", "is not an alert: give its number, e.g. 3, or its card, e.g. #12"
+    )
     alert = lock_alert(ctx.session, alert_id) if alert_id is not None else None
     if alert is None:
         raise UsageError(f"there is no alert {ref}; /crew alerts lists them")
@@ -238,8 +240,8 @@ def cmd_silence(ctx: Context, args: dict[str, str]) -> Outcome:
         duration = parse_duration(args["duration"])
     except ValueError as exc:
         raise UsageError(str(exc), usage=REGISTRY.parse("silence 1 1h")[0].usage) from None
-    if duration <= timedelta(0):
-        raise UsageError("silence for a positive duration, e.g. 2h")
+    if not timedelta(0) < duration <= MAX_WINDOW:
+        raise UsageError("silence for a positive duration of at most 366d, e.g. 2h")
     reason = args.get("reason", "").strip() or None
     return ctx.crew.alerts.silence(ctx.session, alert, ctx.who, duration, reason)
 

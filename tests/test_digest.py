@@ -276,6 +276,9 @@ async def test_crew_digest_says_quiet_in_one_line_takes_a_window_and_refuses_a_b
     assert "digest · last 7d" in out and "research-brief: started 1" in out
     out = await bot.type("/crew digest soon")
     assert "'soon' is not a duration" in out and "usage: /crew digest [window]" in out
+    for huge in ("400000d", "99999999999d"):  # once an OverflowError: now an answer
+        out = await bot.type(f"/crew digest {huge}")
+        assert "between 1m and 366d" in out or "too long a duration" in out
 
 
 def test_the_digest_compares_prompt_versions_by_decisions_time_and_cost(db_url: str) -> None:
