@@ -187,7 +187,12 @@ class AlertService:
     def _fire(self, session: Session, alert: Alert, now: datetime) -> None:
         """Post the firing alert's card in each ops channel."""
         assert alert.id is not None
-        explains = self._explains_for(session, alert)
+        card = self.card_context(
+            alert,
+            now,
+            self._explains_for(session, alert),
+            flapping=self._flapping(session, alert, now),
+        )
         for platform, channel in self.config.ops.targets():
             key = f"alert:{alert.id}:{platform}:{channel}"
             outbox.post(
@@ -197,9 +202,7 @@ class AlertService:
                 platform=platform,
                 channel=channel,
                 template="alert",
-                context=self.card_context(
-                    alert, now, explains, flapping=self._flapping(session, alert, now)
-                ),
+                context=card,
                 alert_id=alert.id,
                 order_key=key,
             )
@@ -348,14 +351,22 @@ class AlertService:
             self._explains_for(session, alert),
             flapping=self._flapping(session, alert, now),
         )
-        for message in cards_of(session, alert.id or 0):
+        cards = cards_of(session, alert.id or 0)
+        for message in cards:
             outbox.update(session, message, template="alert", context=card, order_key=message.key)
-        self._reply(session, alert, now, key, {"event": event or key, **context})
+        self._reply(session, alert, now, key, {"event": event or key, **context}, cards)
 
     def _reply(
-        self, session: Session, alert: Alert, now: datetime, key: str, context: dict[str, Any]
+        self,
+        session: Session,
+        alert: Alert,
+        now: datetime,
+        key: str,
+        context: dict[str, Any],
+        cards: list[Message] | None = None,
     ) -> None:
-        for message in cards_of(session, alert.id or 0):
+        """A reply in the thread of each of the alert's cards (`cards` when already read)."""
+        for message in cards if cards is not None else cards_of(session, alert.id or 0):
             outbox.post(
                 session,
                 key=f"{message.key}:{key}",
