@@ -322,8 +322,8 @@ async def test_a_call_slower_than_the_lease_keeps_its_step(
 ) -> None:
     """A live worker renews its lease: another process on the same database, idle and
     eager, never takes a step whose LLM call outlasts several leases."""
-    openai_server.script(("delay", 3.5))
-    config = {"engine": {"lease": "1s"}}
+    openai_server.script(("delay", 7.0))  # more than two leases
+    config = {"engine": {"lease": "3s"}}  # renewed every second: a loaded machine keeps up
     first: Bot = bot_factory(config, llm=provider(openai_server, timeout=30))
     second: Bot = bot_factory(config, llm=provider(openai_server, timeout=30))
     async with first.app.running(), second.app.running():

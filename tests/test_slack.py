@@ -323,11 +323,12 @@ async def test_rate_limited_posts_are_delivered_once_and_in_order(bot: SlackBot)
     assert bot.run().status == models.RunStatus.SUCCEEDED
 
 
-@pytest.mark.crew_config({"engine": {"lease": "1s"}})
+@pytest.mark.crew_config({"engine": {"lease": "3s"}})
 async def test_a_delivery_slower_than_its_lease_is_not_sent_twice(bot: SlackBot) -> None:
-    """slack_sdk sleeps out a 3 s Retry-After inside one delivery: the sender's heartbeat keeps
-    the row's 1 s lease, so none of the other senders takes the row and posts it again."""
-    bot.slack.script_rate_limit("chat.postMessage", retry_after=3, times=1)
+    """slack_sdk sleeps out a 5 s Retry-After inside one delivery: the sender's heartbeat keeps
+    the row's 3 s lease, so none of the other senders takes the row and posts it again. (A
+    1 s lease renewed every 0.33 s lapsed when a loaded machine held the database thread.)"""
+    bot.slack.script_rate_limit("chat.postMessage", retry_after=5, times=1)
     await bot.command("run research-brief heat pumps")
     await bot.wait()
     with bot.app.db.read() as s:
@@ -336,7 +337,7 @@ async def test_a_delivery_slower_than_its_lease_is_not_sent_twice(bot: SlackBot)
         rows = s.exec(select(models.Outbox)).all()
     # every row was claimed once: the card's slow delivery was never taken by another sender
     assert [r.attempts for r in rows if r.status == models.OutboxStatus.SENT] == [1, 1, 1]
-    await asyncio.sleep(4)  # past the Retry-After: a second delivery would have landed by now
+    await asyncio.sleep(6)  # past the Retry-After: a second delivery would have landed by now
     posts = [c for c in bot.slack.calls_to("chat.postMessage") if c.ok]
     assert len(posts) == 2  # the run card and the notes, each once
     assert len(bot.top()) == 1 and len(bot.thread()) == 1
