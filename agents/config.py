@@ -173,7 +173,7 @@ class Reactions(Strict):
 class Engine(Strict):
     workers: int = Field(default=4, ge=1, le=256)
     llm_concurrency: int = Field(default=4, ge=1, le=256)
-    senders: int = Field(default=4, ge=1, le=64)  # concurrent outbox deliveries
+    senders: int = Field(default=16, ge=1, le=256)  # concurrent outbox deliveries
     # A worker renews its lease by heartbeat while it works, so the lease only bounds how long
     # a dead worker's step (or delivery) waits before another process takes it up.
     lease: Duration = timedelta(seconds=30)

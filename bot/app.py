@@ -102,10 +102,7 @@ class App:
         tasks = [
             asyncio.create_task(self.workers.serve(stop), name="crewchief-workers"),
             asyncio.create_task(self.crew.approvals.serve(stop), name="crewchief-deadlines"),
-            *(
-                asyncio.create_task(self.sender.serve(stop), name=f"crewchief-outbox-{i}")
-                for i in range(self.config.engine.senders)
-            ),
+            asyncio.create_task(self.sender.serve(stop), name="crewchief-outbox"),
         ]
         if schedule:
             tasks.append(
@@ -180,6 +177,7 @@ def build_app(
         clock=clock,
         on_lost_card=lifecycle.abandon_run,
         lease=config.engine.lease,
+        concurrency=config.engine.senders,
     )
     scheduler = Scheduler(db, configured_jobs(db, config, alerts, clock))
     return App(settings, config, db, llm, crew, workers, Dispatcher(db, crew), sender, scheduler)

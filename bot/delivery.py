@@ -20,11 +20,19 @@ from agents.wakeup import Wakeup, seconds_until
 from bot.platforms.base import Delivery, DeliveryError, Platform
 from storage.db import Database
 from storage.models import Message, Outbox, OutboxKind, OutboxStatus, utcnow
-from storage.queries import claim_outbox, next_delivery_due, renew_lease
+from storage.queries import (
+    Leased,
+    claim_outbox,
+    give_up,
+    mark_sent,
+    next_delivery_due,
+    platform_ids,
+    renew_lease,
+)
 
 log = logging.getLogger(__name__)
 
-SKIPPED = "skipped"  # a claimed row that could never be delivered, now marked failed
+Claimed = tuple[int, Delivery, str]  # (outbox row id, what to deliver, platform name)
 LostCard = Callable[[Session, int, str], None]  # (session, run id, why) when a run card fails
 GIVE_UP_AFTER = timedelta(hours=24)  # a platform down longer than this is an incident
 MAX_BACKOFF = 300.0
@@ -35,6 +43,10 @@ def backoff(attempts: int) -> timedelta:
 
 
 class OutboxSender:
+    """One loop that claims deliverable rows in batches, as many as it has free delivery
+    slots (`concurrency`), and delivers them concurrently: rows of one thread never share a
+    batch, so each thread still goes out strictly in order."""
+
     def __init__(
         self,
         db: Database,
@@ -44,6 +56,7 @@ class OutboxSender:
         clock: Clock = utcnow,
         on_lost_card: LostCard | None = None,
         lease: timedelta = timedelta(seconds=30),
+        concurrency: int = 16,
     ) -> None:
         self.db = db
         self.platforms = dict(platforms)
@@ -51,32 +64,46 @@ class OutboxSender:
         self.clock = clock
         self.on_lost_card = on_lost_card
         self.lease = lease
+        self.concurrency = concurrency
         self.owner = process_owner("sender")
 
     async def serve(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                sent = await self.send_once()
-            except Exception:
-                log.exception("outbox: a delivery could not be processed; retrying shortly")
-                sent = False
-            if not sent:
-                due = await self.db.call(self._next_due)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            self.wakeup.wake()  # a slot is free
+
+        try:
+            while not stop.is_set():
+                free = self.concurrency - len(in_flight)
+                claimed: list[Claimed] = []
+                if free > 0:
+                    try:
+                        claimed = await self.db.call(self._claim, free)
+                    except Exception:
+                        log.exception("outbox: deliveries could not be claimed; retrying shortly")
+                for row_id, delivery, platform_name in claimed:
+                    task = asyncio.create_task(
+                        self._deliver(row_id, delivery, platform_name),
+                        name=f"crewchief-outbox-{row_id}",
+                    )
+                    in_flight.add(task)
+                    task.add_done_callback(finished)
+                if free > 0 and len(claimed) == free:
+                    continue  # there may be more
+                # Woken by a commit that queues a message, a delivery's end, or when due.
+                due = None if in_flight else await self.db.call(self._next_due)
                 await self.wakeup.wait(seconds_until(due, self.clock()), stop)
+        finally:
+            # a graceful stop lets the deliveries under way finish and be recorded
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
     def _next_due(self) -> datetime | None:
         with self.db.read() as session:
             return next_delivery_due(session, list(self.platforms))
 
-    async def send_once(self) -> bool:
-        """Deliver one row. False when nothing is deliverable right now."""
-        claimed = await self.db.call(self._claim)
-        if claimed is None:
-            return False
-        if claimed == SKIPPED:
-            return True
-        assert not isinstance(claimed, str)
-        row_id, delivery, platform_name = claimed
+    async def _deliver(self, row_id: int, delivery: Delivery, platform_name: str) -> None:
         platform = self.platforms[platform_name]
         try:
             # a 429's Retry-After can keep a delivery busy for longer than one lease
@@ -87,75 +114,52 @@ class OutboxSender:
             ):
                 platform_id = await platform.deliver(delivery)
         except DeliveryError as exc:
-            await self.db.call(self._failed, row_id, exc)
+            await self._record(self._failed, row_id, exc)
         except Exception as exc:  # an adapter bug must not lose the message
             log.exception("outbox row %s: %s delivery raised", row_id, platform_name)
-            error = DeliveryError(f"{type(exc).__name__}: {exc}")
-            await self.db.call(self._failed, row_id, error)
+            await self._record(self._failed, row_id, DeliveryError(f"{type(exc).__name__}: {exc}"))
         else:
-            await self.db.call(self._sent, row_id, platform_id)
-        return True
+            await self._record(self._sent, row_id, platform_id)
+
+    async def _record(self, outcome: Callable[..., None], row_id: int, result: object) -> None:
+        try:
+            await self.db.call(outcome, row_id, result)
+        except Exception:  # the lease runs out and the row is delivered again (same key)
+            log.exception("outbox row %s: the delivery's outcome could not be recorded", row_id)
 
     def _renew(self, row_id: int) -> bool:
         with self.db.transaction() as session:
             until = self.clock() + self.lease
             return renew_lease(session, Outbox, row_id, self.owner, until)
 
-    def _claim(self) -> tuple[int, Delivery, str] | str | None:
+    def _claim(self, limit: int) -> list[Claimed]:
         with self.db.transaction() as session:
-            row = claim_outbox(
+            rows = claim_outbox(
                 session,
                 owner=self.owner,
                 now=self.clock(),
                 lease=self.lease,
                 skip_locked=self.db.is_postgres,
                 platforms=list(self.platforms),
+                limit=limit,
             )
-            if row is None:
-                return None
-            message = session.get(Message, row.message_id) if row.message_id else None
-            parent = session.get(Message, row.thread_of) if row.thread_of else None
-            assert row.id is not None
-            delivery = Delivery(
-                kind=OutboxKind(row.kind),
-                channel=row.channel,
-                template=row.template,
-                context=dict(row.context),
-                ref=message.id if message else None,
-                thread_platform_id=parent.platform_id if parent else None,
-                platform_id=message.platform_id if message else None,
-                recipient=row.recipient,
-                key=row.key,
-                attempt=row.attempts,
+            posted = platform_ids(
+                session, {i for row in rows for i in (row.message_id, row.thread_of) if i}
             )
-            orphan = None
-            if row.kind == OutboxKind.UPDATE and not delivery.platform_id:
-                orphan = "the message to edit was never posted"
-            elif row.kind == OutboxKind.POST and parent is not None and not parent.platform_id:
-                orphan = "its thread was never posted"
-            if orphan is not None:
-                # What it depends on failed for good (rows go out in order, so it was tried).
-                row.status = OutboxStatus.FAILED
-                row.error = orphan
-                row.lease_owner = None
-                session.add(row)
-                return SKIPPED
-            return row.id, delivery, row.platform
+            claimed: list[Claimed] = []
+            for row in rows:
+                delivery = _delivery(row, posted)
+                orphan = _orphaned(row, delivery)
+                if orphan is not None:
+                    # What it depends on failed for good (rows go out in order, so it was tried).
+                    give_up(session, row.id, orphan)
+                    continue
+                claimed.append((row.id, delivery, row.platform))
+            return claimed
 
     def _sent(self, row_id: int, platform_id: str | None) -> None:
         with self.db.transaction() as session:
-            row = session.get(Outbox, row_id)
-            assert row is not None
-            row.status = OutboxStatus.SENT
-            row.sent_at = self.clock()
-            row.lease_owner = None
-            row.error = None
-            session.add(row)
-            if row.kind == OutboxKind.POST and row.message_id and platform_id:
-                message = session.get(Message, row.message_id)
-                assert message is not None
-                message.platform_id = platform_id
-                session.add(message)
+            mark_sent(session, row_id, platform_id, self.clock())
 
     def _failed(self, row_id: int, exc: DeliveryError) -> None:
         with self.db.transaction() as session:
@@ -180,3 +184,27 @@ class OutboxSender:
                 row.available_at = self.clock() + wait
                 log.warning("outbox row %s: %s; next try in %s", row_id, exc, wait)
             session.add(row)
+
+
+def _delivery(row: Leased, posted: Mapping[int, str | None]) -> Delivery:
+    return Delivery(
+        kind=row.kind,
+        channel=row.channel,
+        template=row.template,
+        context=dict(row.context),
+        ref=row.message_id,
+        thread_platform_id=posted.get(row.thread_of) if row.thread_of else None,
+        platform_id=posted.get(row.message_id) if row.message_id else None,
+        recipient=row.recipient,
+        key=row.key,
+        attempt=row.attempts,
+    )
+
+
+def _orphaned(row: Leased, delivery: Delivery) -> str | None:
+    """Why the row can never be delivered, if what it depends on was never posted."""
+    if row.kind == OutboxKind.UPDATE and not delivery.platform_id:
+        return "the message to edit was never posted"
+    if row.kind == OutboxKind.POST and row.thread_of and not delivery.thread_platform_id:
+        return "its thread was never posted"
+    return None

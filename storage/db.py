@@ -6,18 +6,19 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session, create_engine
 
 from storage.threads import DatabaseThreads, Priority
-from storage.unit_of_work import Hooks, Topic, UnitOfWork
+from storage.unit_of_work import Hooks, Topic, UnitOfWork, fire
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-SCHEMA_HEAD = "0005"  # the newest revision in migrations/versions (a test keeps them equal)
+SCHEMA_HEAD = "0006"  # the newest revision in migrations/versions (a test keeps them equal)
 
 
 class Database:
@@ -42,7 +43,14 @@ class Database:
         self.engine = self._create_engine()
         self.reader = self.engine.execution_options(crewchief_read=True)
         self.hooks: Hooks = {topic: [] for topic in Topic}
-        self.threads = DatabaseThreads(1 if self.is_sqlite else 8)
+        # SQLite has one writer at a time: its thread commits the work that is ready together.
+        # PostgreSQL's transactions stay one per job: grouped, two groups locking runs in
+        # different orders could deadlock.
+        self._group = threading.local()
+        if self.is_sqlite:
+            self.threads = DatabaseThreads(1, group=self._grouped)
+        else:
+            self.threads = DatabaseThreads(8)
 
     async def call(
         self,
@@ -72,9 +80,15 @@ class Database:
         # `?timeout=5` in the URL: how long a writer waits for another process's lock
         wait = self.url.query.get("timeout", "30")
         timeout = float(wait if isinstance(wait, str) else wait[-1])
-        engine = create_engine(
-            self.url, connect_args={"timeout": timeout, "check_same_thread": False}
-        )
+        # `?synchronous=normal`: faster commits, but a power cut may lose the last ones. FULL
+        # (the default) syncs every commit, so an acknowledged command survives a power cut;
+        # group commit makes that one sync for all the work committed together.
+        sync = self.url.query.get("synchronous", "full")
+        synchronous = (sync if isinstance(sync, str) else sync[-1]).upper()
+        if synchronous not in {"FULL", "NORMAL", "EXTRA", "OFF"}:
+            raise ArgumentError(f"synchronous={sync} is not full, normal, extra or off")
+        url = self.url.difference_update_query(["synchronous"])
+        engine = create_engine(url, connect_args={"timeout": timeout, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -83,7 +97,7 @@ class Database:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             cur.close()
@@ -97,19 +111,58 @@ class Database:
         return engine
 
     @contextmanager
+    def _grouped(self) -> Iterator[None]:
+        """One outer transaction for the jobs a database thread runs together: their own
+        transactions are savepoints of it, and their wake-ups fire once it has committed."""
+        armed: set[Topic] = set()
+        with self.engine.connect() as conn, conn.begin():
+            self._group.conn, self._group.armed = conn, armed
+            try:
+                yield
+            finally:
+                self._group.conn = None
+        fire(self.hooks, armed)
+
+    def _joined(self) -> Connection | None:
+        return getattr(self._group, "conn", None)
+
+    @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A unit of work: it commits on success, rolls back on any exception, and after the
-        commit wakes whoever its writes concern (storage.unit_of_work)."""
+        commit wakes whoever its writes concern (storage.unit_of_work). Inside a group commit
+        it is a savepoint of the group's transaction."""
+        conn = self._joined()
+        if conn is None:
+            with (
+                UnitOfWork(self.engine, expire_on_commit=False, hooks=self.hooks) as session,
+                session.begin(),
+            ):
+                yield session
+            return
         with (
-            UnitOfWork(self.engine, expire_on_commit=False, hooks=self.hooks) as session,
+            UnitOfWork(
+                bind=conn,
+                join_transaction_mode="create_savepoint",
+                expire_on_commit=False,
+                hooks=self.hooks,
+                deferred=self._group.armed,
+            ) as session,
             session.begin(),
         ):
             yield session
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for reading only (on SQLite it takes no write lock)."""
-        with Session(self.reader, expire_on_commit=False) as session:
+        """A session for reading only (on SQLite it takes no write lock). Inside a group
+        commit it reads the group's own writes."""
+        conn = self._joined()
+        if conn is None:
+            with Session(self.reader, expire_on_commit=False) as session:
+                yield session
+            return
+        with Session(
+            bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
+        ) as session:
             yield session
 
     def schema_is_current(self) -> bool:

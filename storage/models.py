@@ -10,12 +10,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _where(condition: str) -> dict[str, Any]:
+    """A partial index's condition, for both databases."""
+    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
 
 
 class RunStatus(StrEnum):
@@ -117,7 +122,10 @@ class Run(SQLModel, table=True):
 class Step(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("run_id", "position"),
-        Index("ix_step_claim", "status", "available_at"),
+        # The claim's two halves: runnable steps, and leases that may have run out. Partial,
+        # so they hold only the few rows in play however long the history grows.
+        Index("ix_step_pending", "available_at", "id", **_where("status = 'pending'")),
+        Index("ix_step_leased", "lease_until", **_where("status = 'running'")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -224,14 +232,18 @@ class Message(SQLModel, table=True):
 
 
 class Outbox(SQLModel, table=True):
-    __table_args__ = (Index("ix_outbox_claim", "status", "available_at"),)
+    __table_args__ = (
+        # What is left to deliver, in order, and each thread's earlier rows still pending.
+        Index("ix_outbox_pending", "id", **_where("status = 'pending'")),
+        Index("ix_outbox_pending_order", "order_key", "id", **_where("status = 'pending'")),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(unique=True)  # idempotency key, e.g. "post:run:3:draft:v2"
     kind: str
     platform: str
     channel: str
-    order_key: str = Field(index=True)  # rows sharing it are delivered strictly in id order
+    order_key: str  # rows sharing it are delivered strictly in id order
     message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
     thread_of: int | None = None  # Message.id of the thread it shows in (a run's card)
     recipient: str | None = None  # NOTICE: platform-qualified user id

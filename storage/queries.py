@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy import ColumnElement, Table, and_, func, literal_column, or_, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.orm import aliased
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from storage.models import (
     WORKING_STEPS,
     LLMCall,
+    Message,
     Outbox,
     OutboxKind,
     OutboxStatus,
@@ -24,10 +26,40 @@ from storage.models import (
 from storage.unit_of_work import Topic, arm
 
 
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """An outbox row claimed for delivery (`attempts` counts this one)."""
+
+    id: int
+    key: str
+    kind: OutboxKind
+    platform: str
+    channel: str
+    message_id: int | None
+    thread_of: int | None
+    recipient: str | None
+    template: str
+    context: dict[str, Any]
+    attempts: int
+
+
+def _table(model: type[SQLModel]) -> Table:
+    """The model's table, for Core statements on the hot path (no unit-of-work bookkeeping)."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
+def _is(column: Any, status: StrEnum) -> ColumnElement[bool]:
+    """`column = 'status'` with the status written out, not bound: only then may the database
+    use a partial index whose condition names it (SQLite cannot see into a parameter)."""
+    result: ColumnElement[bool] = column == literal_column(f"'{status.value}'")
+    return result
+
+
 def _claimable_step(now: datetime) -> ColumnElement[bool]:
     return or_(
-        and_(col(Step.status) == StepStatus.PENDING, col(Step.available_at) <= now),
-        and_(col(Step.status) == StepStatus.RUNNING, col(Step.lease_until) < now),
+        and_(_is(Step.status, StepStatus.PENDING), col(Step.available_at) <= now),
+        and_(_is(Step.status, StepStatus.RUNNING), col(Step.lease_until) < now),
     )
 
 
@@ -69,39 +101,96 @@ def claim_outbox(
     lease: timedelta,
     skip_locked: bool,
     platforms: Collection[str] | None = None,
-) -> Outbox | None:
-    """The oldest deliverable row whose earlier siblings (same order_key) are all done,
-    among the platforms this process serves."""
-    earlier = aliased(Outbox)
+    limit: int = 1,
+) -> list[Leased]:
+    """Up to `limit` deliverable rows, oldest first, among the platforms this process serves,
+    leased to `owner` in one statement. A row is deliverable when its earlier siblings (same
+    order_key) are all done, so a batch holds at most one row per thread."""
+    t = _table(Outbox)
+    earlier = t.alias("earlier")
     blocked = (
-        select(earlier.id)
+        sa_select(earlier.c.id)
         .where(
-            earlier.order_key == Outbox.order_key,
-            col(earlier.id) < Outbox.id,
-            col(earlier.status) == OutboxStatus.PENDING,
+            earlier.c.order_key == t.c.order_key,
+            earlier.c.id < t.c.id,
+            _is(earlier.c.status, OutboxStatus.PENDING),
         )
         .exists()
     )
     ready = and_(
-        col(Outbox.status) == OutboxStatus.PENDING,
-        or_(col(Outbox.available_at).is_(None), col(Outbox.available_at) <= now),
-        or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now),
+        _is(t.c.status, OutboxStatus.PENDING),
+        or_(t.c.available_at.is_(None), t.c.available_at <= now),
+        or_(t.c.lease_until.is_(None), t.c.lease_until < now),
         ~blocked,
     )
     if platforms is not None:
-        ready = and_(ready, col(Outbox.platform).in_(platforms))
-    query = select(Outbox).where(ready).order_by(col(Outbox.id)).limit(1)
+        ready = and_(ready, t.c.platform.in_(platforms))
+    query = sa_select(t).where(ready).order_by(t.c.id).limit(limit)
     if skip_locked:
         query = query.with_for_update(skip_locked=True)
-    row = session.exec(query).first()
-    if row is None:
-        return None
-    row.lease_owner = owner
-    row.lease_until = now + lease
-    row.attempts += 1
-    session.add(row)
-    session.flush()
-    return row
+    found = session.execute(query).all()
+    if not found:
+        return []
+    until = now + lease
+    session.execute(
+        update(t)
+        .where(t.c.id.in_([row.id for row in found]))
+        .values(lease_owner=owner, lease_until=until, attempts=t.c.attempts + 1)
+    )
+    return [
+        Leased(
+            id=row.id,
+            key=row.key,
+            kind=OutboxKind(row.kind),
+            platform=row.platform,
+            channel=row.channel,
+            message_id=row.message_id,
+            thread_of=row.thread_of,
+            recipient=row.recipient,
+            template=row.template,
+            context=row.context,
+            attempts=row.attempts + 1,
+        )
+        for row in found
+    ]
+
+
+def platform_ids(session: Session, message_ids: Collection[int]) -> dict[int, str | None]:
+    """The platform's id of each message (None while it is not posted yet)."""
+    if not message_ids:
+        return {}
+    t = _table(Message)
+    rows = session.execute(
+        sa_select(t.c.id, t.c.platform_id).where(t.c.id.in_(list(message_ids)))
+    ).all()
+    return {row.id: row.platform_id for row in rows}
+
+
+def mark_sent(session: Session, row_id: int, platform_id: str | None, now: datetime) -> None:
+    """A delivery done: the row is sent, and a post's message learns its platform id. Its
+    thread's next row becomes deliverable."""
+    t = _table(Outbox)
+    row = session.execute(
+        update(t)
+        .where(t.c.id == row_id)
+        .values(status=OutboxStatus.SENT, sent_at=now, lease_owner=None, error=None)
+        .returning(t.c.kind, t.c.message_id)
+    ).one()
+    if row.kind == OutboxKind.POST and row.message_id and platform_id:
+        m = _table(Message)
+        session.execute(update(m).where(m.c.id == row.message_id).values(platform_id=platform_id))
+    arm(session, Topic.OUTBOX)
+
+
+def give_up(session: Session, row_id: int, error: str) -> None:
+    """A row that can never be delivered: failed for good, with why."""
+    t = _table(Outbox)
+    session.execute(
+        update(t)
+        .where(t.c.id == row_id)
+        .values(status=OutboxStatus.FAILED, error=error, lease_owner=None)
+    )
+    arm(session, Topic.OUTBOX)
 
 
 def release_step(session: Session, step_id: int, owner: str) -> None:
@@ -128,12 +217,12 @@ def lease_holders(session: Session) -> set[str]:
     """Everyone holding a lease on a step or a delivery right now."""
     steps = session.exec(
         select(Step.lease_owner)
-        .where(col(Step.status) == StepStatus.RUNNING, col(Step.lease_owner).is_not(None))
+        .where(_is(Step.status, StepStatus.RUNNING), col(Step.lease_owner).is_not(None))
         .distinct()
     ).all()
     rows = session.exec(
         select(Outbox.lease_owner)
-        .where(col(Outbox.status) == OutboxStatus.PENDING, col(Outbox.lease_owner).is_not(None))
+        .where(_is(Outbox.status, OutboxStatus.PENDING), col(Outbox.lease_owner).is_not(None))
         .distinct()
     ).all()
     return {owner for owner in [*steps, *rows] if owner}
@@ -146,12 +235,12 @@ def expire_leases(session: Session, owners: Collection[str], now: datetime) -> i
     now -= timedelta(seconds=1)  # claims take leases that ended before their `now`
     steps = session.execute(
         update(Step)
-        .where(col(Step.status) == StepStatus.RUNNING, col(Step.lease_owner).in_(owners))
+        .where(_is(Step.status, StepStatus.RUNNING), col(Step.lease_owner).in_(owners))
         .values(lease_until=now)
     )
     rows = session.execute(
         update(Outbox)
-        .where(col(Outbox.status) == OutboxStatus.PENDING, col(Outbox.lease_owner).in_(owners))
+        .where(_is(Outbox.status, OutboxStatus.PENDING), col(Outbox.lease_owner).in_(owners))
         .values(lease_until=now)
     )
     arm(session, Topic.STEPS)
@@ -189,10 +278,10 @@ def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run
 def next_step_due(session: Session) -> datetime | None:
     """When the earliest delayed step becomes runnable, or a worker's lease runs out."""
     pending = session.exec(
-        select(func.min(Step.available_at)).where(col(Step.status) == StepStatus.PENDING)
+        select(func.min(Step.available_at)).where(_is(Step.status, StepStatus.PENDING))
     ).one()
     leased = session.exec(
-        select(func.min(Step.lease_until)).where(col(Step.status) == StepStatus.RUNNING)
+        select(func.min(Step.lease_until)).where(_is(Step.status, StepStatus.RUNNING))
     ).one()
     found = [t for t in (pending, leased) if t is not None]
     return min(found) if found else None
@@ -202,7 +291,7 @@ def next_delivery_due(session: Session, platforms: Collection[str]) -> datetime 
     """When the earliest delayed (or leased) delivery for these platforms becomes due."""
     waiting = session.exec(
         select(func.min(func.coalesce(Outbox.lease_until, Outbox.available_at))).where(
-            col(Outbox.status) == OutboxStatus.PENDING, col(Outbox.platform).in_(platforms)
+            _is(Outbox.status, OutboxStatus.PENDING), col(Outbox.platform).in_(platforms)
         )
     ).one()
     return waiting
@@ -215,7 +304,7 @@ def pending_work(session: Session, platforms: Collection[str] | None = None) -> 
         select(func.count()).select_from(Step).where(col(Step.status).in_(WORKING_STEPS))
     ).one()
     undelivered = (
-        select(func.count()).select_from(Outbox).where(col(Outbox.status) == OutboxStatus.PENDING)
+        select(func.count()).select_from(Outbox).where(_is(Outbox.status, OutboxStatus.PENDING))
     )
     if platforms is not None:
         undelivered = undelivered.where(col(Outbox.platform).in_(platforms))
@@ -255,7 +344,7 @@ def health_figures(session: Session) -> dict[str, Any]:
         .group_by(Outbox.status)
     ).all()
     steps = session.exec(
-        select(func.count()).select_from(Step).where(col(Step.status) == StepStatus.PENDING)
+        select(func.count()).select_from(Step).where(_is(Step.status, StepStatus.PENDING))
     ).one()
     by_outbox = dict(outbox)
     return {
@@ -274,7 +363,7 @@ def post_in_flight(session: Session, platform: str, channel: str) -> bool:
             Outbox.platform == platform,
             Outbox.channel == channel,
             Outbox.kind == OutboxKind.POST,
-            Outbox.status == OutboxStatus.PENDING,
+            _is(Outbox.status, OutboxStatus.PENDING),
             Outbox.attempts > 0,
         )
     ).first()

@@ -22,6 +22,7 @@ Hooks = dict["Topic", list[Callable[[], None]]]
 
 _ARMED = "crewchief.armed"
 _HOOKS = "crewchief.hooks"
+_DEFERRED = "crewchief.deferred"  # a group commit's set: wake-ups wait for the outer commit
 
 
 class Topic(StrEnum):
@@ -32,9 +33,16 @@ class Topic(StrEnum):
 class UnitOfWork(Session):
     """A session that runs its hooks for the topics its writes armed, after commit only."""
 
-    def __init__(self, *args: Any, hooks: Hooks, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, hooks: Hooks, deferred: set[Topic] | None = None, **kwargs: Any
+    ) -> None:
+        """With `deferred`, the session commits into an outer transaction (a savepoint of a
+        group commit): what its writes arm is added to that set instead, to fire once the
+        outer transaction has committed."""
         super().__init__(*args, **kwargs)
         self.info[_HOOKS] = hooks
+        if deferred is not None:
+            self.info[_DEFERRED] = deferred
 
 
 def arm(session: Session, topic: Topic) -> None:
@@ -51,13 +59,20 @@ def _collect(session: Session, _context: Any) -> None:
             arm(session, Topic.STEPS)
 
 
-@event.listens_for(UnitOfWork, "after_commit")
-def _fire(session: Session) -> None:
-    armed: set[Topic] = session.info.pop(_ARMED, set())
-    hooks: Hooks = session.info.get(_HOOKS, {})
+def fire(hooks: Hooks, armed: set[Topic]) -> None:
     for topic in armed:
         for hook in hooks.get(topic, ()):
             hook()
+
+
+@event.listens_for(UnitOfWork, "after_commit")
+def _fire(session: Session) -> None:
+    armed: set[Topic] = session.info.pop(_ARMED, set())
+    deferred: set[Topic] | None = session.info.get(_DEFERRED)
+    if deferred is not None:
+        deferred |= armed
+    else:
+        fire(session.info.get(_HOOKS, {}), armed)
 
 
 @event.listens_for(UnitOfWork, "after_rollback")

@@ -164,7 +164,8 @@ def test_outbox_delivers_one_thread_in_order_and_waits_behind_a_delayed_row(db_u
 
     def claim(at: datetime) -> Outbox | None:
         with db.transaction() as s:
-            return claim_outbox(s, owner="o", now=at, lease=lease, skip_locked=db.is_postgres)
+            rows = claim_outbox(s, owner="o", now=at, lease=lease, skip_locked=db.is_postgres)
+            return rows[0] if rows else None
 
     first = claim(now)
     assert first is not None and first.key == "post:m0"
