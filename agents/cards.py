@@ -13,6 +13,9 @@ from sqlmodel import Session, col, select
 from storage import outbox
 from storage.models import Message, MessageKind, Run, Step
 
+_STEPS = "crewchief.steps"  # session.info keys: what this transaction has read already
+_CARDS = "crewchief.cards"
+
 
 def card_key(run_id: int) -> str:
     return f"run:{run_id}:card"
@@ -62,13 +65,24 @@ def run_summary(run: Run, steps: list[Step]) -> dict[str, Any]:
 
 
 def steps_of(session: Session, run_id: int) -> list[Step]:
-    return list(
-        session.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.position))).all()
-    )
+    """The run's steps in order. A run's steps are all made when it starts, so once read they
+    are remembered for the rest of the transaction (the objects themselves stay current)."""
+    known: dict[int, list[Step]] = session.info.setdefault(_STEPS, {})
+    if run_id not in known:
+        query = select(Step).where(Step.run_id == run_id).order_by(col(Step.position))
+        known[run_id] = list(session.exec(query).all())
+    return list(known[run_id])
 
 
 def card_message(session: Session, run_id: int) -> Message | None:
-    return session.exec(select(Message).where(Message.key == card_key(run_id))).first()
+    """The run's card, remembered for the rest of the transaction once it is found."""
+    known: dict[int, Message] = session.info.setdefault(_CARDS, {})
+    card = known.get(run_id)
+    if card is None:
+        card = session.exec(select(Message).where(Message.key == card_key(run_id))).first()
+        if card is not None:
+            known[run_id] = card
+    return card
 
 
 def post_run_card(session: Session, run: Run, now: datetime, *, offline: bool) -> Message:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jinja2 import TemplateError
 from sqlalchemy import update
@@ -43,6 +44,13 @@ from storage.queries import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class Call(NamedTuple):
+    """An LLM call to record: what it returned, or why it failed."""
+
+    completion: Completion | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -159,11 +167,7 @@ class Workers:
 
     async def _execute(self, claimed: Claimed) -> None:
         try:
-            await self.db.call(self._check_budget, claimed.run_id)
             request = build_request(**claimed.request_kwargs)
-        except BudgetExceeded as exc:
-            await self.db.call(self._fail, claimed, str(exc))
-            return
         except TemplateError as exc:
             error = f"the prompt of agent {claimed.agent!r} failed to render: {exc}"
             await self.db.call(self._fail, claimed, error)
@@ -172,10 +176,8 @@ class Workers:
             async with self._llm_slots:
                 completion = await self.llm.complete(request)
         except LLMError as exc:
-            await self.db.call(self._record_call, claimed, None, str(exc))
-            await self.db.call(self._fail, claimed, str(exc))
+            await self.db.call(self._fail, claimed, str(exc), call=Call(None, str(exc)))
             return
-        await self.db.call(self._record_call, claimed, completion, None)
         publication: Publication | None = None
         if claimed.spec.publish is not None:
             publication = Publication(
@@ -187,7 +189,7 @@ class Workers:
             try:
                 await self.publisher.perform(claimed.spec.publish, claimed.run, publication)
             except PublishError as exc:
-                await self.db.call(self._fail, claimed, str(exc))
+                await self.db.call(self._fail, claimed, str(exc), call=Call(completion, None))
                 return
         await self.db.call(self._complete, claimed, completion, publication)
 
@@ -233,6 +235,11 @@ class Workers:
                 session, run, step, f"gave up after {step.attempts - 1} attempts"
             )
             return None
+        try:
+            check_budget(session, self.config.budgets, run, self.clock())
+        except BudgetExceeded as exc:
+            self.lifecycle.fail_step(session, run, step, str(exc))
+            return None
         steps = cards.steps_of(session, run.id)
         earlier = [s for s in steps if s.position < step.position]
         approvals = [s for s in earlier if (sp := self.lifecycle.spec_for(run, s)) and sp.approval]
@@ -266,40 +273,49 @@ class Workers:
         with self.db.transaction() as session:
             release_step(session, claimed.step_id, self.owner)
 
-    def _check_budget(self, run_id: int) -> None:
-        with self.db.read() as session:
-            run = session.get(Run, run_id)
-            assert run is not None
-            check_budget(session, self.config.budgets, run, self.clock())
-
-    def _record_call(self, claimed: Claimed, done: Completion | None, error: str | None) -> None:
-        """Every call and its cost, in a transaction of its own: spending is never lost."""
-        with self.db.transaction() as session:
-            session.add(
-                LLMCall(
-                    run_id=claimed.run_id,
-                    step_id=claimed.step_id,
-                    agent=claimed.agent,
-                    provider=done.provider if done else self.llm.name,
-                    model=done.model if done else claimed.request_kwargs["spec"].model,
-                    input_tokens=done.input_tokens if done else 0,
-                    output_tokens=done.output_tokens if done else 0,
-                    cost_usd=done.cost_usd if done else 0.0,
-                    latency_ms=done.latency_ms if done else 0,
-                    error=error,
-                    prompt_version=prompt_version(claimed.request_kwargs["spec"]),
-                    created_at=self.clock(),
+    def _record_call(self, session: Session, claimed: Claimed, call: Call) -> None:
+        """The call and its cost, in the transaction of what came of it."""
+        done, error = call
+        session.add(
+            LLMCall(
+                run_id=claimed.run_id,
+                step_id=claimed.step_id,
+                agent=claimed.agent,
+                provider=done.provider if done else self.llm.name,
+                model=done.model if done else claimed.request_kwargs["spec"].model,
+                input_tokens=done.input_tokens if done else 0,
+                output_tokens=done.output_tokens if done else 0,
+                cost_usd=done.cost_usd if done else 0.0,
+                latency_ms=done.latency_ms if done else 0,
+                error=error,
+                prompt_version=prompt_version(claimed.request_kwargs["spec"]),
+                created_at=self.clock(),
+            )
+        )
+        if done is not None:
+            session.execute(
+                update(Run)
+                .where(col(Run.id) == claimed.run_id)
+                .values(
+                    cost_usd=Run.cost_usd + done.cost_usd,
+                    tokens=Run.tokens + done.input_tokens + done.output_tokens,
                 )
             )
-            if done is not None:
-                session.execute(
-                    update(Run)
-                    .where(col(Run.id) == claimed.run_id)
-                    .values(
-                        cost_usd=Run.cost_usd + done.cost_usd,
-                        tokens=Run.tokens + done.input_tokens + done.output_tokens,
-                    )
-                )
+
+    @contextlib.contextmanager
+    def _recording(self, claimed: Claimed, call: Call | None) -> Iterator[Session]:
+        """A transaction that records `call` with its outcome. Should the outcome fail to
+        commit, the call is recorded alone: spending is never lost."""
+        try:
+            with self.db.transaction() as session:
+                if call is not None:
+                    self._record_call(session, claimed, call)
+                yield session
+        except Exception:
+            if call is not None:
+                with self.db.transaction() as session:
+                    self._record_call(session, claimed, call)
+            raise
 
     def _own(self, session: Session, claimed: Claimed) -> tuple[Run, Step] | None:
         """The run and step (locked in that order), if this worker still holds the lease."""
@@ -316,8 +332,8 @@ class Workers:
             return None
         return run, step
 
-    def _fail(self, claimed: Claimed, error: str) -> None:
-        with self.db.transaction() as session:
+    def _fail(self, claimed: Claimed, error: str, *, call: Call | None = None) -> None:
+        with self._recording(claimed, call) as session:
             owned = self._own(session, claimed)
             if owned is not None:
                 self.lifecycle.fail_step(session, *owned, error)
@@ -326,7 +342,7 @@ class Workers:
         self, claimed: Claimed, completion: Completion, publication: Publication | None
     ) -> None:
         spec = claimed.spec
-        with self.db.transaction() as session:
+        with self._recording(claimed, Call(completion, None)) as session:
             owned = self._own(session, claimed)
             if owned is None:
                 return

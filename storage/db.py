@@ -160,8 +160,9 @@ class Database:
             with Session(self.reader, expire_on_commit=False) as session:
                 yield session
             return
+        # A reader never commits; closing it leaves the group's transaction as it was.
         with Session(
-            bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
+            bind=conn, join_transaction_mode="rollback_only", expire_on_commit=False
         ) as session:
             yield session
 
