@@ -17,6 +17,7 @@ from agents.heartbeat import heartbeat, interval
 from agents.lifecycle import Clock
 from agents.owners import process_owner
 from agents.wakeup import Wakeup, seconds_until
+from bot.batch import Batch
 from bot.platforms.base import Delivery, DeliveryError, Platform
 from storage.db import Database
 from storage.models import Message, Outbox, OutboxKind, OutboxStatus, utcnow
@@ -66,6 +67,10 @@ class OutboxSender:
         self.lease = lease
         self.concurrency = concurrency
         self.owner = process_owner("sender")
+        # deliveries that end while their predecessors are being recorded are recorded together
+        self._sent: Batch[int, str | None] = Batch(
+            lambda done: self.db.call(self._mark_sent, dict(done))
+        )
 
     async def serve(self, stop: asyncio.Event) -> None:
         in_flight: set[asyncio.Task[None]] = set()
@@ -119,13 +124,20 @@ class OutboxSender:
             log.exception("outbox row %s: %s delivery raised", row_id, platform_name)
             await self._record(self._failed, row_id, DeliveryError(f"{type(exc).__name__}: {exc}"))
         else:
-            await self._record(self._sent, row_id, platform_id)
+            try:
+                await self._sent.add(row_id, platform_id)
+            except Exception:  # the lease runs out and the row is delivered again (same key)
+                log.exception("outbox row %s: its delivery could not be recorded", row_id)
 
     async def _record(self, outcome: Callable[..., None], row_id: int, result: object) -> None:
         try:
             await self.db.call(outcome, row_id, result)
         except Exception:  # the lease runs out and the row is delivered again (same key)
             log.exception("outbox row %s: the delivery's outcome could not be recorded", row_id)
+
+    def _mark_sent(self, sent: dict[int, str | None]) -> None:
+        with self.db.transaction() as session:
+            mark_sent(session, sent, self.clock())
 
     def _renew(self, row_id: int) -> bool:
         with self.db.transaction() as session:
@@ -156,10 +168,6 @@ class OutboxSender:
                     continue
                 claimed.append((row.id, delivery, row.platform))
             return claimed
-
-    def _sent(self, row_id: int, platform_id: str | None) -> None:
-        with self.db.transaction() as session:
-            mark_sent(session, row_id, platform_id, self.clock())
 
     def _failed(self, row_id: int, exc: DeliveryError) -> None:
         with self.db.transaction() as session:

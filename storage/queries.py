@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, func, literal_column, or_, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, literal_column, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, col, select
 
@@ -105,7 +105,9 @@ def claim_outbox(
 ) -> list[Leased]:
     """Up to `limit` deliverable rows, oldest first, among the platforms this process serves,
     leased to `owner` in one statement. A row is deliverable when its earlier siblings (same
-    order_key) are all done, so a batch holds at most one row per thread."""
+    order_key) are all done, so a batch holds at most one row per thread. An edit with a newer
+    edit of the same message waiting behind it is superseded instead: only the latest goes
+    out (each platform call counts against a rate limit)."""
     t = _table(Outbox)
     earlier = t.alias("earlier")
     blocked = (
@@ -125,10 +127,27 @@ def claim_outbox(
     )
     if platforms is not None:
         ready = and_(ready, t.c.platform.in_(platforms))
-    query = sa_select(t).where(ready).order_by(t.c.id).limit(limit)
+    later = t.alias("later")
+    newer_edit = (
+        sa_select(later.c.id)
+        .where(
+            later.c.message_id == t.c.message_id,
+            _is(later.c.kind, OutboxKind.UPDATE),
+            later.c.id > t.c.id,
+            _is(later.c.status, OutboxStatus.PENDING),
+        )
+        .exists()
+    )
+    superseded = and_(_is(t.c.kind, OutboxKind.UPDATE), newer_edit).label("superseded")
+    query = sa_select(t, superseded).where(ready).order_by(t.c.id).limit(limit)
     if skip_locked:
-        query = query.with_for_update(skip_locked=True)
-    found = session.execute(query).all()
+        query = query.with_for_update(skip_locked=True, of=t)
+    rows = session.execute(query).all()
+    stale = [row.id for row in rows if row.superseded]
+    if stale:
+        session.execute(update(t).where(t.c.id.in_(stale)).values(status=OutboxStatus.SUPERSEDED))
+        arm(session, Topic.OUTBOX)  # the newer edits behind them are deliverable now
+    found = [row for row in rows if not row.superseded]
     if not found:
         return []
     until = now + lease
@@ -166,19 +185,28 @@ def platform_ids(session: Session, message_ids: Collection[int]) -> dict[int, st
     return {row.id: row.platform_id for row in rows}
 
 
-def mark_sent(session: Session, row_id: int, platform_id: str | None, now: datetime) -> None:
-    """A delivery done: the row is sent, and a post's message learns its platform id. Its
-    thread's next row becomes deliverable."""
-    t = _table(Outbox)
-    row = session.execute(
+def mark_sent(session: Session, sent: Mapping[int, str | None], now: datetime) -> None:
+    """Deliveries done (outbox row id → the platform's id of a post): the rows are sent, and
+    each post's message learns its platform id. Their threads' next rows become deliverable."""
+    if not sent:
+        return
+    t, m = _table(Outbox), _table(Message)
+    rows = session.execute(
         update(t)
-        .where(t.c.id == row_id)
+        .where(t.c.id.in_(list(sent)))
         .values(status=OutboxStatus.SENT, sent_at=now, lease_owner=None, error=None)
-        .returning(t.c.kind, t.c.message_id)
-    ).one()
-    if row.kind == OutboxKind.POST and row.message_id and platform_id:
-        m = _table(Message)
-        session.execute(update(m).where(m.c.id == row.message_id).values(platform_id=platform_id))
+        .returning(t.c.id, t.c.kind, t.c.message_id)
+    ).all()
+    posted = [
+        {"mid": row.message_id, "pid": sent[row.id]}
+        for row in rows
+        if row.kind == OutboxKind.POST and row.message_id and sent[row.id]
+    ]
+    if posted:
+        session.execute(
+            update(m).where(m.c.id == bindparam("mid")).values(platform_id=bindparam("pid")),
+            posted,
+        )
     arm(session, Topic.OUTBOX)
 
 

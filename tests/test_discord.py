@@ -303,8 +303,8 @@ async def test_a_channel_the_bot_cannot_use_stops_the_run_and_is_counted(
     await bot.command("run", workflow="blog-post", text="heat pumps")
     await bot.wait()
     assert bot.run().status == models.RunStatus.FAILED
-    failed = [o for o in bot.rows(models.Outbox) if o.status == models.OutboxStatus.FAILED]
-    assert failed and "50001" in (failed[0].error or "")
+    card = next(o for o in bot.rows(models.Outbox) if o.key == "post:run:1:card")
+    assert card.status == models.OutboxStatus.FAILED and "50001" in (card.error or "")
 
 
 async def test_a_reaction_after_a_restart_still_counts(
