@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy import Table, insert
+from sqlmodel import Session, select
 
-from storage.models import Message, MessageKind, Outbox, OutboxKind, OutboxStatus
+from storage.models import Message, MessageKind, Outbox, OutboxKind, OutboxStatus, utcnow
+from storage.unit_of_work import Topic, arm
 
 
 def post(
@@ -44,18 +46,17 @@ def post(
     )
     session.add(message)
     session.flush()
-    session.add(
-        Outbox(
-            key=f"post:{key}",
-            kind=OutboxKind.POST,
-            platform=platform,
-            channel=channel,
-            order_key=order_key or _order_key(run_id),
-            message_id=message.id,
-            thread_of=thread_of,
-            template=template,
-            context=context,
-        )
+    _queue(
+        session,
+        key=f"post:{key}",
+        kind=OutboxKind.POST,
+        platform=platform,
+        channel=channel,
+        order_key=order_key or _order_key(run_id),
+        message_id=message.id,
+        thread_of=thread_of,
+        template=template,
+        context=context,
     )
     return message
 
@@ -68,30 +69,19 @@ def update(
     context: dict[str, Any],
     order_key: str | None = None,
 ) -> None:
-    """Edit a posted message. Older edits of it still waiting are superseded by this one."""
-    pending = session.exec(
-        select(Outbox).where(
-            Outbox.message_id == message.id,
-            Outbox.kind == OutboxKind.UPDATE,
-            Outbox.status == OutboxStatus.PENDING,
-            col(Outbox.lease_owner).is_(None),
-        )
-    ).all()
-    for row in pending:
-        row.status = OutboxStatus.SUPERSEDED
-        session.add(row)
-    session.add(
-        Outbox(
-            key=f"update:{message.key}:{uuid.uuid4().hex}",
-            kind=OutboxKind.UPDATE,
-            platform=message.platform,
-            channel=message.channel,
-            order_key=order_key or _order_key(message.run_id),
-            message_id=message.id,
-            thread_of=message.thread_of,  # where the message lives, for platforms that need it
-            template=template,
-            context=context,
-        )
+    """Edit a posted message. An older edit of it still waiting when this one is queued is
+    superseded when it is claimed (storage.queries.claim_outbox): only the latest goes out."""
+    _queue(
+        session,
+        key=f"update:{message.key}:{uuid.uuid4().hex}",
+        kind=OutboxKind.UPDATE,
+        platform=message.platform,
+        channel=message.channel,
+        order_key=order_key or _order_key(message.run_id),
+        message_id=message.id,
+        thread_of=message.thread_of,  # where the message lives, for platforms that need it
+        template=template,
+        context=context,
     )
 
 
@@ -108,22 +98,32 @@ def notice(
 ) -> None:
     """A private answer to one person (ephemeral in Slack, a DM in Discord), shown in the
     thread of message `thread_of` where the platform can."""
-    key = key or f"notice:{uuid.uuid4().hex}"
-    if session.exec(select(Outbox.id).where(Outbox.key == key)).first() is not None:
-        return
-    session.add(
-        Outbox(
-            key=key,
-            kind=OutboxKind.NOTICE,
-            platform=platform,
-            channel=channel,
-            order_key=key,
-            recipient=recipient,
-            thread_of=thread_of,
-            template=template,
-            context=context,
-        )
+    if key is not None:
+        if session.exec(select(Outbox.id).where(Outbox.key == key)).first() is not None:
+            return
+    else:
+        key = f"notice:{uuid.uuid4().hex}"
+    _queue(
+        session,
+        key=key,
+        kind=OutboxKind.NOTICE,
+        platform=platform,
+        channel=channel,
+        order_key=key,
+        recipient=recipient,
+        thread_of=thread_of,
+        template=template,
+        context=context,
     )
+
+
+def _queue(session: Session, **row: Any) -> None:
+    """One outbox row, written as a plain INSERT (no ORM object: this is the hot path)."""
+    outbox: Table = Outbox.__table__  # type: ignore[attr-defined]
+    session.execute(
+        insert(outbox).values(status=OutboxStatus.PENDING, attempts=0, created_at=utcnow(), **row)
+    )
+    arm(session, Topic.OUTBOX)
 
 
 def _order_key(run_id: int | None) -> str:
