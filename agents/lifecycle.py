@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from agents import cards
 from agents.config import CrewConfig, StepSpec
@@ -207,9 +207,8 @@ class Lifecycle:
         step.finished_at = now
         step.lease_owner = None
         session.add(step)
-        nxt = session.exec(
-            select(Step).where(Step.run_id == run.id, Step.position == step.position + 1)
-        ).first()
+        later = (s for s in cards.steps_of(session, run.id or 0) if s.position > step.position)
+        nxt = next(later, None)
         if nxt is None:
             run.status = RunStatus.SUCCEEDED
             run.finished_at = now
