@@ -55,10 +55,12 @@ async def measure(runs: int, latency: float, slots: int, database_url: str | Non
             )
             app = build_app(settings, config=config, default_approvers=[EDITOR.qualified])
             app.add_platform(NullPlatform())
-            async with app.running():
-                phases = await launch_and_publish(app, runs)
-            calls = await app.db.call(_llm_calls, app)
-            await app.aclose()
+            try:
+                async with app.running():
+                    phases = await launch_and_publish(app, runs)
+                calls = await app.db.call(_llm_calls, app)
+            finally:
+                await app.aclose()
     critical = critical_path_s(config, runs, latency)
     return {
         "database": common.backend(url),

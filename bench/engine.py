@@ -25,9 +25,11 @@ async def measure(runs: int, database_url: str | None) -> common.Result:
         app = build_app(common.settings(url, tmp), default_approvers=[EDITOR.qualified])
         platform = NullPlatform()
         app.add_platform(platform)
-        async with app.running():
-            phases = await launch_and_publish(app, runs)
-        await app.aclose()
+        try:
+            async with app.running():
+                phases = await launch_and_publish(app, runs)
+        finally:
+            await app.aclose()
     return {
         "database": common.backend(url),
         "runs": runs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -38,8 +39,8 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
 ) -> Measured:
-    """Run `args` to completion in a session of its own (on timeout the whole session is
-    killed, grandchildren included)."""
+    """Run `args` to completion in a session of its own. Whatever it leaves running in that
+    session is killed when it exits; on timeout or interruption, the whole session is."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         began = time.perf_counter()
         process = subprocess.Popen(
@@ -51,17 +52,13 @@ def run(
             stderr=err,
             start_new_session=True,
         )
-        timed_out = False
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if timeout is not None and time.perf_counter() - began > timeout:
-                timed_out = True
-                _kill_session(process.pid)
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.02)
+        try:
+            status, usage, timed_out = _wait(process.pid, began, timeout)
+        except BaseException:
+            _kill_session(process.pid)
+            process.wait()
+            raise
+        _kill_session(process.pid)
         wall = time.perf_counter() - began
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -75,6 +72,22 @@ def run(
             stderr=err.read().decode(errors="replace"),
             timed_out=timed_out,
         )
+
+
+def _wait(
+    pid: int, began: float, timeout: float | None
+) -> tuple[int, resource.struct_rusage, bool]:
+    """The child's wait status and resource usage (wait4), and whether it was killed for
+    running longer than `timeout` seconds."""
+    while True:
+        found, status, usage = os.wait4(pid, os.WNOHANG)
+        if found:
+            return status, usage, False
+        if timeout is not None and time.perf_counter() - began > timeout:
+            _kill_session(pid)
+            _, status, usage = os.wait4(pid, 0)
+            return status, usage, True
+        time.sleep(0.02)
 
 
 def _kill_session(pid: int) -> None:

@@ -74,8 +74,8 @@ async def serving(
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
         ):
             yield SlackBot(app, slack, f"{base}/slack/events", http)
-        await app.aclose()
     finally:
+        await app.aclose()
         await slack.stop()
 
 
