@@ -42,7 +42,7 @@ class State(TypedDict, total=False):
 def installed() -> bool:
     try:
         return all(importlib.util.find_spec(name) is not None for name in REQUIRED)
-    except ModuleNotFoundError:
+    except ImportError:
         return False
 
 
