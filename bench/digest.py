@@ -2,25 +2,25 @@
 (a third as many runs, one model call per step, a draft and a decision per run) spread over
 90 days, then the 24-hour digest built several times.
 
-    python -m bench.digest [--steps 1000000] [--database-url URL]
+    python -m bench digest [--steps 1000000] [--repeat 5] [--database-url URL] [--json]
+
+The target is under 1 s (median) over 1,000,000 steps.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import statistics
-import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert
 
 from agents import digest
 from agents.config import CrewConfig, builtin_defaults
+from bench import common
 from storage.db import Database
 from storage.models import AuditEntry, DraftVersion, LLMCall, Run, Step
 
@@ -124,40 +124,52 @@ def seed(db: Database, steps: int, now: datetime) -> None:
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1_000_000)
-    parser.add_argument("--database-url", default=None)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+def measure(steps: int, repeat: int, database_url: str | None) -> common.Result:
+    with common.scratch() as tmp, common.fresh_database(database_url, tmp) as url:
         db = Database(url)
         db.upgrade()
         now = datetime.now(UTC)
         began = time.perf_counter()
-        seed(db, args.steps, now)
+        seed(db, steps, now)
         seeded_s = time.perf_counter() - began
         config = CrewConfig.model_validate(builtin_defaults())
         timings = []
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             began = time.perf_counter()
             with db.read() as session:
                 built = digest.build(session, config, now, timedelta(hours=24))
             timings.append(time.perf_counter() - began)
         db.dispose()
-    print(
-        json.dumps(
-            {
-                "steps": args.steps,
-                "runs": max(1, args.steps // 3),
-                "seed_s": round(seeded_s, 1),
-                "digest_build_s_median": round(statistics.median(timings), 3),
-                "digest_build_s_max": round(max(timings), 3),
-                "runs_in_window": built["totals"]["now"]["started"],
-            }
-        )
-    )
+    return {
+        "database": common.backend(url),
+        "steps": steps,
+        "runs": max(1, steps // 3),
+        "seed_s": round(seeded_s, 1),
+        "digest_build_s_median": round(statistics.median(timings), 3),
+        "digest_build_s_max": round(max(timings), 3),
+        "runs_in_window": built["totals"]["now"]["started"],
+        "peak_rss_mb": common.peak_rss_mb(),
+    }
+
+
+def report(result: common.Result) -> list[str]:
+    return [
+        f"database: {result['database']}  steps: {result['steps']:,}  runs: {result['runs']:,}"
+        f"  seeded in {result['seed_s']} s",
+        f"24-hour digest ({result['runs_in_window']} runs in the window) built in "
+        f"{result['digest_build_s_median']:.3f} s (median), {result['digest_build_s_max']:.3f} s"
+        " (max)",
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = common.parser(__doc__)
+    parser.add_argument("--steps", type=int, default=1_000_000, help="step rows to seed")
+    parser.add_argument("--repeat", type=int, default=5, help="digests built after seeding")
+    common.add_database_option(parser)
+    args = parser.parse_args(argv)
+    result = measure(args.steps, args.repeat, args.database_url)
+    common.emit(result, args.json, report(result))
 
 
 if __name__ == "__main__":

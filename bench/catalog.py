@@ -1,0 +1,241 @@
+"""The suite `python -m bench` runs: each sample is one benchmark module with its arguments at
+full size and with `--quick`, and each figure is one key of a sample's JSON result, with its
+target. A target may be relative to another figure (its median times a factor)."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+POSTGRES = "{postgres}"  # in a sample's arguments: the PostgreSQL URL of the sitting
+
+BENCHMARKS: dict[str, str] = {
+    "engine": "blog-post runs launched at once through the dispatcher (offline model, a "
+    "platform that takes every delivery at once) to their drafts, then all approved and "
+    "published; runs/s = runs / (launch→drafts + approve→published)",
+    "langgraph": "the same four-node human-in-the-loop graph in LangGraph with its "
+    "SqliteSaver (crewchief's prompts and offline model in the nodes), runs one after "
+    "another to the interrupt, then each resumed to the end",
+    "ack": "really signed `/crew run` commands from 4 concurrent senders into Slack HTTP "
+    "mode while the engine works them off; latency from sending to the whole answer",
+    "reaction": "blog-post runs launched by signed commands and taken to their drafts, then "
+    "a signed ✅ `reaction_added` on every draft at once; per run, from sending the reaction "
+    "to the fake Slack receiving the run's *published* post",
+    "concurrency": "blog-post runs against a fake OpenAI-compatible server answering every "
+    "call after 1 s, engine.workers = engine.llm_concurrency = 100; critical path = 3 "
+    "steps × ceil(runs / 100) × 1 s",
+    "footprint": "`crewchief shell --script` answering `/crew help` as a child process "
+    "(wall time, peak RSS), and `crewchief start --platform slack` (HTTP mode, fake Slack) "
+    "resident memory after idling",
+    "digest": "the 24-hour digest built over a database seeded with that many step rows "
+    "spread over 90 days (median of 5 builds)",
+}
+
+Result = Mapping[str, Any]
+
+
+def all_succeeded(result: Result) -> str | None:
+    if result.get("succeeded") != result.get("runs"):
+        return f"{result.get('succeeded')} of {result.get('runs')} runs succeeded"
+    return None
+
+
+def all_published(result: Result) -> str | None:
+    if result.get("published") != result.get("runs"):
+        return f"{result.get('published')} of {result.get('runs')} runs were published"
+    return None
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    bench: str  # runs as `python -m bench.<bench> ... --json`
+    title: str  # "{n}" is replaced by the size
+    size_flag: str | None = None
+    full: float | None = None
+    quick: float | None = None
+    extra: tuple[str, ...] = ()
+    needs_postgres: bool = False
+    check: Callable[[Result], str | None] | None = None  # a problem with a result, if any
+
+    def size(self, quick: bool) -> float | None:
+        return self.quick if quick else self.full
+
+    def args(self, quick: bool, postgres_url: str) -> list[str]:
+        size = self.size(quick)
+        sized = [] if self.size_flag is None or size is None else [self.size_flag, _num(size)]
+        return [*sized, *(postgres_url if a == POSTGRES else a for a in self.extra), "--json"]
+
+    def label(self, quick: bool) -> str:
+        size = self.size(quick)
+        return self.title.format(n="" if size is None else f"{size:,.0f}")
+
+
+@dataclass(frozen=True)
+class Target:
+    op: str  # "<", "<=", ">=" or "=="
+    value: float
+    of: str | None = None  # a figure id: the bound is `value` times that figure's median
+    shown: str = ""  # how the row reads when `of` is set, e.g. "≥ 5× LangGraph"
+
+    def bound(self, medians: Mapping[str, float]) -> float | None:
+        if self.of is None:
+            return self.value
+        reference = medians.get(self.of)
+        return None if reference is None else self.value * reference
+
+    def met(self, median: float, medians: Mapping[str, float]) -> bool | None:
+        bound = self.bound(medians)
+        return None if bound is None else bool(_OPS[self.op](median, bound))
+
+    def text(self, medians: Mapping[str, float]) -> str:
+        if self.of is None:
+            return f"{_SYMBOLS[self.op]} {_num(self.value)}"
+        bound = self.bound(medians)
+        return self.shown + ("" if bound is None else f" ({_SYMBOLS[self.op]} {bound:.3g})")
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+}
+_SYMBOLS = {"<": "<", "<=": "≤", ">=": "≥", "==": "="}
+
+
+@dataclass(frozen=True)
+class Figure:
+    sample: str
+    key: str
+    what: str  # e.g. "runs/s", "p99 ms"
+    target: Target | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.sample}.{self.key}"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+SAMPLES: tuple[Sample, ...] = (
+    Sample(
+        "engine-sqlite-small",
+        "engine",
+        "engine · SQLite · {n} runs",
+        "--runs",
+        200,
+        50,
+        check=all_succeeded,
+    ),
+    Sample(
+        "engine-sqlite-medium",
+        "engine",
+        "engine · SQLite · {n} runs",
+        "--runs",
+        1000,
+        100,
+        check=all_succeeded,
+    ),
+    Sample(
+        "engine-sqlite-large",
+        "engine",
+        "engine · SQLite · {n} runs",
+        "--runs",
+        5000,
+        250,
+        check=all_succeeded,
+    ),
+    Sample(
+        "engine-postgres-medium",
+        "engine",
+        "engine · PostgreSQL · {n} runs",
+        "--runs",
+        1000,
+        100,
+        extra=("--database-url", POSTGRES),
+        needs_postgres=True,
+        check=all_succeeded,
+    ),
+    Sample(
+        "langgraph-medium",
+        "langgraph",
+        "LangGraph · SqliteSaver · {n} runs",
+        "--runs",
+        1000,
+        100,
+        check=all_succeeded,
+    ),
+    Sample("ack", "ack", "ack · {n} signed /crew run", "--requests", 1000, 100),
+    Sample(
+        "reaction",
+        "reaction",
+        "reaction → published · {n} runs in flight",
+        "--runs",
+        100,
+        20,
+        check=all_published,
+    ),
+    Sample(
+        "concurrency",
+        "concurrency",
+        "concurrency · {n} runs · 1 s model",
+        "--runs",
+        1000,
+        50,
+        check=all_succeeded,
+    ),
+    Sample("footprint", "footprint", "footprint", "--idle", 5, 2),
+    Sample("digest", "digest", "digest · {n} steps", "--steps", 1_000_000, 100_000),
+)
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("engine-sqlite-small", "runs_per_s", "runs/s"),
+    Figure(
+        "engine-sqlite-medium",
+        "runs_per_s",
+        "runs/s",
+        Target(">=", 5, of="langgraph-medium.runs_per_s", shown="≥ 5× LangGraph, same size"),
+    ),
+    Figure("engine-sqlite-medium", "cpu_ms_per_run", "CPU ms per run"),
+    Figure("engine-sqlite-medium", "peak_rss_mb", "peak RSS MB"),
+    Figure(
+        "engine-sqlite-large",
+        "runs_per_s",
+        "runs/s",
+        Target(">=", 0.8, of="engine-sqlite-small.runs_per_s", shown="≥ 80% of the smallest size"),
+    ),
+    Figure(
+        "engine-postgres-medium",
+        "runs_per_s",
+        "runs/s",
+        Target(">=", 0.4, of="engine-sqlite-medium.runs_per_s", shown="≥ 40% of SQLite, same size"),
+    ),
+    Figure("langgraph-medium", "runs_per_s", "runs/s"),
+    Figure("ack", "non_200", "answers not 200", Target("==", 0)),
+    Figure("ack", "p50_ms", "p50 ms"),
+    Figure("ack", "p95_ms", "p95 ms"),
+    Figure("ack", "p99_ms", "p99 ms", Target("<", 50)),
+    Figure("ack", "max_ms", "max ms"),
+    Figure("reaction", "p50_ms", "p50 ms"),
+    Figure("reaction", "p95_ms", "p95 ms", Target("<", 200)),
+    Figure("reaction", "max_ms", "max ms"),
+    Figure("concurrency", "wall_s", "wall s"),
+    Figure("concurrency", "critical_path_s", "critical path s"),
+    Figure("concurrency", "wall_over_critical", "wall / critical path", Target("<=", 1.5)),
+    Figure("concurrency", "peak_rss_mb", "peak RSS MB", Target("<", 400)),
+    Figure("footprint", "shell_help_s", "`crewchief shell` /crew help s", Target("<=", 0.7)),
+    Figure("footprint", "shell_help_rss_mb", "`crewchief shell` peak RSS MB", Target("<=", 70)),
+    Figure("footprint", "shell_help_new_database_s", "`crewchief shell`, new database, s"),
+    Figure("footprint", "start_idle_rss_mb", "`crewchief start` idle RSS MB"),
+    Figure("digest", "digest_build_s_median", "24-hour digest s", Target("<", 1)),
+)
+
+
+def selected(names: list[str]) -> list[Sample]:
+    """The samples of the named benchmarks (all when none is named), in suite order."""
+    return [s for s in SAMPLES if not names or s.bench in names]
