@@ -20,7 +20,7 @@ FAULTS = [
     ("status", 429),  # without Retry-After: the client backs off on its own
     ("status", 500, {"Retry-After": "0"}),
     ("status", 503, {"Retry-After": "0"}),
-    ("delay", 1.5),  # past the 1 s timeout
+    ("delay", 3.0),  # past the 2 s timeout
     ("raw", 200, '{"id": "chatcmpl-1", "choices": [', "application/json"),  # malformed JSON
     ("cut",),  # the connection dropped mid-body
 ]
@@ -43,7 +43,7 @@ async def test_three_calls_in_ten_failing_end_every_run_with_a_reason(
     bot_factory, flaky: FakeOpenAIServer
 ) -> None:
     llm = OpenAIProvider(
-        api_key=DEFAULT_API_KEY, base_url=flaky.base_url, timeout=1.0, max_retries=2
+        api_key=DEFAULT_API_KEY, base_url=flaky.base_url, timeout=2.0, max_retries=2
     )
     bot: Bot = bot_factory(llm=llm)
     async with bot.app.running():
