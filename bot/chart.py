@@ -9,13 +9,17 @@ PNG carries no software version or date.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import math
+import tempfile
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,7 @@ RUNS_COLOUR = "#1d9bd1"
 SPEND_COLOUR = "#ecb22e"
 MAX_LABELS = 10  # date labels under the bars; more days label every n-th
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEFAULT_DIR = Path(tempfile.gettempdir()) / "crewchief-charts"  # the shell's, by default
 # matplotlib's style switching changes process-wide settings: one chart at a time
 _drawing = threading.Lock()
 
@@ -100,17 +105,45 @@ def render_png(data: Mapping[str, Any]) -> bytes:
 
 
 async def draw(context: Mapping[str, Any]) -> Chart:
-    """The chart of a digest context, drawn in a thread. A failure is logged and returned,
-    never raised: the digest's text goes out without its chart."""
+    """The chart of a digest context, drawn in a thread (see `draw_now`)."""
+    if not context.get("chart"):
+        return Chart()
+    return await asyncio.to_thread(draw_now, context)
+
+
+def draw_now(context: Mapping[str, Any]) -> Chart:
+    """The chart of a digest context. A failure is logged and returned, never raised: the
+    digest's text goes out without its chart."""
     data = context.get("chart")
     if not data:
         return Chart()
     try:
-        png = await asyncio.to_thread(render_png, data)
+        png = render_png(data)
     except Exception as exc:
         log.warning("the digest's chart could not be drawn: %s: %s", type(exc).__name__, exc)
         return Chart(filename=filename(data), error=f"{type(exc).__name__}: {exc}")
     return Chart(png=png, filename=filename(data))
+
+
+def saved(context: dict[str, Any], chart: Chart, directory: Path | None) -> dict[str, Any]:
+    """A digest's context for a platform without uploads (the terminal): the chart written
+    to `directory` and its path as `chart_path`, or `chart_failed` when it could not be drawn
+    or written. The file is named by its content, so the same chart is one file."""
+    if chart.png is None:
+        return {**context, "chart_failed": chart.failed}
+    folder = directory or DEFAULT_DIR
+    digest = hashlib.sha256(chart.png).hexdigest()[:10]
+    path = folder / f"{chart.filename.removesuffix('.png')}-{digest}.png"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+            partial.write_bytes(chart.png)
+            partial.replace(path)
+    except OSError as exc:
+        log.warning("the digest's chart could not be written to %s: %s", path, exc)
+        return {**context, "chart_failed": True}
+    return {**context, "chart_path": str(path)}
 
 
 def _day_label(day: date) -> str:
