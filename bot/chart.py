@@ -22,6 +22,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from bot.platforms.base import Delivery
+
 log = logging.getLogger(__name__)
 
 WIDTH_IN, HEIGHT_IN, DPI = 8.0, 4.5, 100  # 800 x 450 pixels
@@ -29,6 +31,7 @@ RUNS_COLOUR = "#1d9bd1"
 SPEND_COLOUR = "#ecb22e"
 MAX_LABELS = 10  # date labels under the bars; more days label every n-th
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TITLE = "Runs and spend per day"  # the file's title in Slack, its description in Discord
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "crewchief-charts"  # the shell's, by default
 # matplotlib's style switching changes process-wide settings: one chart at a time
 _drawing = threading.Lock()
@@ -123,6 +126,18 @@ def draw_now(context: Mapping[str, Any]) -> Chart:
         log.warning("the digest's chart could not be drawn: %s: %s", type(exc).__name__, exc)
         return Chart(filename=filename(data), error=f"{type(exc).__name__}: {exc}")
     return Chart(png=png, filename=filename(data))
+
+
+async def for_post(delivery: Delivery) -> tuple[dict[str, Any], Chart | None]:
+    """For a platform that attaches the chart to the digest: the context to render (saying
+    when the chart could not be drawn) and the chart to attach. Drawn before the text is
+    rendered, so the text can say so; deliveries other than a digest's post have none."""
+    if delivery.template != "digest" or delivery.kind != "post":
+        return delivery.context, None
+    chart = await draw(delivery.context)
+    if chart.failed:
+        return {**delivery.context, "chart_failed": True}, None
+    return delivery.context, chart if chart.png is not None else None
 
 
 def saved(context: dict[str, Any], chart: Chart, directory: Path | None) -> dict[str, Any]:
