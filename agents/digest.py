@@ -7,6 +7,7 @@ ops channel, once per period (the idempotency key names the period and the chann
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from storage.models import Message, MessageKind, RunStatus
 JOB = "digest"  # its name in the job_run table
 BARS = "▁▂▃▄▅▆▇█"
 BUCKETS = 12
+CHART_DAYS = (7, 92)  # the chart shows the window's days, at least a week, at most 92 days
 OUTCOMES = [
     RunStatus.SUCCEEDED,
     RunStatus.FAILED,
@@ -153,6 +155,25 @@ def build(session: Session, config: CrewConfig, now: datetime, window: timedelta
             {"job": job, "ago_s": int((now - _aware(at)).total_seconds())}
             for job, at in sorted(jobs.items())
         ],
+        "chart": chart(session, now, window),
+    }
+
+
+def chart(session: Session, now: datetime, window: timedelta) -> dict[str, Any] | None:
+    """Runs started and spend per UTC day, for the PNG chart the platforms attach: the days
+    the window touches (at least the last 7, at most 92), today included so far. None when
+    none of those days had a run or a model call's cost."""
+    low, high = CHART_DAYS
+    days = min(high, max(low, math.ceil(window / timedelta(days=1))))
+    today = _aware(now).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = today - timedelta(days=days - 1)
+    rows = figures.per_day(session, first, days)
+    if not any(runs or spend for runs, spend in rows):
+        return None
+    return {
+        "days": [(first + timedelta(days=i)).date().isoformat() for i in range(days)],
+        "runs": [runs for runs, _ in rows],
+        "spend_usd": [round(spend, 6) for _, spend in rows],
     }
 
 

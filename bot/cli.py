@@ -76,7 +76,7 @@ def shell(
     approvers = default_shell_approvers(config, settings.approvers)
     app = _build(settings, config, approvers)
     console = Console(highlight=False, soft_wrap=False)
-    platform = ShellPlatform(console)
+    platform = ShellPlatform(console, chart_dir=settings.crewchief_chart_dir)
     app.add_platform(platform)
     session = ShellSession(app, platform, user=user)
     lines: list[str] | None = None
@@ -215,9 +215,9 @@ def digest_command(
     finally:
         db.dispose()
     if print_only:
-        ShellPlatform(Console(highlight=False, soft_wrap=True)).reply(
-            Reply("digest", context, private=False)
-        )
+        ShellPlatform(
+            Console(highlight=False, soft_wrap=True), chart_dir=settings.crewchief_chart_dir
+        ).reply(Reply("digest", context, private=False))
         return
     typer.echo(
         f"digest queued for {', '.join(config.ops.channels)}: "

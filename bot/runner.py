@@ -64,7 +64,9 @@ async def serve(settings: Settings, *, platforms: set[str], host: str, port: int
 
                 from bot.platforms.shell import ShellPlatform, ShellSession
 
-                shell = ShellPlatform(Console(highlight=False))
+                shell = ShellPlatform(
+                    Console(highlight=False), chart_dir=settings.crewchief_chart_dir
+                )
                 app.add_platform(shell)
                 session = ShellSession(app, shell)
                 session.greet(None)

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     crewchief_approvers: str = ""
     crewchief_llm_timeout: float = 60.0
     crewchief_llm_retries: int = 3
+    crewchief_chart_dir: Path | None = None  # the shell's digest charts (default: a temp dir)
 
     @property
     def llm_provider(self) -> Literal["openai", "offline"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Integer, and_, cast, func, literal, or_
@@ -142,6 +142,15 @@ def spend_per_bucket(session: Session, window: Window, buckets: int) -> list[flo
     for i, cost in rows:
         spend[min(max(int(i), 0), buckets - 1)] += float(cost or 0.0)
     return spend
+
+
+def per_day(session: Session, first_day: datetime, days: int) -> list[tuple[int, float]]:
+    """Runs started and model spend (USD) on each of `days` days of 24 hours from
+    `first_day` (a midnight): one GROUP BY over each table's indexed timestamp."""
+    window = Window(first_day, first_day + timedelta(days=days))
+    runs = runs_per_bucket(session, window, days)
+    spend = spend_per_bucket(session, window, days)
+    return list(zip(runs, spend, strict=True))
 
 
 def approvals_pending(session: Session) -> tuple[int, datetime | None]:

@@ -213,7 +213,7 @@ def bot_factory(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         )
         output = io.StringIO()
         console = Console(file=output, width=200, highlight=False, color_system=None)
-        platform = ShellPlatform(console)
+        platform = ShellPlatform(console, chart_dir=tmp_path / "charts")
         app.add_platform(platform)
         built.append(app)
         return Bot(app, ShellSession(app, platform, user=user), output, clock)

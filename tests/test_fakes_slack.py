@@ -242,6 +242,24 @@ async def test_files_upload_v2(slack: FakeSlack, client: AsyncWebClient) -> None
     assert (shared.text, shared.files[0]["title"]) == ("Daily chart", "Runs per day")
 
 
+async def test_uploads_are_refused_as_slack_refuses_them() -> None:
+    async with fake_slack(channels=[CONTENT, OPS], outside=[OPS]) as slack:
+        member = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+        with pytest.raises(SlackApiError, match="invalid_auth"):
+            await AsyncWebClient(token="xoxb-wrong", base_url=slack.api_url).files_upload_v2(
+                channel=CONTENT, filename="a.png", content=b"png"
+            )
+        with pytest.raises(SlackApiError, match="invalid_arguments"):
+            await member.files_getUploadURLExternal(filename="a.png", length=0)
+        with pytest.raises(SlackApiError, match="not_in_channel"):
+            await member.files_upload_v2(channel=OPS, filename="a.png", content=b"png")
+        with pytest.raises(SlackApiError, match="not_in_channel"):
+            await member.chat_postMessage(channel=OPS, text="hi")
+        done = await member.files_upload_v2(channel=CONTENT, filename="b.png", content=b"png2")
+        assert [f.id for f in slack.uploads_in(CONTENT)] == [done["file"]["id"]]
+        assert slack.uploads_in(OPS) == []
+
+
 # ---------------------------------------------------------------- Socket Mode
 
 

@@ -32,6 +32,8 @@ import discord.http
 import yarl
 from discord import app_commands
 
+from bot.chart import TITLE as chart_title
+from bot.chart import for_post
 from bot.config_file import ConfigError
 from bot.platforms.base import Delivery, DeliveryError, Inbound
 from bot.platforms.discord_text import (
@@ -482,12 +484,23 @@ class DiscordPlatform:
     # -- outbound ---------------------------------------------------------------------
 
     async def deliver(self, delivery: Delivery) -> str | None:
-        text = self.renderer.render(delivery.template, delivery.context)
+        context, chart = await for_post(delivery)
+        text = self.renderer.render(delivery.template, context)
         try:
             if delivery.kind == "notice":
                 await self._notice(delivery, text)
                 return None
             message = self._message(delivery, text)
+            if chart is not None and chart.png is not None:
+                # in the post itself: a retry with the same nonce gets the first message back,
+                # chart and all, so the chart is never posted twice
+                if message.get("embeds"):
+                    message["embeds"][-1].set_image(url=f"attachment://{chart.filename}")
+                message.setdefault("files", []).append(
+                    discord.File(
+                        io.BytesIO(chart.png), filename=chart.filename, description=chart_title
+                    )
+                )
             if delivery.kind == "update":
                 where = delivery.thread_platform_id or delivery.channel
                 target = self.client.get_partial_messageable(int(where))

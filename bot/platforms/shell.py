@@ -12,6 +12,7 @@ import re
 import shlex
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import Console
@@ -59,15 +60,23 @@ class ShellPlatform:
     name = "shell"
     state = "connected"  # /healthz: nothing to lose hold of (the terminal is local)
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, chart_dir: Path | None = None) -> None:
+        """`chart_dir`: where a digest's chart is written (default: a folder in the temp
+        dir, bot.chart.DEFAULT_DIR)."""
         self.console = console
         self.renderer = Renderer("shell", _mention)
+        self.chart_dir = chart_dir
 
     async def deliver(self, delivery: Delivery) -> str | None:
         template = delivery.template
         if delivery.kind == "update" and self.renderer.has(f"edit_{template}"):
             template = f"edit_{template}"  # the terminal shows what changed, not the whole card
-        body = self.renderer.render(template, delivery.context)
+        context = delivery.context
+        if template == "digest" and delivery.kind == "post":
+            from bot import chart
+
+            context = chart.saved(context, await chart.draw(context), self.chart_dir)
+        body = self.renderer.render(template, context)
         ref = f"#{delivery.ref}" if delivery.ref is not None else ""
         if delivery.kind == "notice":
             self.say(f"[dim]only {escape_markup(delivery.recipient or '')} sees:[/dim] {body}")
@@ -89,7 +98,12 @@ class ShellPlatform:
         self.console.print(text, emoji=False)
 
     def reply(self, reply: Reply) -> None:
-        body = self.renderer.render(reply.template, reply.context)
+        context = reply.context
+        if reply.template == "digest":
+            from bot import chart
+
+            context = chart.saved(context, chart.draw_now(context), self.chart_dir)
+        body = self.renderer.render(reply.template, context)
         self.console.print(
             body if not reply.private else Padding(_markup(body), (0, 0, 0, 2), expand=False),
             emoji=False,

@@ -23,6 +23,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.chart import TITLE as chart_title
+from bot.chart import Chart, for_post
 from bot.config_file import ConfigError
 from bot.escaping import escape_slack
 from bot.platforms.base import Delivery, DeliveryError, Inbound
@@ -338,7 +340,8 @@ class SlackPlatform:
     # -- outbound ---------------------------------------------------------------------
 
     async def deliver(self, delivery: Delivery) -> str | None:
-        text = self.renderer.render(delivery.template, delivery.context)
+        context, chart = await for_post(delivery)
+        text = self.renderer.render(delivery.template, context)
         try:
             if delivery.kind == "notice":
                 await self._notice(delivery, text)
@@ -354,7 +357,10 @@ class SlackPlatform:
             if delivery.attempt > 1:
                 earlier = await self._find_posted(delivery)
                 if earlier is not None:
-                    return earlier  # an attempt cut short (the bot was killed) had posted it
+                    # an attempt cut short (the bot was killed) had posted it
+                    if chart is not None:
+                        await self._upload_chart(delivery, chart, earlier, look_first=True)
+                    return earlier
             response = await self.client.chat_postMessage(
                 channel=delivery.channel,
                 thread_ts=delivery.thread_platform_id,
@@ -366,6 +372,8 @@ class SlackPlatform:
             ts = str(response["ts"])
             if long:
                 await self._attach(delivery, text, thread_ts=delivery.thread_platform_id or ts)
+            if chart is not None:
+                await self._upload_chart(delivery, chart, ts, look_first=False)
             return ts
         except SlackApiError as exc:
             raise self._delivery_error(exc) from None
@@ -443,6 +451,44 @@ class SlackPlatform:
             # The message itself is posted, and the full text stays in the database: posting
             # again would duplicate the card, so a failed attachment is logged, not retried.
             log.error("could not attach %s to %s: %s", name, thread_ts, type(exc).__name__)
+
+    async def _upload_chart(
+        self, delivery: Delivery, chart: Chart, ts: str, *, look_first: bool
+    ) -> None:
+        """The digest's chart, uploaded into the digest's thread (files_upload_v2). An upload
+        is not idempotent: a retry looks for it in the thread first. A failure is logged, not
+        retried: the digest is posted, and posting it again would duplicate it."""
+        try:
+            if look_first and await self._in_thread(delivery.channel, ts, chart.filename):
+                return
+            await self.client.files_upload_v2(
+                channel=delivery.channel,
+                thread_ts=ts,
+                file=chart.png,
+                filename=chart.filename,
+                title=chart_title,
+                alt_txt=chart_title,
+            )
+        except SlackApiError as exc:
+            log.warning(
+                "the digest's chart could not be uploaded to %s: %s",
+                delivery.channel,
+                exc.response.get("error") or exc.response.status_code,
+            )
+        except Exception as exc:
+            log.warning(
+                "the digest's chart could not be uploaded to %s: %s",
+                delivery.channel,
+                type(exc).__name__,
+            )
+
+    async def _in_thread(self, channel: str, ts: str, filename: str) -> bool:
+        found = await self.client.conversations_replies(channel=channel, ts=ts, limit=200)
+        return any(
+            f.get("name") == filename
+            for message in found.get("messages") or []
+            for f in message.get("files") or []
+        )
 
     @staticmethod
     def _delivery_error(exc: SlackApiError) -> DeliveryError:

@@ -1895,7 +1895,7 @@ class FakeDiscord:
             type=message_type
             if message_type is not None
             else (TYPE_REPLY if reference_id else TYPE_DEFAULT),
-            embeds=copy.deepcopy(list(body.get("embeds") or [])),
+            embeds=_linked_embeds(body.get("embeds"), attachments or []),
             attachments=list(attachments or []),
             files=dict(files or {}),
             components=copy.deepcopy(list(body.get("components") or [])),
@@ -2586,6 +2586,20 @@ async def _read_body(request: web.Request) -> tuple[Any, list[tuple[str, str, by
         return body, files
     await request.read()
     return None, []
+
+
+def _linked_embeds(embeds: Any, attachments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The embeds as Discord stores them: an image or thumbnail `attachment://NAME` points at
+    the message's attachment of that name (its CDN URL, as Discord answers)."""
+    stored = copy.deepcopy(list(embeds or []))
+    urls = {a["filename"]: a["url"] for a in attachments}
+    for embed in stored:
+        for key in ("image", "thumbnail"):
+            media = embed.get(key) if isinstance(embed, dict) else None
+            url = str(media.get("url") or "") if isinstance(media, dict) else ""
+            if url.startswith("attachment://") and url.removeprefix("attachment://") in urls:
+                media["url"] = media["proxy_url"] = urls[url.removeprefix("attachment://")]
+    return stored
 
 
 def _require_dict(body: Any) -> dict[str, Any]:

@@ -18,6 +18,13 @@ chat.postEphemeral, conversations.open, reactions.add, reactions.remove,
 files.getUploadURLExternal + the upload URL + files.completeUploadExternal (the flow of
 `files_upload_v2`) and apps.connections.open. Anything else answers `unknown_method`.
 
+Uploads: the upload URL takes the bytes (a raw body or a multipart form; each file keeps the
+`length` it was announced with, for tests to compare); completing shares the files into
+`channel_id` (in `thread_ts`'s thread when given) as one message carrying them.
+`uploads_in(channel)` lists what arrived.
+`outside=` names channels the bot is not a member of: posts and file shares there answer
+`not_in_channel`.
+
 Scripting: `script_rate_limit`, `script_error` and `script_response` queue answers for the
 next calls of one method, ahead of the normal behaviour. `scopes=` makes methods answer
 `missing_scope` like Slack when the bot token lacks the scope they need.
@@ -187,10 +194,12 @@ class FakeSlack:
         app_token: str = APP_TOKEN,
         channels: Iterable[str] | Mapping[str, str] | None = None,
         scopes: Iterable[str] | None = None,
+        outside: Iterable[str] = (),
     ) -> None:
         """`channels`: known channel ids (or id -> name); when given, any other channel is
         `channel_not_found`. `scopes`: the bot token's scopes; when given, methods needing
-        another scope answer `missing_scope`."""
+        another scope answer `missing_scope`. `outside`: channels the bot is not a member
+        of (posts and file shares there answer `not_in_channel`)."""
         self.workspace = workspace
         self.bot_token = bot_token
         self.app_token = app_token
@@ -201,6 +210,7 @@ class FakeSlack:
         else:
             self.channel_names = {c: c for c in channels}
         self.scopes = None if scopes is None else list(scopes)
+        self.outside = set(outside)
 
         self.calls: list[Call] = []
         self.messages: defaultdict[str, list[Message]] = defaultdict(list)
@@ -259,6 +269,11 @@ class FakeSlack:
         """The replies under `thread_ts`, oldest first (the parent is not included)."""
         messages = self.messages[self._resolve_channel(channel)]
         return [m for m in messages if m.is_reply and m.thread_ts == thread_ts]
+
+    def uploads_in(self, channel: str) -> list[UploadedFile]:
+        """The files shared into `channel`, in the order they were uploaded."""
+        resolved = self._resolve_channel(channel)
+        return [f for f in self.files.values() if resolved in f.shared_to]
 
     def dm(self, user: str) -> list[Message]:
         """What the bot sent `user` directly."""
@@ -473,7 +488,7 @@ class FakeSlack:
         }
 
     def _chat_post_message(self, args: dict[str, Any]) -> dict[str, Any]:
-        channel = self._postable_channel(args.get("channel"))
+        channel = self._member_channel(args.get("channel"))
         text, blocks = _content(args)
         message = self._store(
             channel,
@@ -604,17 +619,20 @@ class FakeSlack:
             raise SlackError("invalid_arguments")
         uploaded: list[UploadedFile] = []
         for entry in entries:
+            if not isinstance(entry, dict):
+                raise SlackError("invalid_arguments")
             upload = self.files.get(str(entry.get("id")))
             if upload is None or upload.content is None:
                 raise SlackError("file_not_found")
-            upload.title = entry.get("title") or upload.filename
             uploaded.append(upload)
         channels = [c for c in str(args.get("channels") or "").split(",") if c]
         if args.get("channel_id"):
             channels.append(str(args["channel_id"]))
+        targets = [self._member_channel(channel) for channel in channels]
+        for upload, entry in zip(uploaded, entries, strict=True):
+            upload.title = entry.get("title") or upload.filename
         summaries = [_file_summary(f) for f in uploaded]
-        for channel in channels:
-            channel = self._postable_channel(channel)
+        for channel in targets:
             self._store(
                 channel,
                 text=str(args.get("initial_comment") or ""),
@@ -718,6 +736,13 @@ class FakeSlack:
         known = self.channel_names is None or resolved in self.channel_names
         if not known and resolved not in self.dm_channels.values():
             raise SlackError("channel_not_found")
+        return resolved
+
+    def _member_channel(self, channel: Any) -> str:
+        """A channel the bot can post in: known, and one it is a member of."""
+        resolved = self._postable_channel(channel)
+        if resolved in self.outside:
+            raise SlackError("not_in_channel")
         return resolved
 
     def _find(self, channel: str, ts: Any) -> Message:
@@ -881,6 +906,7 @@ async def fake_slack(
     app_token: str = APP_TOKEN,
     channels: Iterable[str] | Mapping[str, str] | None = None,
     scopes: Iterable[str] | None = None,
+    outside: Iterable[str] = (),
 ) -> AsyncIterator[FakeSlack]:
     """Run a FakeSlack on 127.0.0.1 on a free port for the duration of the block."""
     slack = FakeSlack(
@@ -889,6 +915,7 @@ async def fake_slack(
         app_token=app_token,
         channels=channels,
         scopes=scopes,
+        outside=outside,
     )
     await slack.start()
     try:
