@@ -115,10 +115,31 @@ def conditions(session: Session, config: CrewConfig, now: datetime) -> list[Cond
                 )
             )
     if rules.missed_job.enabled:
-        missed = missed_digest(session, config, now)
-        if missed is not None:
-            found.append(missed)
+        for missed in (
+            missed_digest(session, config, now),
+            missed_evaluations(session, config, now),
+        ):
+            if missed is not None:
+                found.append(missed)
     return found
+
+
+def missed_evaluations(session: Session, config: CrewConfig, now: datetime) -> Condition | None:
+    """The evaluation before this one ran longer ago than `evaluate_every` plus the grace:
+    for that long nothing watched (the bot was down, say). Said once, by the first
+    evaluation after the gap; the alert resolves at the next one."""
+    previous = q.last_run_before(session, EVALUATION_JOB, now)
+    if previous is None:
+        return None
+    gap = now - _aware(previous)
+    if gap <= config.alerts.evaluate_every + config.alerts.rules.missed_job.grace:
+        return None
+    return Condition(
+        "missed-job",
+        f"alerts were not evaluated for {_span(timedelta(minutes=gap // timedelta(minutes=1)))} "
+        f"(from {_aware(previous).astimezone(UTC):%Y-%m-%d %H:%M} UTC)",
+        {"job": EVALUATION_JOB},
+    )
 
 
 def missed_digest(session: Session, config: CrewConfig, now: datetime) -> Condition | None:

@@ -99,6 +99,15 @@ def job_ran(session: Session, job: str, period: str) -> bool:
     return found is not None
 
 
+def last_run_before(session: Session, job: str, before: datetime) -> datetime | None:
+    """When `job` last started before `before` (its run for an earlier period)."""
+    return session.exec(
+        select(func.max(JobRun.started_at)).where(
+            JobRun.job == job, col(JobRun.started_at) < before
+        )
+    ).one()
+
+
 def first_run(session: Session, jobs: Collection[str]) -> datetime | None:
     """When any of these jobs first ran: the scheduler was alive from then on."""
     return session.exec(select(func.min(JobRun.started_at)).where(col(JobRun.job).in_(jobs))).one()

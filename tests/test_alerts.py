@@ -203,7 +203,7 @@ async def test_a_restart_in_the_middle_of_a_firing_alert_posts_nothing_twice(
 async def test_a_missed_digest_raises_an_alert_until_the_digest_runs(bot_factory: Any) -> None:
     clock = FakeClock()
     clock.now = datetime(2026, 12, 3, 8, 50, tzinfo=UTC)
-    config = ops_config()
+    config = ops_config(evaluate_every="15m")  # evaluations 15 minutes apart are not missed
     config["alerts"]["rules"] = {}
     config["digest"] = {"schedule": "0 9 * * *"}
     bot: Bot = bot_factory(config, clock=clock)
@@ -222,6 +222,28 @@ async def test_a_missed_digest_raises_an_alert_until_the_digest_runs(bot_factory
             digest.run_scheduled, app.db, app.config, clock(), "2026-12-03T09:00+00:00"
         )
         await app.wait_idle()
+        clock.advance(minutes=1)
+        await evaluate(bot)
+    await bot.app.aclose()
+    assert [a.state for a in alerts(bot)] == ["resolved"]
+
+
+async def test_a_gap_in_alert_evaluation_is_said_once_then_resolves(bot_factory: Any) -> None:
+    clock = FakeClock()
+    clock.now = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
+    config = ops_config()  # evaluated every minute, 10 minutes of grace
+    config["alerts"]["rules"] = {}
+    bot: Bot = bot_factory(config, clock=clock)
+    async with bot.app.running():
+        await evaluate(bot)
+        clock.advance(minutes=11)  # within one interval plus the grace: not missed
+        await evaluate(bot)
+        assert alerts(bot) == []
+        clock.advance(minutes=40)  # the bot was down, say
+        await evaluate(bot)
+        [alert] = alerts(bot)
+        assert (alert.rule, alert.state) == ("missed-job", "firing")
+        assert "alerts were not evaluated for 40m (from 2026-12-03 08:11 UTC)" in bot.transcript
         clock.advance(minutes=1)
         await evaluate(bot)
     await bot.app.aclose()
