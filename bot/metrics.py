@@ -12,12 +12,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from storage.alert_queries import open_alerts
 from storage.db import Database
-from storage.figures import approvals_pending
+from storage.figures import STEP_SECONDS_BUCKETS, approvals_pending, step_duration_histogram
 from storage.jobs import last_runs
 from storage.models import RunStatus, utcnow
 from storage.queries import health_figures, model_usage
@@ -35,6 +41,7 @@ class DatabaseCollector(Collector):
             pending, oldest = approvals_pending(session)
             alerts = open_alerts(session)
             jobs = last_runs(session)
+            durations = step_duration_histogram(session)
 
         runs = GaugeMetricFamily("crewchief_runs", "Runs by status.", labels=["status"])
         for status in RunStatus:
@@ -95,6 +102,18 @@ class DatabaseCollector(Collector):
         for (rule, state), n in sorted(by_state.items()):
             open_gauge.add_metric([rule, state], n)
         yield open_gauge
+
+        histogram = HistogramMetricFamily(
+            "crewchief_step_duration_seconds",
+            "How long steps took from their claim to their end, by agent.",
+            labels=["agent"],
+        )
+        bounds = [floatToGoString(le) for le in (*STEP_SECONDS_BUCKETS, float("inf"))]
+        for agent, (counts, total, summed) in sorted(durations.items()):
+            histogram.add_metric(
+                [agent], list(zip(bounds, [*counts, total], strict=True)), sum_value=summed
+            )
+        yield histogram
 
         last = GaugeMetricFamily(
             "crewchief_scheduled_job_last_run_timestamp_seconds",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, and_, cast, func, literal, or_
+from sqlalchemy import Integer, and_, case, cast, func, literal, or_
 from sqlalchemy import select as sa_select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
@@ -324,3 +324,30 @@ def costliest_runs(session: Session, window: Window, limit: int = 3) -> list[Run
             .limit(limit)
         ).all()
     )
+
+
+STEP_SECONDS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+def step_duration_histogram(
+    session: Session, buckets: Sequence[float] = STEP_SECONDS_BUCKETS
+) -> dict[str, tuple[list[int], int, float]]:
+    """Per agent, over the steps that ran to an end (succeeded or failed): how many took at
+    most each bucket's seconds (cumulative, as Prometheus counts), how many in all, and
+    their summed seconds. One aggregate query."""
+    seconds = epoch(session, Step.finished_at) - epoch(session, Step.started_at)
+    ended = and_(
+        col(Step.status).in_([StepStatus.SUCCEEDED, StepStatus.FAILED]),
+        col(Step.started_at).is_not(None),
+        col(Step.finished_at).is_not(None),
+    )
+    columns = [func.sum(case((seconds <= le, 1), else_=0)) for le in buckets]
+    rows = session.execute(
+        sa_select(col(Step.agent), func.count(), func.coalesce(func.sum(seconds), 0.0), *columns)
+        .where(ended)
+        .group_by(col(Step.agent))
+    ).all()
+    return {
+        str(agent): ([int(n or 0) for n in counts], int(total), float(summed))
+        for agent, total, summed, *counts in rows
+    }

@@ -49,6 +49,11 @@ async def test_metrics_report_runs_tokens_approvals_alerts_and_job_runs(bot_fact
 
     samples = scrape(bot)
     assert samples[("crewchief_runs", (("status", "succeeded"),))] == 1
+    # research-brief's one step and blog-post's research and draft steps ran to an end
+    researched = (("agent", "researcher"),)
+    assert samples[("crewchief_step_duration_seconds_count", researched)] == 2
+    assert samples[("crewchief_step_duration_seconds_bucket", (*researched, ("le", "+Inf")))] == 2
+    assert samples[("crewchief_step_duration_seconds_bucket", (*researched, ("le", "1800.0")))] == 2
     assert samples[("crewchief_runs", (("status", "awaiting_approval"),))] == 1
     assert samples[("crewchief_runs", (("status", "running"),))] == 1
     assert samples[("crewchief_approvals_pending", ())] == 1
