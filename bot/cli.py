@@ -79,14 +79,14 @@ def shell(
     user: Annotated[str | None, typer.Option("--as", help="Act as shell:NAME.")] = None,
 ) -> None:
     """The bot in this terminal: type what you would type in chat."""
+    settings = _settings()
+    config = _config(settings)  # a mistake in it is reported before the engine is loaded
     import asyncio
 
     from rich.console import Console
 
     from bot.platforms.shell import ShellPlatform, ShellSession, default_shell_approvers
 
-    settings = _settings()
-    config = _config(settings)
     approvers = default_shell_approvers(config, settings.approvers)
     app = _build(settings, config, approvers)
     console = Console(highlight=False, soft_wrap=False)
@@ -217,14 +217,7 @@ def digest_command(
     """The digest: print it, or post it to the ops channels (ops.channels in crewchief.yml)."""
     from datetime import timedelta
 
-    from rich.console import Console
-
-    from agents import digest
     from agents.durations import parse_duration
-    from bot.platforms.shell import ShellPlatform
-    from commands.spec import Reply
-    from storage.db import Database
-    from storage.models import utcnow
 
     settings = _settings()
     config = _config(settings)
@@ -239,6 +232,14 @@ def digest_command(
             "no ops channels to post to: set ops.channels in crewchief.yml "
             "(e.g. slack:C0OPS), or use --print"
         )
+    from rich.console import Console
+
+    from agents import digest
+    from bot.platforms.shell import ShellPlatform
+    from commands.spec import Reply
+    from storage.db import Database
+    from storage.models import utcnow
+
     db = Database(settings.crewchief_database_url)
     db.upgrade()
     now = utcnow()
