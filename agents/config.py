@@ -239,9 +239,13 @@ class CrewConfig(Strict):
         return out
 
 
+# libyaml's loader when PyYAML has it: the built-in defaults are read at every start
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def builtin_defaults() -> dict[str, Any]:
     text = resources.files("agents").joinpath("defaults.yml").read_text(encoding="utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
+    data: dict[str, Any] = yaml.load(text, Loader=_SAFE_LOADER)
     return data
 
 

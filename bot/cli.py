@@ -1,30 +1,23 @@
-"""The `crewchief` command line (Typer)."""
+"""The `crewchief` command line (Typer).
+
+Each command imports what it uses when it runs: `crewchief --help`, `manifest` or `init` load
+neither the database layer nor a chat SDK, and `shell` loads no chat SDK.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError
 
-from agents.cards import run_summary
-from agents.config import CrewConfig
-from agents.durations import parse_duration
-from bot.app import App, build_app
-from bot.config_file import ConfigError, load_config
-from bot.settings import Settings
-from storage.db import Database
-from storage.models import utcnow
-from storage.queries import runs_with_steps
+if TYPE_CHECKING:
+    from agents.config import CrewConfig
+    from bot.app import App
+    from bot.settings import Settings
 
 cli = typer.Typer(
     name="crewchief",
@@ -35,22 +28,42 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
-err = Console(stderr=True)
+
+
+def _error(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(message, markup=True, highlight=False)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]crewchief:[/red] {message}", markup=True, highlight=False)
+    _error(f"[red]crewchief:[/red] {message}")
     return typer.Exit(code)
 
 
 def _settings() -> Settings:
+    from bot.settings import Settings
+
     try:
         return Settings()
     except Exception as exc:  # pydantic reports which variable is wrong
         raise _fail(f"bad environment setting: {exc}") from None
 
 
+def _config(settings: Settings) -> CrewConfig:
+    from bot.config_file import load_config
+    from bot.errors import ConfigError
+
+    try:
+        return load_config(settings.crewchief_config, approvers=settings.approvers)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _build(settings: Settings, config: CrewConfig, approvers: list[str]) -> App:
+    from bot.app import build_app
+    from bot.errors import ConfigError
+
     try:
         return build_app(settings, config=config, default_approvers=approvers)
     except ConfigError as exc:
@@ -66,13 +79,14 @@ def shell(
     user: Annotated[str | None, typer.Option("--as", help="Act as shell:NAME.")] = None,
 ) -> None:
     """The bot in this terminal: type what you would type in chat."""
+    settings = _settings()
+    config = _config(settings)  # a mistake in it is reported before the engine is loaded
+    import asyncio
+
+    from rich.console import Console
+
     from bot.platforms.shell import ShellPlatform, ShellSession, default_shell_approvers
 
-    settings = _settings()
-    try:
-        config = load_config(settings.crewchief_config, approvers=settings.approvers)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
     approvers = default_shell_approvers(config, settings.approvers)
     app = _build(settings, config, approvers)
     console = Console(highlight=False, soft_wrap=False)
@@ -106,6 +120,14 @@ def runs(
     limit: Annotated[int, typer.Option(help="How many recent runs.")] = 50,
 ) -> None:
     """Recent runs with their steps."""
+    import json
+
+    from rich.console import Console
+
+    from agents.cards import run_summary
+    from storage.db import Database
+    from storage.queries import runs_with_steps
+
     settings = _settings()
     db = Database(settings.crewchief_database_url)
     db.upgrade()
@@ -137,6 +159,9 @@ def start(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
 ) -> None:
     """Run the bot on chat platforms until interrupted."""
+    import asyncio
+
+    from bot.errors import ConfigError
     from bot.runner import serve
 
     unknown = sorted(set(platform) - {"slack", "discord", "shell"})
@@ -160,6 +185,11 @@ def invite_url(
 ) -> None:
     """Print the URL that adds the Discord bot to a server, with exactly the permissions it
     uses. Without an application id it is read from Discord with DISCORD_TOKEN."""
+    import asyncio
+
+    from rich.console import Console
+
+    from bot.errors import ConfigError
     from bot.platforms.discord import application_id_of, discord_settings
     from bot.platforms.discord import invite_url as url_for
 
@@ -185,16 +215,14 @@ def digest_command(
     ] = None,
 ) -> None:
     """The digest: print it, or post it to the ops channels (ops.channels in crewchief.yml)."""
-    from agents import digest
-    from bot.platforms.shell import ShellPlatform
-    from commands.spec import Reply
+    from datetime import timedelta
+
+    from agents.durations import parse_duration
 
     settings = _settings()
+    config = _config(settings)
     try:
-        config = load_config(settings.crewchief_config, approvers=settings.approvers)
         span = parse_duration(window) if window else config.digest.window
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
     except ValueError as exc:
         raise _fail(f"--window: {exc}") from None
     if span < timedelta(minutes=1):
@@ -204,6 +232,14 @@ def digest_command(
             "no ops channels to post to: set ops.channels in crewchief.yml "
             "(e.g. slack:C0OPS), or use --print"
         )
+    from rich.console import Console
+
+    from agents import digest
+    from bot.platforms.shell import ShellPlatform
+    from commands.spec import Reply
+    from storage.db import Database
+    from storage.models import utcnow
+
     db = Database(settings.crewchief_database_url)
     db.upgrade()
     now = utcnow()
@@ -302,6 +338,8 @@ def init(
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations (start-up does this too)."""
+    from storage.db import Database
+
     settings = _settings()
     db = Database(settings.crewchief_database_url)
     db.upgrade()
@@ -315,16 +353,21 @@ def main() -> None:
     )
     try:
         cli()
-    except (DatabaseError, ArgumentError) as exc:  # DatabaseError: locked, read-only, not one
-        err.print(
-            f"[red]crewchief:[/red] cannot use the database {_database()}: {_reason(exc)}",
-            markup=True,
-            highlight=False,
-        )
+    except Exception as exc:
+        from sqlalchemy.exc import ArgumentError, DatabaseError  # only on this path
+
+        # DatabaseError: locked, read-only, not a database; ArgumentError: not a database URL
+
+        if not isinstance(exc, DatabaseError | ArgumentError):
+            raise
+        _error(f"[red]crewchief:[/red] cannot use the database {_database()}: {_reason(exc)}")
         sys.exit(2)
 
 
 def _database() -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     url = os.environ.get("CREWCHIEF_DATABASE_URL", "sqlite:///crewchief.db")
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -333,6 +376,9 @@ def _database() -> str:
 
 
 def _reason(exc: Exception) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     reason = detail[0] if detail else type(exc).__name__
     url = os.environ.get("CREWCHIEF_DATABASE_URL", "sqlite:///crewchief.db")

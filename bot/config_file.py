@@ -9,10 +9,9 @@ import yaml
 from pydantic import ValidationError
 
 from agents.config import ID_PATTERN, CrewConfig, builtin_defaults, merge
+from bot.errors import ConfigError
 
-
-class ConfigError(Exception):
-    """The config cannot be used; the message names the file, the key and the problem."""
+__all__ = ["ConfigError", "load_config"]
 
 
 def load_config(path: Path, *, approvers: list[str] | None = None) -> CrewConfig:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
-from bot.app import App
 from bot.metrics import registry_for, render
-from bot.platforms.slack import SlackPlatform, malformed
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.platforms.slack import SlackPlatform
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ def web_app(app: App, slack: SlackPlatform | None) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     if slack is not None:
+        from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+
+        from bot.platforms.slack import malformed
 
         @routes.post("/slack/events")
         async def slack_events(request: web.Request) -> web.Response:

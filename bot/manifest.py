@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from bot.platforms.slack import COMMAND, EVENTS, SCOPES
+from bot.platforms.slack_config import EVENTS, SCOPES
+from commands.events import COMMAND
 
 USAGE_HINT = "run <workflow> <text> · status · approve|reject <run> · help"
 

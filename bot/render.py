@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from types import CodeType
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import BytecodeCache, Environment, PackageLoader, StrictUndefined
+from jinja2.bccache import Bucket
 from markupsafe import Markup
 
 from bot.escaping import ESCAPERS
@@ -48,6 +50,27 @@ def _duration(seconds: Any) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
+class _CompiledTemplates(BytecodeCache):
+    """Each template compiled once per process and shared by every Renderer: they configure
+    their environments alike, so a template's code differs only with its source, which the
+    bucket's checksum covers."""
+
+    def __init__(self) -> None:
+        self._code: dict[str, tuple[str, CodeType]] = {}
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        found = self._code.get(bucket.key)
+        if found is not None and found[0] == bucket.checksum:
+            bucket.code = found[1]
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        if bucket.code is not None:
+            self._code[bucket.key] = (bucket.checksum, bucket.code)
+
+
+_COMPILED = _CompiledTemplates()
+
+
 class Renderer:
     def __init__(self, platform: str, mention: Mention, *, emoji_names: bool = False) -> None:
         escape = ESCAPERS[platform]
@@ -67,14 +90,18 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=False,
             autoescape=False,
+            bytecode_cache=_COMPILED,
         )
+        self._templates: frozenset[str] | None = None
         self.env.filters["duration"] = _duration
         self.env.filters["emoji"] = _emoji_for(emoji_names)
         self.env.filters["mention"] = lambda who: Markup(mention(str(who)))
         self.env.filters["mentions"] = lambda ids: Markup(", ".join(mention(str(w)) for w in ids))
 
     def has(self, template: str) -> bool:
-        return f"{template}.j2" in self.env.list_templates()
+        if self._templates is None:
+            self._templates = frozenset(self.env.list_templates())
+        return f"{template}.j2" in self._templates
 
     def render(self, template: str, context: dict[str, Any]) -> str:
         return self.env.get_template(f"{template}.j2").render(context).strip()

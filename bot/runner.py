@@ -6,31 +6,44 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+from bot.platforms.discord_config import discord_settings
+from bot.platforms.slack_config import slack_settings
 
-from bot.app import build_app
-from bot.http import web_app
-from bot.settings import Settings
+if TYPE_CHECKING:
+    from bot.platforms.discord import DiscordPlatform
+    from bot.platforms.slack import SlackPlatform
+    from bot.settings import Settings
 
 log = logging.getLogger("crewchief")
 
 
 async def serve(settings: Settings, *, platforms: set[str], host: str, port: int) -> None:
     """Until SIGINT/SIGTERM (or `quit` in the shell). Raises ConfigError before anything runs."""
-    from bot.platforms.discord import DiscordPlatform, discord_settings
-    from bot.platforms.slack import SlackPlatform, slack_settings
-
     slack_conf = slack_settings(settings) if "slack" in platforms else None
     discord_conf = discord_settings(settings) if "discord" in platforms else None
+    # The engine, the HTTP server and each chat SDK load once the settings are known to be
+    # usable, and an SDK only for a platform being served.
+    from aiohttp import web
+
+    from bot.app import build_app
+    from bot.http import web_app
+
     app = build_app(settings)
     if app.llm.name == "offline":
         log.warning("LLM: offline (no OPENAI_API_KEY): agents write deterministic placeholder text")
-    slack = SlackPlatform(app, slack_conf) if slack_conf else None
-    if slack:
+    slack: SlackPlatform | None = None
+    if slack_conf:
+        from bot.platforms.slack import SlackPlatform
+
+        slack = SlackPlatform(app, slack_conf)
         app.add_platform(slack)
-    discord = DiscordPlatform(app, discord_conf) if discord_conf else None
-    if discord:
+    discord: DiscordPlatform | None = None
+    if discord_conf:
+        from bot.platforms.discord import DiscordPlatform
+
+        discord = DiscordPlatform(app, discord_conf)
         app.add_platform(discord)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,8 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -29,6 +29,9 @@ from agents.cron import cron_trigger, period_of
 from agents.lifecycle import Clock
 from storage.db import Database
 from storage.leader import LeaderLock
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,9 @@ class Scheduler:
             await asyncio.to_thread(self.leader.release)
 
     def _start(self) -> None:
+        # loaded by the process that schedules, not by every `crewchief shell --script`
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
         aps = AsyncIOScheduler(timezone=UTC)
         for job in self.jobs:
             aps.add_job(

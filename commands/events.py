@@ -6,6 +6,8 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+COMMAND = "/crew"  # the one slash command every platform registers; SlashCommand is its event
+
 
 @dataclass(frozen=True)
 class Actor:

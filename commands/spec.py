@@ -9,8 +9,7 @@ from typing import Any
 
 from agents.outcomes import Outcome
 from commands.context import Context
-
-COMMAND = "/crew"
+from commands.events import COMMAND
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@ and a test bot driven through the shell platform, as a person would type."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
 import socket
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from rich.console import Console
-from sqlmodel import select
+from sqlmodel import SQLModel, select
 
 from agents.config import CrewConfig, builtin_defaults, merge
 from agents.llm import LLMProvider
@@ -24,19 +27,113 @@ from bot.app import App, build_app
 from bot.platforms.shell import ShellPlatform, ShellSession
 from bot.settings import Settings
 from storage import models
+from storage.db import SCHEMA_HEAD, Database
 
 POSTGRES_URL = os.environ.get("CREWCHIEF_TEST_POSTGRES_URL")
 
 backends = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
 
 
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file that Alembic brought to the newest schema, once per test process."""
+    path = tmp_path_factory.mktemp("template") / "crewchief.db"
+    db = Database(f"sqlite:///{path}")
+    db.upgrade()
+    db.dispose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
+    return path
+
+
+class PostgresSchema:
+    """A PostgreSQL schema of this test process, migrated once by Alembic and emptied for each
+    test: no connection of an earlier test survives, no row is left, every id sequence
+    restarts."""
+
+    def __init__(self, url: str) -> None:
+        self.admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        self.name = f"t_{uuid.uuid4().hex[:12]}"
+        sep = "&" if "?" in url else "?"
+        # the application name marks this schema's connections, subprocesses' ones too
+        self.url = f"{url}{sep}options=-csearch_path%3D{self.name}&application_name={self.name}"
+        self.tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
+        self.sequences: list[str] = []
+        self._create()
+
+    def _create(self) -> None:
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{self.name}"'))
+        db = Database(self.url)
+        db.upgrade()
+        db.dispose()
+        with self.admin.connect() as conn:
+            self.sequences = list(
+                conn.execute(
+                    sa.text("SELECT sequencename FROM pg_sequences WHERE schemaname = :schema"),
+                    {"schema": self.name},
+                ).scalars()
+            )
+
+    def _end_other_connections(self, conn: sa.Connection) -> None:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": self.name},
+        )
+
+    def emptied(self) -> str:
+        """The schema's URL, after emptying it (or making it again if a test changed it)."""
+        with self.admin.begin() as conn:
+            self._end_other_connections(conn)
+            conn.execute(sa.text("SET LOCAL lock_timeout = '30s'"))
+            version = conn.execute(
+                sa.text(f'SELECT version_num FROM "{self.name}".alembic_version')
+            ).scalars()
+            if list(version) == [SCHEMA_HEAD]:
+                for table in self.tables:
+                    conn.execute(sa.text(f'DELETE FROM "{self.name}"."{table}"'))
+                for sequence in self.sequences:
+                    conn.execute(sa.text(f'ALTER SEQUENCE "{self.name}"."{sequence}" RESTART'))
+                return self.url
+        self.drop()
+        self._create()
+        return self.url
+
+    def drop(self) -> None:
+        with self.admin.begin() as conn:
+            self._end_other_connections(conn)
+            conn.execute(sa.text(f'DROP SCHEMA "{self.name}" CASCADE'))
+
+
+@pytest.fixture(scope="session")
+def _postgres_schema() -> Iterator[PostgresSchema]:
+    assert POSTGRES_URL
+    schema = PostgresSchema(POSTGRES_URL)
+    yield schema
+    schema.drop()
+    schema.admin.dispose()
+
+
 @pytest.fixture(params=backends)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a schema of its own in PostgreSQL."""
+    """A fresh database at the newest schema, with no rows: a SQLite file copied from one that
+    Alembic migrated once per test process, or that process's PostgreSQL schema, emptied.
+    A test marked `empty_database` gets a database without any schema: a new SQLite file, or
+    a PostgreSQL schema of its own."""
+    empty = request.node.get_closest_marker("empty_database") is not None
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'crewchief.db'}"
+        path = tmp_path / "crewchief.db"
+        if not empty:
+            shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
     assert POSTGRES_URL
+    if not empty:
+        yield request.getfixturevalue("_postgres_schema").emptied()
+        return
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
     with admin.begin() as conn:
@@ -104,6 +201,13 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def all_rows(db: Database, table: type[Any]) -> list[Any]:
+    """Every row of `table` in the order of its primary key (for an integer id, the order they
+    were written in): PostgreSQL returns an unordered SELECT in the order its pages hold."""
+    with db.read() as s:
+        return list(s.exec(select(table).order_by(*table.__table__.primary_key.columns)).all())
 
 
 def make_config(overrides: dict[str, Any] | None = None) -> CrewConfig:
@@ -176,8 +280,7 @@ class Bot:
         return drafts[-1]
 
     def rows(self, table: type[Any]) -> list[Any]:
-        with self.app.db.read() as s:
-            return list(s.exec(select(table)).all())
+        return all_rows(self.app.db, table)
 
     def audit(self, action: str) -> list[models.AuditEntry]:
         return [a for a in self.rows(models.AuditEntry) if a.action == action]

@@ -22,7 +22,7 @@ from bot.platforms.discord import (
 from bot.settings import Settings
 from commands.handlers import REGISTRY
 from storage import models
-from tests.conftest import blog_post, free_port, make_config, seed_failed_runs
+from tests.conftest import all_rows, blog_post, free_port, make_config, seed_failed_runs
 from tests.fakes.discord_api import (
     ALICE_ID,
     APPROVE_EMOJI_ID,
@@ -117,8 +117,7 @@ class DiscordBot:
             return run
 
     def rows(self, model: Any) -> list[Any]:
-        with self.app.db.read() as s:
-            return list(s.exec(select(model)).all())
+        return all_rows(self.app.db, model)
 
 
 def build(

@@ -49,7 +49,9 @@ async def test_three_calls_in_ten_failing_end_every_run_with_a_reason(
     async with bot.app.running():
         for i in range(RUNS):
             await bot.type(f"/crew run research-brief topic {i}")
-        out = await bot.wait()
+        await bot.wait()
+        # a run can fail while later commands are still being typed: all that was printed
+        out = bot.transcript
         runs = bot.rows(models.Run)
         assert len(runs) == RUNS
         statuses = {r.status for r in runs}

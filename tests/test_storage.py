@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
@@ -21,6 +22,7 @@ def fresh(db_url: str) -> Database:
     return db
 
 
+@pytest.mark.empty_database
 def test_migrations_match_the_models_and_are_idempotent(db_url: str) -> None:
     db = fresh(db_url)
     db.upgrade()
@@ -41,6 +43,7 @@ def test_the_schema_head_start_up_checks_is_the_newest_migration() -> None:
     assert ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads() == [SCHEMA_HEAD]
 
 
+@pytest.mark.empty_database
 def test_a_database_one_migration_behind_is_brought_up_to_date(db_url: str) -> None:
     from alembic import command
 
@@ -215,6 +218,7 @@ def test_posting_the_same_key_twice_makes_one_message(db_url: str) -> None:
     db.dispose()
 
 
+@pytest.mark.empty_database
 def test_replicas_starting_together_migrate_once(db_url: str) -> None:
     """Several processes upgrading a fresh database at once: all succeed, the schema is right."""
     import os

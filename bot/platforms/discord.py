@@ -22,7 +22,6 @@ import io
 import logging
 import re
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -34,8 +33,10 @@ from discord import app_commands
 
 from bot.chart import TITLE as chart_title
 from bot.chart import for_post
-from bot.config_file import ConfigError
+from bot.errors import ConfigError
 from bot.platforms.base import Delivery, DeliveryError, Inbound
+from bot.platforms.discord_config import DiscordSettings
+from bot.platforms.discord_config import discord_settings as discord_settings
 from bot.platforms.discord_text import (
     EMBED_DESCRIPTION_LIMIT,
     EMBEDS_PER_MESSAGE,
@@ -46,7 +47,6 @@ from bot.platforms.discord_text import (
 )
 from bot.platforms.splitting import preview, split_text
 from bot.render import Renderer
-from bot.settings import Settings
 from commands.dispatch import NotYetDelivered
 from commands.events import Actor, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
 from commands.handlers import REGISTRY
@@ -85,45 +85,6 @@ UNKNOWN_CHANNEL = 10003
 # A reaction on a post whose id is not recorded yet is tried again after these pauses.
 REDELIVER_AFTER = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 TOKEN_REFUSED = "DISCORD_TOKEN was refused by Discord (reset it in the Developer Portal)"
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{16,}$")
-
-
-@dataclass(frozen=True)
-class DiscordSettings:
-    token: str
-    guild_id: int | None
-    message_content: bool
-    api_url: str | None = None
-
-
-def discord_settings(settings: Settings) -> DiscordSettings:
-    """The Discord token and options, checked: a missing or malformed one is named, never
-    printed."""
-    token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
-    token = token.removeprefix("Bot ").strip()
-    if not token:
-        raise ConfigError(
-            "DISCORD_TOKEN is not set (Developer Portal → your application → Bot → Reset Token)"
-        )
-    if not _TOKEN.match(token):
-        raise ConfigError(
-            "DISCORD_TOKEN does not look like a bot token (three dot-separated parts, "
-            "as the Developer Portal shows it)"
-        )
-    guild = (settings.discord_guild_id or "").strip()
-    if guild and not guild.isdigit():
-        raise ConfigError(f"DISCORD_GUILD_ID must be a server id (digits), got {guild!r}")
-    api_url = settings.discord_api_url
-    if api_url is not None and not re.match(r"^https?://", api_url):
-        raise ConfigError(
-            f"DISCORD_API_URL must be an http(s) URL ending in /api/v10, got {api_url!r}"
-        )
-    return DiscordSettings(
-        token,
-        int(guild) if guild else None,
-        settings.discord_message_content,
-        api_url.rstrip("/") if api_url else None,
-    )
 
 
 def intents(message_content: bool) -> discord.Intents:

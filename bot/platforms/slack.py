@@ -9,9 +9,7 @@ message kind's mrkdwn template into Block Kit and posts or edits it.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -25,14 +23,16 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chart import TITLE as chart_title
 from bot.chart import Chart, for_post
-from bot.config_file import ConfigError
 from bot.escaping import escape_slack
 from bot.platforms.base import Delivery, DeliveryError, Inbound
+from bot.platforms.slack_config import EVENTS as EVENTS
+from bot.platforms.slack_config import SCOPES as SCOPES
+from bot.platforms.slack_config import SlackSettings
+from bot.platforms.slack_config import slack_settings as slack_settings
 from bot.platforms.splitting import headline as first_line
 from bot.platforms.splitting import preview as cut_preview
 from bot.platforms.splitting import split_text
 from bot.render import Renderer
-from bot.settings import Settings
 from commands.dispatch import NotYetDelivered
 from commands.events import (
     Actor,
@@ -44,22 +44,6 @@ from commands.events import (
 from commands.spec import COMMAND
 
 log = logging.getLogger(__name__)
-
-# Exactly what the code below uses; manifest.yml must declare these and nothing else.
-SCOPES = frozenset(
-    {
-        "commands",  # /crew
-        "chat:write",  # chat.postMessage, chat.update, chat.postEphemeral
-        "reactions:read",  # reaction_added / reaction_removed
-        "channels:history",  # message.channels (feedback for 🔁); history: finding an earlier post
-        "groups:history",  # message.groups: the same in private channels
-        "app_mentions:read",  # app_mention
-        "files:write",  # long drafts are attached as a file
-    }
-)
-EVENTS = frozenset(
-    {"reaction_added", "reaction_removed", "message.channels", "message.groups", "app_mention"}
-)
 
 SECTION_LIMIT = 3000  # characters of mrkdwn per section block
 BLOCK_LIMIT = 50  # blocks per message
@@ -88,46 +72,6 @@ TEMPORARY_ERRORS = frozenset(
 NOT_HERE = frozenset({"not_in_channel", "channel_not_found", "user_not_in_channel"})
 # Every post carries its outbox key, so a retry can find a post an earlier attempt made.
 METADATA_TYPE = "crewchief_outbox"
-
-
-@dataclass(frozen=True)
-class SlackSettings:
-    bot_token: str
-    signing_secret: str | None
-    app_token: str | None
-    api_url: str | None
-
-    @property
-    def socket_mode(self) -> bool:
-        return self.app_token is not None
-
-
-def slack_settings(settings: Settings) -> SlackSettings:
-    """The Slack tokens, checked: a missing or malformed one is named, never printed."""
-    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
-    if not token:
-        raise ConfigError("SLACK_BOT_TOKEN is not set (the Bot User OAuth Token, xoxb-…)")
-    if not token.startswith("xoxb-"):
-        raise ConfigError("SLACK_BOT_TOKEN does not look like a bot token (it starts with xoxb-)")
-    app_token = settings.slack_app_token.get_secret_value() if settings.slack_app_token else None
-    if app_token is not None and not app_token.startswith("xapp-"):
-        raise ConfigError("SLACK_APP_TOKEN does not look like an app-level token (xapp-…)")
-    secret = (
-        settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-    )
-    if app_token is None and not secret:
-        raise ConfigError(
-            "SLACK_SIGNING_SECRET is not set: HTTP mode needs it to verify requests "
-            "(or set SLACK_APP_TOKEN for Socket Mode)"
-        )
-    api_url = settings.slack_api_url
-    if api_url is not None:
-        if not re.match(r"^https?://", api_url):
-            raise ConfigError(
-                f"SLACK_API_URL must be an http(s) URL ending in /api/, got {api_url!r}"
-            )
-        api_url = api_url if api_url.endswith("/") else api_url + "/"
-    return SlackSettings(token, secret, app_token, api_url)
 
 
 # Fields of the events crewchief handles that Slack documents as strings.

@@ -109,6 +109,9 @@ BOT_PERMISSIONS = 1 << 0 | 1 << 6 | 1 << 10 | 1 << 11 | 1 << 14 | 1 << 15 | 1 <<
 BOT_PERMISSIONS |= 1 << 17 | 1 << 31 | 1 << 35 | 1 << 38  # mention everyone, threads
 ADMINISTRATOR = 1 << 3
 
+COMPRESSIONS = {"zlib-stream", "zstd-stream"}  # transport compression Discord offers
+_ZSTD_FLUSH_BLOCK = 1  # zstandard.COMPRESSOBJ_FLUSH_BLOCK: end the frame's data, keep the stream
+
 
 class DiscordError(Exception):
     """Raised inside a handler to answer with Discord's JSON error body."""
@@ -479,10 +482,17 @@ class GatewayConnection:
     close_code: int | None = None
     closed_by_server: bool = False
     _zlib: Any = field(default=None, repr=False)
+    _zstd: Any = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if self.compress:
+        if not self.compress:
+            return
+        if self.query.get("compress") == "zstd-stream":
+            import zstandard  # discord.py asks for zstd-stream only when it can read it
+
+            self._zstd = zstandard.ZstdCompressor().compressobj()
+        else:
             self._zlib = zlib.compressobj()
 
     @property
@@ -490,14 +500,18 @@ class GatewayConnection:
         return not self.ws.closed
 
     async def send(self, payload: dict[str, Any]) -> bool:
-        """zlib-stream (one shared context, each frame ending in Z_SYNC_FLUSH) when the
-        client asked for it in the URL, as Discord does; plain JSON text frames otherwise."""
+        """zlib-stream (one shared context, each frame ending in Z_SYNC_FLUSH) or zstd-stream
+        (one shared context, each frame a flushed block) when the client asked for it in the
+        URL, as Discord does; plain JSON text frames otherwise."""
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         async with self._lock:
             if self.ws.closed:
                 return False
             try:
-                if self._zlib is not None:
+                if self._zstd is not None:
+                    block = self._zstd.compress(text.encode())
+                    await self.ws.send_bytes(block + self._zstd.flush(_ZSTD_FLUSH_BLOCK))
+                elif self._zlib is not None:
                     data = self._zlib.compress(text.encode()) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
                     await self.ws.send_bytes(data)
                 else:
@@ -2324,7 +2338,7 @@ class FakeDiscord:
             ws=ws,
             path=request.path,
             query=query,
-            compress=self.compress and query.get("compress") == "zlib-stream",
+            compress=self.compress and query.get("compress") in COMPRESSIONS,
         )
         self.connections.append(connection)
         if query.get("v", "10") != "10":
