@@ -26,6 +26,7 @@ ENGINE_KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_engine_prints_its_figures_as_json_on_the_last_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "engine", "--runs", "5", "--json"],
@@ -49,6 +50,7 @@ def test_a_name_with_its_own_options_runs_that_benchmark_alone() -> None:
     assert entry.single([]) is None
 
 
+@pytest.mark.slow
 def test_the_suite_writes_the_report_and_goes_on_after_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -41,6 +41,7 @@ def crewchief(
     )
 
 
+@pytest.mark.slow
 def test_shell_script_walkthrough_with_no_config_then_runs_json(tmp_path: Path) -> None:
     done = crewchief(tmp_path, "shell", "--as", "alice", "--script", "-", stdin=WALK)
     assert done.returncode == 0, done.stderr
@@ -71,6 +72,7 @@ def test_shell_script_walkthrough_with_no_config_then_runs_json(tmp_path: Path) 
     assert "run 1 · blog-post · succeeded" in again.stdout
 
 
+@pytest.mark.slow
 def test_script_file_and_wait_inside_it(tmp_path: Path) -> None:
     script = tmp_path / "walk.txt"
     script.write_text("/crew run research-brief heat pumps\nwait\n/crew status 1\n")
@@ -79,6 +81,7 @@ def test_script_file_and_wait_inside_it(tmp_path: Path) -> None:
     assert "run 1 · research-brief · succeeded" in done.stdout
 
 
+@pytest.mark.slow
 def test_missing_script_file_is_a_clear_error(tmp_path: Path) -> None:
     done = crewchief(tmp_path, "shell", "--script", "nope.txt")
     assert done.returncode == 2
@@ -132,6 +135,7 @@ def test_bad_approvers_variable_is_named(tmp_path: Path) -> None:
     assert "CREWCHIEF_APPROVERS: 'bob' is not a platform-qualified id" in done.stderr
 
 
+@pytest.mark.slow
 def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
     done = crewchief(tmp_path, "init")
     assert done.returncode == 0
@@ -143,6 +147,7 @@ def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
     assert "approvers: shell:editor" in started.stdout
 
 
+@pytest.mark.slow
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
     for _ in range(2):
         done = crewchief(tmp_path, "db", "upgrade")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.test_cli import crewchief
 
 
+@pytest.mark.slow
 def test_digest_print_on_a_fresh_database_says_quiet(tmp_path: Path) -> None:
     done = crewchief(tmp_path, "digest", "--print")
     assert done.returncode == 0, done.stderr
@@ -15,6 +18,7 @@ def test_digest_print_on_a_fresh_database_says_quiet(tmp_path: Path) -> None:
     assert "quiet: no runs, no model calls and no drafts waiting in the last 24h" in done.stdout
 
 
+@pytest.mark.slow
 def test_digest_print_covers_the_window_asked_for(tmp_path: Path) -> None:
     ran = crewchief(
         tmp_path,
@@ -34,6 +38,7 @@ def test_digest_print_covers_the_window_asked_for(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--window: 'soon' is not a duration" in bad.stderr
 
 
+@pytest.mark.slow
 def test_digest_without_print_queues_it_for_each_ops_channel(tmp_path: Path) -> None:
     refused = crewchief(tmp_path, "digest")
     assert refused.returncode == 2

@@ -236,6 +236,7 @@ async def test_the_shell_digest_writes_its_chart_and_shows_the_path(
         assert path.parent == tmp_path / "charts" and is_png(path.read_bytes())
 
 
+@pytest.mark.slow
 def test_crewchief_digest_print_writes_the_chart_beside(tmp_path: Path) -> None:
     ran = crewchief(tmp_path, "shell", "--script", "-", stdin="/crew run research-brief solar\n")
     assert ran.returncode == 0, ran.stderr

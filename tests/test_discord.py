@@ -428,6 +428,7 @@ async def test_one_process_serves_slack_and_discord(
         await app.aclose()
 
 
+@pytest.mark.slow
 async def test_crewchief_start_serves_discord_until_sigterm(
     db_url: str, tmp_path: Path, fake: FakeDiscord
 ) -> None:

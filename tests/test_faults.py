@@ -39,6 +39,7 @@ async def flaky() -> AsyncIterator[FakeOpenAIServer]:
         yield server
 
 
+@pytest.mark.slow
 async def test_three_calls_in_ten_failing_end_every_run_with_a_reason(
     bot_factory, flaky: FakeOpenAIServer
 ) -> None:

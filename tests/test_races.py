@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from commands.events import Actor, ReactionAdded
 from storage import models
 from tests.conftest import Bot, blog_post
@@ -150,6 +152,7 @@ async def shell(tmp_path: Path, db_url: str, script: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
+@pytest.mark.slow
 async def test_two_shell_processes_reacting_at_once_decide_once(
     tmp_path: Path, db_url: str
 ) -> None:

@@ -242,6 +242,7 @@ async def shell_process(
     )
 
 
+@pytest.mark.slow
 async def test_kill_9_mid_step_then_a_restart_resumes_it_at_once(
     tmp_path: Path, openai_server: FakeOpenAIServer, db_url: str
 ) -> None:
@@ -317,6 +318,7 @@ async def test_a_lease_whose_holder_cannot_be_proven_dead_is_waited_out(bot_fact
     await bot.app.aclose()
 
 
+@pytest.mark.slow
 async def test_a_call_slower_than_the_lease_keeps_its_step(
     bot_factory, openai_server: FakeOpenAIServer
 ) -> None:

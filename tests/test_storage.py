@@ -219,6 +219,7 @@ def test_posting_the_same_key_twice_makes_one_message(db_url: str) -> None:
 
 
 @pytest.mark.empty_database
+@pytest.mark.slow
 def test_replicas_starting_together_migrate_once(db_url: str) -> None:
     """Several processes upgrading a fresh database at once: all succeed, the schema is right."""
     import os

@@ -12,6 +12,7 @@ import os
 import uuid
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
@@ -60,6 +61,7 @@ def refusals(bot: Bot) -> int:
     return len([a for a in bot.rows(models.AuditEntry) if a.action.endswith(".refused")])
 
 
+@pytest.mark.slow
 async def test_generated_command_texts_get_a_clear_answer(bot_factory, db_url: str) -> None:  # type: ignore[no-untyped-def]
     bot: Bot = bot_factory()
     backend = "sqlite" if db_url.startswith("sqlite") else "postgres"
