@@ -33,6 +33,7 @@ from agents.publishing import Publication, Publisher, PublishError, record
 from agents.wakeup import Wakeup, seconds_until
 from storage.db import Database
 from storage.models import LLMCall, MessageKind, Run, RunStatus, Step, StepStatus
+from storage.problems import Outage
 from storage.queries import (
     claim_step,
     expire_leases,
@@ -110,14 +111,17 @@ class Workers:
                     await task
 
     async def _worker(self, stop: asyncio.Event, index: int) -> None:
+        outage = Outage(log, f"worker {index}", self.db.url)
         while not stop.is_set():
             try:
                 worked = await self.work_once()
-            except Exception:
-                log.exception("worker %s: a step could not be processed; retrying shortly", index)
-                worked = False
+                if not worked:
+                    due = await self.db.call(self._next_due)
+            except Exception as exc:
+                await outage.failed(exc, stop)
+                continue
+            outage.succeeded()
             if not worked:
-                due = await self.db.call(self._next_due)
                 await self.wakeup.wait(seconds_until(due, self.clock()), stop)
 
     def recover(self) -> int:

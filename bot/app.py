@@ -34,6 +34,7 @@ from commands.events import Actor, InboundEvent
 from commands.spec import Reply
 from storage.db import Database
 from storage.models import Message, utcnow
+from storage.problems import describe
 from storage.queries import pending_work
 from storage.unit_of_work import Topic
 
@@ -76,6 +77,10 @@ class App:
         with self.db.read() as session:
             message = session.get(Message, ref)
             return message.channel if message is not None and message.platform == platform else None
+
+    def database_problem(self, exc: BaseException) -> str:
+        """What is wrong with the database, in one line an operator can act on."""
+        return describe(exc, self.db.url)
 
     def add_platform(self, platform: Platform) -> None:
         self.platforms[platform.name] = platform

@@ -356,11 +356,16 @@ def main() -> None:
     except Exception as exc:
         from sqlalchemy.exc import ArgumentError, DatabaseError  # only on this path
 
-        # DatabaseError: locked, read-only, not a database; ArgumentError: not a database URL
+        from bot.platforms.shell import ScriptStopped
 
-        if not isinstance(exc, DatabaseError | ArgumentError):
+        # DatabaseError: locked, read-only, not a database; ArgumentError: not a database URL
+        if isinstance(exc, ScriptStopped):
+            reason = str(exc)
+        elif isinstance(exc, DatabaseError | ArgumentError):
+            reason = _reason(exc)
+        else:
             raise
-        _error(f"[red]crewchief:[/red] cannot use the database {_database()}: {_reason(exc)}")
+        _error(f"[red]crewchief:[/red] cannot use the database {_database()}: {reason}")
         sys.exit(2)
 
 
@@ -379,23 +384,14 @@ def _reason(exc: Exception) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    reason = detail[0] if detail else type(exc).__name__
+    from storage.problems import describe
+
     url = os.environ.get("CREWCHIEF_DATABASE_URL", "sqlite:///crewchief.db")
     try:
-        parsed = make_url(url)
+        return describe(exc, make_url(url))
     except ArgumentError:
-        return reason
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
-        return reason
-    path = Path(parsed.database).expanduser()
-    if path.is_dir():
-        return f"{path} is a directory, not a database file"
-    if not path.parent.is_dir():
-        return f"{reason}: the folder {path.parent} does not exist and cannot be made"
-    if reason == "database is locked":
-        return f"{reason}: another process holds it (set ?timeout=SECONDS to wait longer)"
-    return reason
+        detail = str(exc).strip().splitlines()
+        return detail[0] if detail else type(exc).__name__
 
 
 if __name__ == "__main__":

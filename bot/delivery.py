@@ -21,6 +21,7 @@ from bot.batch import Batch
 from bot.platforms.base import Delivery, DeliveryError, Platform
 from storage.db import Database
 from storage.models import Message, Outbox, OutboxKind, OutboxStatus, utcnow
+from storage.problems import Outage, report
 from storage.queries import (
     Leased,
     claim_outbox,
@@ -79,15 +80,16 @@ class OutboxSender:
             in_flight.discard(task)
             self.wakeup.wake()  # a slot is free
 
+        outage = Outage(log, "outbox", self.db.url)
         try:
             while not stop.is_set():
                 free = self.concurrency - len(in_flight)
-                claimed: list[Claimed] = []
-                if free > 0:
-                    try:
-                        claimed = await self.db.call(self._claim, free)
-                    except Exception:
-                        log.exception("outbox: deliveries could not be claimed; retrying shortly")
+                try:
+                    claimed = await self.db.call(self._claim, free) if free > 0 else []
+                except Exception as exc:
+                    await outage.failed(exc, stop)
+                    continue
+                outage.succeeded()
                 for row_id, delivery, platform_name in claimed:
                     task = asyncio.create_task(
                         self._deliver(row_id, delivery, platform_name),
@@ -98,7 +100,11 @@ class OutboxSender:
                 if free > 0 and len(claimed) == free:
                     continue  # there may be more
                 # Woken by a commit that queues a message, a delivery's end, or when due.
-                due = None if in_flight else await self.db.call(self._next_due)
+                try:
+                    due = None if in_flight else await self.db.call(self._next_due)
+                except Exception as exc:
+                    await outage.failed(exc, stop)
+                    continue
                 await self.wakeup.wait(seconds_until(due, self.clock()), stop)
         finally:
             # a graceful stop lets the deliveries under way finish and be recorded
@@ -126,14 +132,14 @@ class OutboxSender:
         else:
             try:
                 await self._sent.add(row_id, platform_id)
-            except Exception:  # the lease runs out and the row is delivered again (same key)
-                log.exception("outbox row %s: its delivery could not be recorded", row_id)
+            except Exception as exc:  # the lease runs out and the row is delivered again (same key)
+                report(log, exc, self.db.url, f"outbox row {row_id}: its delivery was not recorded")
 
     async def _record(self, outcome: Callable[..., None], row_id: int, result: object) -> None:
         try:
             await self.db.call(outcome, row_id, result)
-        except Exception:  # the lease runs out and the row is delivered again (same key)
-            log.exception("outbox row %s: the delivery's outcome could not be recorded", row_id)
+        except Exception as exc:  # the lease runs out and the row is delivered again (same key)
+            report(log, exc, self.db.url, f"outbox row {row_id}: its outcome was not recorded")
 
     def _mark_sent(self, sent: dict[int, str | None]) -> None:
         with self.db.transaction() as session:

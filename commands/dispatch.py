@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, func, select
 
 from agents import cards
@@ -35,6 +35,7 @@ from commands.spec import Reply, UsageError
 from storage import models
 from storage.audit import audit
 from storage.db import Database
+from storage.problems import describe
 from storage.queries import post_in_flight
 from storage.threads import Priority
 
@@ -60,9 +61,21 @@ class Dispatcher:
         reactions), the answers are not returned but written to the outbox as private notices,
         in the same transaction as what the event changed.
         """
-        return await self.db.call(
-            self.handle_now, event, priority=Priority.INBOUND, private_replies=private_replies
-        )
+        try:
+            return await self.db.call(
+                self.handle_now, event, priority=Priority.INBOUND, private_replies=private_replies
+            )
+        except OperationalError as exc:
+            # The database cannot take the event (disk full, locked, server gone): nothing of it
+            # was committed. An event with no answer of its own (a reaction) is left
+            # unacknowledged so that its platform delivers it again; a command is told why.
+            problem = describe(exc, self.db.url)
+            log.warning(
+                "%s not recorded: the database cannot be used (%s)", type(event).__name__, problem
+            )
+            if private_replies:
+                raise
+            return [Reply("database_error", {"problem": problem})]
 
     async def complete(self, actor: Actor, arg: str, typed: str) -> list[tuple[str, str]]:
         """Choices for an argument being typed (autocomplete), as (label, value) pairs."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.padding import Padding
 from rich.text import Text
+from sqlalchemy.exc import OperationalError
 
 from bot.escaping import escape_shell as escape_markup
 from bot.platforms.base import Delivery
@@ -123,6 +124,13 @@ class ShellHost(Protocol):
 
     def message_channel(self, platform: str, ref: int) -> str | None: ...
 
+    def database_problem(self, exc: BaseException) -> str: ...
+
+
+class ScriptStopped(Exception):
+    """A script's line that the database could not take (full disk, locked, read-only): the
+    script ends there and crewchief exits with status 2. The message is the problem."""
+
 
 class ShellSession:
     """Turns typed lines into the same events a chat platform would send."""
@@ -131,6 +139,7 @@ class ShellSession:
         self.host = host
         self.platform = platform
         self.user = user or _login_name()
+        self.scripted = False
 
     @property
     def actor(self) -> Actor:
@@ -146,6 +155,13 @@ class ShellSession:
 
     async def execute(self, line: str) -> bool:
         """Run one line; False when the user asked to quit."""
+        try:
+            return await self._execute(line)
+        except OperationalError as exc:  # the database is unusable (full disk, locked): say so
+            self._show([Reply("database_error", {"problem": self.host.database_problem(exc)})])
+            return True
+
+    async def _execute(self, line: str) -> bool:
         line = line.strip()
         if not line or line.startswith("# "):
             return True
@@ -183,6 +199,9 @@ class ShellSession:
         return True
 
     async def run_script(self, lines: Iterable[str]) -> None:
+        """Run the lines, then wait until no work is pending; a line the database cannot take
+        stops the script (ScriptStopped), since the lines after it may depend on it."""
+        self.scripted = True
         for line in lines:
             if line.strip():
                 self.platform.say(
@@ -261,6 +280,8 @@ class ShellSession:
 
     def _show(self, replies: list[Reply]) -> None:
         for reply in replies:
+            if reply.template == "database_error" and self.scripted:
+                raise ScriptStopped(reply.context["problem"])
             self.platform.reply(reply)
 
     @staticmethod

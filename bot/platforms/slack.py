@@ -20,6 +20,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.exc import OperationalError
 
 from bot.chart import TITLE as chart_title
 from bot.chart import Chart, for_post
@@ -184,6 +185,8 @@ class SlackPlatform:
             # Bolt answers Slack with a 500, so Slack delivers the event again.
             if isinstance(error, NotYetDelivered):
                 log.info("reaction on a post not yet recorded; Slack will deliver it again")
+            elif isinstance(error, OperationalError):  # the dispatcher said what is wrong
+                log.info("event not recorded; Slack will deliver it again")
             else:
                 log.error("Slack event failed: %s", type(error).__name__, exc_info=error)
 
