@@ -12,6 +12,7 @@ Acknowledged or silenced alerts neither repeat nor escalate.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from agents.config import CrewConfig
 from agents.lifecycle import Clock
 from agents.monitoring_config import Rule
 from agents.outcomes import Acknowledged, Ignored, Outcome, Refused, Silenced
-from agents.permissions import Permissions
+from agents.permissions import Permissions, identities
 from storage import outbox
 from storage.alert_queries import cards_of, lock_alert, open_alerts, times_fired
 from storage.audit import audit
@@ -70,13 +71,13 @@ class AlertService:
 
     # -- who may do what ----------------------------------------------------------------
 
-    def may_silence(self, who: str) -> bool:
+    def may_silence(self, who: str, roles: Iterable[str] = ()) -> bool:
+        """Admins, the on-call people and the `ops` role, each as a person or as a platform
+        role they hold (a Discord role id carried by the event: `discord:role:42`)."""
         config = self.config
-        on_call = config.members(config.alerts.on_call)
-        return (
-            self.permissions.is_admin(who)
-            or who in on_call
-            or who in config.roles.get(OPS_ROLE, [])
+        allowed = config.members(config.alerts.on_call) | set(config.roles.get(OPS_ROLE, []))
+        return self.permissions.is_admin(who, roles) or not identities(who, roles).isdisjoint(
+            allowed
         )
 
     def rule(self, name: str) -> Rule:
@@ -251,7 +252,14 @@ class AlertService:
 
     # -- people ---------------------------------------------------------------------------
 
-    def reaction_added(self, session: Session, who: str, message: Message, emoji: str) -> Outcome:
+    def reaction_added(
+        self,
+        session: Session,
+        who: str,
+        message: Message,
+        emoji: str,
+        roles: tuple[str, ...] = (),
+    ) -> Outcome:
         if message.alert_id is None:
             return Ignored(quiet=True)
         name = normalize_emoji(emoji)
@@ -261,7 +269,7 @@ class AlertService:
         if name in self.acknowledge_emoji:
             return self.acknowledge(session, alert, who)
         if name in self.silence_emoji:
-            return self.silence(session, alert, who, SILENCE_BY_REACTION, None)
+            return self.silence(session, alert, who, SILENCE_BY_REACTION, None, roles)
         return Ignored(quiet=True)
 
     def acknowledge(self, session: Session, alert: Alert, who: str) -> Outcome:
@@ -279,10 +287,16 @@ class AlertService:
         return Acknowledged(alert.id, who)
 
     def silence(
-        self, session: Session, alert: Alert, who: str, duration: timedelta, reason: str | None
+        self,
+        session: Session,
+        alert: Alert,
+        who: str,
+        duration: timedelta,
+        reason: str | None,
+        roles: tuple[str, ...] = (),
     ) -> Outcome:
         assert alert.id is not None
-        if not self.may_silence(who):
+        if not self.may_silence(who, roles):
             return Refused(
                 "only admins, the on-call people and the ops role may silence alerts",
                 action="alert.silence.refused",

@@ -187,7 +187,9 @@ class Dispatcher:
             return None  # a reaction on someone else's message: not ours to judge
         if message.kind == models.MessageKind.ALERT:
             if isinstance(event, ReactionAdded):
-                return self.crew.alerts.reaction_added(session, ctx.who, message, event.emoji)
+                return self.crew.alerts.reaction_added(
+                    session, ctx.who, message, event.emoji, ctx.roles
+                )
             return None  # taking back 👀 or 🔕 undoes nothing
         approvals = self.crew.approvals
         if isinstance(event, ReactionAdded):
