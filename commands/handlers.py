@@ -243,7 +243,15 @@ def cmd_silence(ctx: Context, args: dict[str, str]) -> Outcome:
     if not timedelta(0) < duration <= MAX_WINDOW:
         raise UsageError("silence for a positive duration of at most 366d, e.g. 2h")
     reason = args.get("reason", "").strip() or None
-    return ctx.crew.alerts.silence(ctx.session, alert, ctx.who, duration, reason, ctx.roles)
+    service = ctx.crew.alerts
+    parsed = run_ref(args["alert"])
+    # a card (#12) stands for every alert it shows; a number for that alert alone
+    alerts = (
+        service.card_alerts(ctx.session, alert.id or 0)
+        if parsed is not None and parsed[0] == "message"
+        else [alert]
+    )
+    return service.silence(ctx.session, alerts, ctx.who, duration, reason, ctx.roles)
 
 
 REGISTRY = Registry(

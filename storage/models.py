@@ -212,6 +212,9 @@ class Alert(SQLModel, table=True):
     silenced_by: str | None = None
     silenced_until: datetime | None = None
     silence_reason: str | None = Field(default=None, sa_column=Column(Text))
+    # The alert whose cards (Message.alert_id) show this one: itself when it was posted
+    # alone, the first of them when several fired in one evaluation and share one card.
+    group_id: int | None = Field(default=None, foreign_key="alert.id", index=True)
 
 
 class Message(SQLModel, table=True):

@@ -423,3 +423,94 @@ async def test_a_flapping_alert_holds_its_resolution(bot_factory: Any) -> None:
     await bot.app.aclose()
     assert [a.state for a in alerts(bot)] == ["resolved", "resolved", "resolved"]
     assert len(bot.messages("alert")) == 3
+
+
+async def test_alerts_firing_in_one_evaluation_share_one_card_per_ops_channel(
+    bot_factory: Any,
+) -> None:
+    clock = FakeClock()
+    config = ops_config(escalate_after="30m", repeat_interval="1h")
+    config["ops"] = {"channels": ["shell:ops", "shell:ops2"]}
+    config["alerts"]["rules"] = {
+        "failure-rate": {"for": 0, "keep_firing_for": 0},
+        "missed-job": {"enabled": False},
+    }
+    bot: Bot = bot_factory(config, clock=clock, user="bob")
+    async with bot.app.running():
+        failed_runs(bot, 3)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        cards = bot.messages("alert")
+        assert [(c.platform, c.channel) for c in cards] == [("shell", "ops"), ("shell", "ops2")]
+        assert [c.thread_of for c in cards] == [None, None], "each card is a top-level post"
+        assert [a.group_id for a in alerts(bot)] == [1, 1], "both rows point at the one card"
+        assert bot.transcript.count("🔴 alerts 1, 2 · fired together · firing") == 2
+        assert bot.transcript.count("🔴 alert 1 · failure-rate · workflow=blog-post · firing") == 2
+        assert bot.transcript.count("🔴 alert 2 · failure-rate · workflow=research-brief") == 2
+        assert "3 of 3 research-brief runs failed in the last 1h (100%)" in bot.transcript
+        assert "react 👀 to acknowledge them all" in bot.transcript
+
+        clock.advance(minutes=31)  # nobody acknowledged: one escalation per card, naming both
+        failed_runs(bot, 3)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        escalations = bot.messages("alert_update")
+        assert [r.thread_of for r in escalations] == [c.id for c in cards]
+        assert (
+            bot.transcript.count(
+                "📣 @olga: alerts 1, 2 have fired for 31m 00s and nobody has acknowledged them:"
+            )
+            == 2
+        )
+
+        clock.advance(minutes=30)  # and one repeat per card
+        failed_runs(bot, 3)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        assert len(bot.messages("alert_update")) == 4
+        assert bot.transcript.count("🔁 still firing after 1h 01m:") == 2
+
+        await bot.type(f"react #{cards[0].id} 👀")  # on one card: acknowledges both alerts
+        await bot.wait()
+        assert [a.acknowledged_by for a in alerts(bot)] == ["shell:bob", "shell:bob"]
+        assert bot.transcript.count("👀 acknowledged by @bob (alerts 1, 2)") == 2
+        assert f"#{cards[1].id} edited 🔴 alerts 1, 2 · fired together · firing" in (bot.transcript)
+
+        clock.advance(minutes=61)  # research-brief stopped failing an hour ago; blog-post not
+        failed_runs(bot, 3)
+        before = bot.transcript
+        await evaluate(bot)
+    await bot.app.aclose()
+
+    assert [a.state for a in alerts(bot)] == ["firing", "resolved"]
+    assert bot.messages("alert") == cards, "no new card: the shared one is edited"
+    after = bot.transcript[len(before) :]
+    for card in cards:
+        assert f"#{card.id} edited 🔴 alerts 1, 2 · fired together · firing" in after
+    assert after.count("✅ alert 2 · failure-rate · workflow=research-brief · resolved after") == 2
+    assert after.count("🔴 alert 1 · failure-rate · workflow=blog-post · firing") == 2
+    assert after.count("✅ alert 2 resolved after 2h 02m, acknowledged by @bob") == 2
+    replies = bot.messages("alert_update")
+    assert len(replies) == 8 and {r.thread_of for r in replies} == {c.id for c in cards}
+
+
+async def test_a_card_of_one_alert_stays_its_own_when_another_fires_later(
+    bot_factory: Any,
+) -> None:
+    clock = FakeClock()
+    config = ops_config()
+    config["alerts"]["rules"] = {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}
+    bot: Bot = bot_factory(config, clock=clock)
+    async with bot.app.running():
+        failed_runs(bot, 3)
+        await evaluate(bot)
+        clock.advance(minutes=1)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        await bot.type(f"react #{bot.messages('alert')[0].id} 👀")
+        await bot.wait()
+    await bot.app.aclose()
+    assert len(bot.messages("alert")) == 2
+    assert "alerts 1, 2" not in bot.transcript
+    assert "🔴 alert 2 · failure-rate · workflow=research-brief · firing" in bot.transcript
+    assert [a.acknowledged_by for a in alerts(bot)] == ["shell:alice", None]
