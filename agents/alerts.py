@@ -25,7 +25,7 @@ from agents.approvals import normalize_emoji
 from agents.config import CrewConfig
 from agents.lifecycle import Clock
 from agents.monitoring_config import Rule
-from agents.outcomes import Acknowledged, Ignored, Outcome, Refused, Silenced
+from agents.outcomes import Acknowledged, Ignored, Noted, Outcome, Refused, Silenced
 from agents.permissions import Permissions, identities
 from storage import outbox
 from storage.alert_queries import cards_of, group_members, lock_alert, open_alerts, times_fired
@@ -42,6 +42,7 @@ FLAP_WINDOW = timedelta(hours=1)  # firing this many times within it is flapping
 FLAP_FIRINGS = 3  # and a flapping alert resolves only once clear for the whole window
 INHIBITOR = "llm-errors"  # the provider failing explains runs failing:
 INHIBITED = {"failure-rate"}  # these are listed in its card instead of posted
+NOTE_SHOWN = 500  # characters of a note a card shows (all of it is stored)
 WORST_FIRST = (AlertState.FIRING, AlertState.PENDING, AlertState.RESOLVED)  # a card's colour
 
 
@@ -52,6 +53,10 @@ def _aware(at: datetime | None) -> datetime | None:
 def _silenced(alert: Alert, now: datetime) -> bool:
     until = _aware(alert.silenced_until)
     return until is not None and until > now
+
+
+def _cut(text: str, limit: int = NOTE_SHOWN) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _when(at: datetime | None) -> str | None:
@@ -356,6 +361,28 @@ class AlertService:
         assert open_[0].id is not None
         return Silenced(open_[0].id, until or "")
 
+    def thread_reply(self, session: Session, who: str, card: Message, text: str) -> Outcome:
+        """A reply in a card's thread: the acknowledger's first one after their 👀 is kept as
+        the note of each alert of the card they acknowledged (anyone else's is chatter)."""
+        if card.alert_id is None:
+            return Ignored(quiet=True)
+        alerts = [
+            a
+            for a in self.card_alerts(session, card.alert_id)
+            if a.acknowledged_by == who and a.note is None
+        ]
+        if not alerts or not text.strip():
+            return Ignored(quiet=True)
+        now = self.clock()
+        for alert in alerts:
+            alert.note = text.strip()
+            alert.noted_at = now
+            session.add(alert)
+            audit(session, who, "alert.noted", None, alert=alert.id)
+        self._edit_cards(session, alerts[0], now)
+        assert alerts[0].id is not None
+        return Noted(alerts[0].id, who)
+
     # -- messages -------------------------------------------------------------------------
 
     def card_context(
@@ -383,6 +410,8 @@ class AlertService:
             "silenced_by": alert.silenced_by if silenced else None,
             "silenced_until": _when(alert.silenced_until) if silenced else None,
             "silence_reason": alert.silence_reason if silenced else None,
+            "note": _cut(alert.note) if alert.note else None,
+            "note_by": alert.acknowledged_by if alert.note else None,
         }
 
     def _members(self, session: Session, alert: Alert) -> list[Alert]:

@@ -514,3 +514,80 @@ async def test_a_card_of_one_alert_stays_its_own_when_another_fires_later(
     assert "alerts 1, 2" not in bot.transcript
     assert "🔴 alert 2 · failure-rate · workflow=research-brief · firing" in bot.transcript
     assert [a.acknowledged_by for a in alerts(bot)] == ["shell:alice", None]
+
+
+async def test_the_acknowledgers_next_reply_in_the_thread_is_kept_as_a_note(
+    bot_factory: Any,
+) -> None:
+    clock = FakeClock()
+    config = ops_config()
+    config["alerts"]["rules"] = {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}
+    bot: Bot = bot_factory(config, clock=clock, user="ana")
+    async with bot.app.running():
+        failed_runs(bot, 3)
+        await evaluate(bot)
+        [card] = bot.messages("alert")
+        await bot.type(f"reply #{card.id} is anyone on this?")  # before the 👀: chatter
+        await bot.wait()
+        bot.act_as("bob")
+        await bot.type(f"reply #{card.id} looking")
+        bot.act_as("ana")
+        await bot.type(f"react #{card.id} 👀")
+        await bot.wait()
+        [ack] = bot.messages("alert_update")
+        bot.act_as("bob")
+        await bot.type(f"reply #{card.id} not me")  # someone else, after the 👀
+        await bot.wait()
+        assert [a.note for a in alerts(bot)] == [None]
+        bot.act_as("ana")
+        # in the thread, even as a reply to the bot's reply there
+        await bot.type(f"reply #{ack.id} restarting the provider <@U1> [x](https://evil)")
+        await bot.wait()
+        await bot.type(f"reply #{card.id} and a second thought")  # only the next one counts
+        await bot.wait()
+        assert (
+            f"#{card.id} edited 🔴 alert 1 · failure-rate · workflow=blog-post · firing"
+            in bot.transcript
+        )
+        assert "📝 note by @ana: restarting the provider <@U1> [x](https://evil)" in (
+            bot.transcript
+        )
+        out = await bot.type("/crew alerts")
+        assert "📝 note by shell:ana: restarting the provider" in out
+    await bot.app.aclose()
+    [alert] = alerts(bot)
+    assert alert.note == "restarting the provider <@U1> [x](https://evil)"
+    assert alert.noted_at is not None
+    assert "second thought" not in bot.transcript.split("📝 note by @ana:")[-1].splitlines()[0]
+    assert len(bot.audit("alert.noted")) == 1
+    assert len(bot.messages("alert_update")) == 1, "a note is shown on the card, not replied to"
+
+
+async def test_a_note_on_a_shared_card_goes_to_each_alert_it_acknowledged(
+    bot_factory: Any,
+) -> None:
+    clock = FakeClock()
+    config = ops_config()
+    config["alerts"]["rules"] = {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}
+    bot: Bot = bot_factory(config, clock=clock, user="ana")
+    async with bot.app.running():
+        failed_runs(bot, 3)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        [card] = bot.messages("alert")
+        await bot.type(f"react #{card.id} 👀")
+        await bot.wait()
+        await bot.type(f"reply #{card.id} restarting the provider")
+        await bot.wait()
+        edited = bot.transcript.split(f"#{card.id} edited")[-1]
+        assert edited.count("📝 note by @ana: restarting the provider") == 2
+        bot.act_as("olga")
+        out = await bot.type(f"/crew silence #{card.id} 2h deploying a fix")
+        assert "silenced until" in out
+        await bot.wait()
+    await bot.app.aclose()
+    assert [a.note for a in alerts(bot)] == ["restarting the provider"] * 2
+    assert [a.silenced_by for a in alerts(bot)] == ["shell:olga"] * 2
+    assert "🔕 silenced by @olga until" in bot.transcript and "(alerts 1, 2): deploying a fix" in (
+        bot.transcript
+    )

@@ -291,6 +291,8 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "silence_reason": "deploying a fix",
         "explains": ["3 of 4 blog-post runs failed in the last 1h (75%)"],
         "flapping": True,
+        "note": "restarting the provider",
+        "note_by": "slack:U012AB",
     },
     "alert_group": {
         "alert_id": 1,
@@ -313,6 +315,8 @@ CONTEXTS: dict[str, dict[str, Any]] = {
                 "silence_reason": None,
                 "explains": [],
                 "flapping": False,
+                "note": "restarting the provider",
+                "note_by": "slack:U012AB",
             },
             {
                 "alert_id": 2,
@@ -328,6 +332,8 @@ CONTEXTS: dict[str, dict[str, Any]] = {
                 "silence_reason": "deploying a fix",
                 "explains": ["3 of 4 research-brief runs failed in the last 1h (75%)"],
                 "flapping": True,
+                "note": None,
+                "note_by": None,
             },
         ],
     },
@@ -352,6 +358,8 @@ CONTEXTS: dict[str, dict[str, Any]] = {
                 "acknowledged_by": "slack:U012AB",
                 "silenced_by": None,
                 "silenced_until": None,
+                "note": "restarting the provider",
+                "note_by": "slack:U012AB",
             }
         ]
     },
