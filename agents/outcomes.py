@@ -66,6 +66,14 @@ class Silenced:
 
 
 @dataclass(frozen=True)
+class Noted:
+    """The acknowledger's reply in an alert card's thread, kept as the alerts' note."""
+
+    alert_id: int
+    by: str
+
+
+@dataclass(frozen=True)
 class Refused:
     """The asker may not do this. The dispatcher audits it as `action` and answers once."""
 
@@ -96,4 +104,5 @@ Outcome = (
     | Ignored
     | Acknowledged
     | Silenced
+    | Noted
 )

@@ -14,6 +14,7 @@ from agents.outcomes import (
     Counted,
     Decided,
     Ignored,
+    Noted,
     Outcome,
     Refused,
     Retrying,
@@ -57,4 +58,6 @@ def reply_for(outcome: Outcome, *, command: bool) -> Reply | None:
             return notice(f"alert {alert_id} acknowledged") if command else None
         case Silenced(alert_id, until):
             return notice(f"alert {alert_id} silenced until {until}") if command else None
+        case Noted():
+            return None  # the card shows it
     raise TypeError(f"no answer for {outcome!r}")  # pragma: no cover - a new Outcome type

@@ -183,8 +183,7 @@ class Dispatcher:
                 return Refused(f"you may not run {spec.name}; /crew help lists what you may")
             return spec.handler(ctx, args)
         if isinstance(event, ThreadReply):
-            self._thread_reply(ctx, event)
-            return None
+            return self._thread_reply(ctx, event)
         message = self._message(
             session, event.actor.platform, event.channel, event.message_platform_id
         )
@@ -200,7 +199,9 @@ class Dispatcher:
             return None  # a reaction on someone else's message: not ours to judge
         if message.kind == models.MessageKind.ALERT:
             if isinstance(event, ReactionAdded):
-                return self.crew.alerts.reaction_added(session, ctx.who, message, event.emoji)
+                return self.crew.alerts.reaction_added(
+                    session, ctx.who, message, event.emoji, ctx.roles
+                )
             return None  # taking back 👀 or 🔕 undoes nothing
         approvals = self.crew.approvals
         if isinstance(event, ReactionAdded):
@@ -208,14 +209,24 @@ class Dispatcher:
         assert isinstance(event, ReactionRemoved)
         return approvals.reaction_removed(session, ctx.who, message, event.emoji)
 
-    def _thread_reply(self, ctx: Context, event: ThreadReply) -> None:
+    def _thread_reply(self, ctx: Context, event: ThreadReply) -> Outcome | None:
+        """A reply in a run's thread is feedback for its next 🔁; one in an alert card's
+        thread may be the acknowledger's note."""
         parent = self._message(
             ctx.session, event.actor.platform, event.channel, event.thread_platform_id
         )
-        if parent is not None and parent.run_id is not None:
+        if parent is None:
+            return None
+        if parent.alert_id is not None:
+            card = ctx.session.get(models.Message, parent.thread_of) if parent.thread_of else parent
+            if card is None:
+                return None
+            return self.crew.alerts.thread_reply(ctx.session, ctx.who, card, event.text)
+        if parent.run_id is not None:
             ctx.session.add(
                 models.ThreadReply(run_id=parent.run_id, author=ctx.who, text=event.text)
             )
+        return None
 
     def _message(
         self, session: Session, platform: str, channel: str, platform_id: str

@@ -204,7 +204,7 @@ def cmd_digest(ctx: Context, args: dict[str, str]) -> Reply:
 
 
 def _may_silence(ctx: Context) -> bool:
-    return ctx.crew.alerts.may_silence(ctx.who)
+    return ctx.crew.alerts.may_silence(ctx.who, ctx.roles)
 
 
 def find_alert(ctx: Context, ref: str) -> Alert:
@@ -243,7 +243,15 @@ def cmd_silence(ctx: Context, args: dict[str, str]) -> Outcome:
     if not timedelta(0) < duration <= MAX_WINDOW:
         raise UsageError("silence for a positive duration of at most 366d, e.g. 2h")
     reason = args.get("reason", "").strip() or None
-    return ctx.crew.alerts.silence(ctx.session, alert, ctx.who, duration, reason)
+    service = ctx.crew.alerts
+    parsed = run_ref(args["alert"])
+    # a card (#12) stands for every alert it shows; a number for that alert alone
+    alerts = (
+        service.card_alerts(ctx.session, alert.id or 0)
+        if parsed is not None and parsed[0] == "message"
+        else [alert]
+    )
+    return service.silence(ctx.session, alerts, ctx.who, duration, reason, ctx.roles)
 
 
 REGISTRY = Registry(

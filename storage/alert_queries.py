@@ -126,7 +126,8 @@ def open_alerts(session: Session, *, lock: bool = False) -> list[Alert]:
 
 
 def cards_of(session: Session, alert_id: int) -> list[Message]:
-    """An alert's card in each ops channel."""
+    """The card in each ops channel that alert `alert_id` posted (for itself and, when
+    several fired at once, for the others of its group)."""
     return list(
         session.exec(
             select(Message)
@@ -134,6 +135,15 @@ def cards_of(session: Session, alert_id: int) -> list[Message]:
             .order_by(col(Message.id))
         ).all()
     )
+
+
+def group_members(session: Session, group_id: int, *, lock: bool = False) -> list[Alert]:
+    """The alerts one card shows (those whose `group_id` is `group_id`), by id; row-locked
+    on PostgreSQL with `lock`."""
+    query = select(Alert).where(Alert.group_id == group_id).order_by(col(Alert.id))
+    if lock:
+        query = query.with_for_update()
+    return list(session.exec(query).all())
 
 
 def lock_alert(session: Session, alert_id: int) -> Alert | None:

@@ -212,6 +212,11 @@ class Alert(SQLModel, table=True):
     silenced_by: str | None = None
     silenced_until: datetime | None = None
     silence_reason: str | None = Field(default=None, sa_column=Column(Text))
+    # The alert whose cards (Message.alert_id) show this one: itself when it was posted
+    # alone, the first of them when several fired in one evaluation and share one card.
+    group_id: int | None = Field(default=None, foreign_key="alert.id", index=True)
+    note: str | None = Field(default=None, sa_column=Column(Text))  # the acknowledger's
+    noted_at: datetime | None = None  # first reply in the card's thread after their 👀
 
 
 class Message(SQLModel, table=True):

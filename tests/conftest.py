@@ -178,14 +178,21 @@ def blog_post(approvers: list[str], **approval: Any) -> dict[str, Any]:
 
 
 def seed_failed_runs(
-    db: Any, *, platform: str, channel: str, requester: str, at: datetime, count: int = 3
+    db: Any,
+    *,
+    platform: str,
+    channel: str,
+    requester: str,
+    at: datetime,
+    count: int = 3,
+    workflow: str = "blog-post",
 ) -> None:
-    """`count` blog-post runs that failed just before `at`: enough to trip failure-rate."""
+    """`count` runs of `workflow` that failed just before `at`: enough to trip failure-rate."""
     with db.transaction() as session:
         for i in range(count):
             session.add(
                 models.Run(
-                    workflow="blog-post",
+                    workflow=workflow,
                     text=f"run {i}",
                     requester=requester,
                     platform=platform,

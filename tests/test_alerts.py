@@ -423,3 +423,171 @@ async def test_a_flapping_alert_holds_its_resolution(bot_factory: Any) -> None:
     await bot.app.aclose()
     assert [a.state for a in alerts(bot)] == ["resolved", "resolved", "resolved"]
     assert len(bot.messages("alert")) == 3
+
+
+async def test_alerts_firing_in_one_evaluation_share_one_card_per_ops_channel(
+    bot_factory: Any,
+) -> None:
+    clock = FakeClock()
+    config = ops_config(escalate_after="30m", repeat_interval="1h")
+    config["ops"] = {"channels": ["shell:ops", "shell:ops2"]}
+    config["alerts"]["rules"] = {
+        "failure-rate": {"for": 0, "keep_firing_for": 0},
+        "missed-job": {"enabled": False},
+    }
+    bot: Bot = bot_factory(config, clock=clock, user="bob")
+    async with bot.app.running():
+        failed_runs(bot, 3)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        cards = bot.messages("alert")
+        assert [(c.platform, c.channel) for c in cards] == [("shell", "ops"), ("shell", "ops2")]
+        assert [c.thread_of for c in cards] == [None, None], "each card is a top-level post"
+        assert [a.group_id for a in alerts(bot)] == [1, 1], "both rows point at the one card"
+        assert bot.transcript.count("🔴 alerts 1, 2 · fired together · firing") == 2
+        assert bot.transcript.count("🔴 alert 1 · failure-rate · workflow=blog-post · firing") == 2
+        assert bot.transcript.count("🔴 alert 2 · failure-rate · workflow=research-brief") == 2
+        assert "3 of 3 research-brief runs failed in the last 1h (100%)" in bot.transcript
+        assert "react 👀 to acknowledge them all" in bot.transcript
+
+        clock.advance(minutes=31)  # nobody acknowledged: one escalation per card, naming both
+        failed_runs(bot, 3)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        escalations = bot.messages("alert_update")
+        assert [r.thread_of for r in escalations] == [c.id for c in cards]
+        assert (
+            bot.transcript.count(
+                "📣 @olga: alerts 1, 2 have fired for 31m 00s and nobody has acknowledged them:"
+            )
+            == 2
+        )
+
+        clock.advance(minutes=30)  # and one repeat per card
+        failed_runs(bot, 3)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        assert len(bot.messages("alert_update")) == 4
+        assert bot.transcript.count("🔁 still firing after 1h 01m:") == 2
+
+        await bot.type(f"react #{cards[0].id} 👀")  # on one card: acknowledges both alerts
+        await bot.wait()
+        assert [a.acknowledged_by for a in alerts(bot)] == ["shell:bob", "shell:bob"]
+        assert bot.transcript.count("👀 acknowledged by @bob (alerts 1, 2)") == 2
+        assert f"#{cards[1].id} edited 🔴 alerts 1, 2 · fired together · firing" in (bot.transcript)
+
+        clock.advance(minutes=61)  # research-brief stopped failing an hour ago; blog-post not
+        failed_runs(bot, 3)
+        before = bot.transcript
+        await evaluate(bot)
+    await bot.app.aclose()
+
+    assert [a.state for a in alerts(bot)] == ["firing", "resolved"]
+    assert bot.messages("alert") == cards, "no new card: the shared one is edited"
+    after = bot.transcript[len(before) :]
+    for card in cards:
+        assert f"#{card.id} edited 🔴 alerts 1, 2 · fired together · firing" in after
+    assert after.count("✅ alert 2 · failure-rate · workflow=research-brief · resolved after") == 2
+    assert after.count("🔴 alert 1 · failure-rate · workflow=blog-post · firing") == 2
+    assert after.count("✅ alert 2 resolved after 2h 02m, acknowledged by @bob") == 2
+    replies = bot.messages("alert_update")
+    assert len(replies) == 8 and {r.thread_of for r in replies} == {c.id for c in cards}
+
+
+async def test_a_card_of_one_alert_stays_its_own_when_another_fires_later(
+    bot_factory: Any,
+) -> None:
+    clock = FakeClock()
+    config = ops_config()
+    config["alerts"]["rules"] = {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}
+    bot: Bot = bot_factory(config, clock=clock)
+    async with bot.app.running():
+        failed_runs(bot, 3)
+        await evaluate(bot)
+        clock.advance(minutes=1)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        await bot.type(f"react #{bot.messages('alert')[0].id} 👀")
+        await bot.wait()
+    await bot.app.aclose()
+    assert len(bot.messages("alert")) == 2
+    assert "alerts 1, 2" not in bot.transcript
+    assert "🔴 alert 2 · failure-rate · workflow=research-brief · firing" in bot.transcript
+    assert [a.acknowledged_by for a in alerts(bot)] == ["shell:alice", None]
+
+
+async def test_the_acknowledgers_next_reply_in_the_thread_is_kept_as_a_note(
+    bot_factory: Any,
+) -> None:
+    clock = FakeClock()
+    config = ops_config()
+    config["alerts"]["rules"] = {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}
+    bot: Bot = bot_factory(config, clock=clock, user="ana")
+    async with bot.app.running():
+        failed_runs(bot, 3)
+        await evaluate(bot)
+        [card] = bot.messages("alert")
+        await bot.type(f"reply #{card.id} is anyone on this?")  # before the 👀: chatter
+        await bot.wait()
+        bot.act_as("bob")
+        await bot.type(f"reply #{card.id} looking")
+        bot.act_as("ana")
+        await bot.type(f"react #{card.id} 👀")
+        await bot.wait()
+        [ack] = bot.messages("alert_update")
+        bot.act_as("bob")
+        await bot.type(f"reply #{card.id} not me")  # someone else, after the 👀
+        await bot.wait()
+        assert [a.note for a in alerts(bot)] == [None]
+        bot.act_as("ana")
+        # in the thread, even as a reply to the bot's reply there
+        await bot.type(f"reply #{ack.id} restarting the provider <@U1> [x](https://evil)")
+        await bot.wait()
+        await bot.type(f"reply #{card.id} and a second thought")  # only the next one counts
+        await bot.wait()
+        assert (
+            f"#{card.id} edited 🔴 alert 1 · failure-rate · workflow=blog-post · firing"
+            in bot.transcript
+        )
+        assert "📝 note by @ana: restarting the provider <@U1> [x](https://evil)" in (
+            bot.transcript
+        )
+        out = await bot.type("/crew alerts")
+        assert "📝 note by shell:ana: restarting the provider" in out
+    await bot.app.aclose()
+    [alert] = alerts(bot)
+    assert alert.note == "restarting the provider <@U1> [x](https://evil)"
+    assert alert.noted_at is not None
+    assert "second thought" not in bot.transcript.split("📝 note by @ana:")[-1].splitlines()[0]
+    assert len(bot.audit("alert.noted")) == 1
+    assert len(bot.messages("alert_update")) == 1, "a note is shown on the card, not replied to"
+
+
+async def test_a_note_on_a_shared_card_goes_to_each_alert_it_acknowledged(
+    bot_factory: Any,
+) -> None:
+    clock = FakeClock()
+    config = ops_config()
+    config["alerts"]["rules"] = {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}
+    bot: Bot = bot_factory(config, clock=clock, user="ana")
+    async with bot.app.running():
+        failed_runs(bot, 3)
+        failed_runs(bot, 3, workflow="research-brief")
+        await evaluate(bot)
+        [card] = bot.messages("alert")
+        await bot.type(f"react #{card.id} 👀")
+        await bot.wait()
+        await bot.type(f"reply #{card.id} restarting the provider")
+        await bot.wait()
+        edited = bot.transcript.split(f"#{card.id} edited")[-1]
+        assert edited.count("📝 note by @ana: restarting the provider") == 2
+        bot.act_as("olga")
+        out = await bot.type(f"/crew silence #{card.id} 2h deploying a fix")
+        assert "silenced until" in out
+        await bot.wait()
+    await bot.app.aclose()
+    assert [a.note for a in alerts(bot)] == ["restarting the provider"] * 2
+    assert [a.silenced_by for a in alerts(bot)] == ["shell:olga"] * 2
+    assert "🔕 silenced by @olga until" in bot.transcript and "(alerts 1, 2): deploying a fix" in (
+        bot.transcript
+    )

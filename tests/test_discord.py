@@ -667,3 +667,98 @@ async def test_an_alert_in_the_discord_ops_channel_is_acknowledged_and_resolves(
     assert f"acknowledged by discord:{CAROL_ID}" in replies[0]
     assert "resolved after 2h 00m" in replies[1]
     assert len(bot.fake.bot_messages(OPS_CHANNEL_ID)) == 1, "one card per alert, edited in place"
+
+
+@pytest.mark.crew_config(
+    {
+        "ops": {"channels": [f"discord:{OPS_CHANNEL_ID}"]},
+        "roles": {"ops": [f"discord:role:{EDITORS_ROLE_ID}"]},
+        "alerts": {"rules": {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}},
+    }
+)
+async def test_a_holder_of_the_ops_role_silences_an_alert_with_the_command(
+    bot: DiscordBot,
+) -> None:
+    from agents.alerts import run_evaluation
+
+    now = models.utcnow()
+    seed_failed_runs(
+        bot.app.db,
+        platform="discord",
+        channel=CONTENT_CHANNEL_ID,
+        requester=f"discord:{ALICE_ID}",
+        at=now,
+    )
+    app = bot.app
+    await app.db.call(run_evaluation, app.db, app.crew.alerts, now, "p1")
+    await bot.wait()
+    [card] = bot.fake.bot_messages(OPS_CHANNEL_ID)
+
+    # bob without the editors role (which crewchief.yml makes the ops role) may not
+    options = {"alert": "1", "duration": "2h", "reason": "deploying a fix"}
+    refused = await bot.fake.send_interaction(
+        "silence", options, user_id=BOB_ID, channel_id=OPS_CHANNEL_ID, member_roles=[]
+    )
+    await bot.fake.wait_until(lambda: refused.followups, what="an answer to /crew silence")
+    [answer] = refused.followups
+    assert answer.ephemeral and "you may not run silence" in seen(answer)
+
+    # with it (the interaction carries his roles), he may
+    silenced = await bot.fake.send_interaction(
+        "silence", options, user_id=BOB_ID, channel_id=OPS_CHANNEL_ID
+    )
+    await bot.fake.wait_until(lambda: silenced.followups, what="an answer to /crew silence")
+    assert "alert 1 silenced until" in seen(silenced.followups[0])
+    await bot.wait()
+    card = bot.fake.message(OPS_CHANNEL_ID, card.id)
+    assert f"silenced by discord:{BOB_ID} until" in seen(card)
+    assert "deploying a fix" in seen(card)
+    [alert] = bot.rows(models.Alert)
+    assert (alert.silenced_by, alert.silence_reason) == (f"discord:{BOB_ID}", "deploying a fix")
+
+
+async def test_the_acknowledgers_reply_in_an_alert_thread_is_kept_as_its_note(
+    db_url: str, tmp_path: Path, fake: FakeDiscord
+) -> None:
+    from agents.alerts import run_evaluation
+
+    config = {
+        "ops": {"channels": [f"discord:{OPS_CHANNEL_ID}"]},
+        "alerts": {"rules": {"failure-rate": {"for": 0}, "missed-job": {"enabled": False}}},
+    }
+    app, platform = build(discord_env(db_url, tmp_path, discord_message_content=True), config)
+    async with app.running():
+        await platform.start(ready_timeout=5)
+        bot = DiscordBot(app, platform, fake)
+        now = models.utcnow()
+        for workflow in ("blog-post", "research-brief"):
+            seed_failed_runs(
+                app.db,
+                platform="discord",
+                channel=CONTENT_CHANNEL_ID,
+                requester=f"discord:{ALICE_ID}",
+                at=now,
+                workflow=workflow,
+            )
+        await app.db.call(run_evaluation, app.db, app.crew.alerts, now, "p1")
+        await bot.wait()
+        [card] = fake.bot_messages(OPS_CHANNEL_ID)  # one card for both alerts
+        assert "alerts 1, 2 · fired together · firing" in seen(card)
+
+        before = bot.events_seen()
+        await fake.add_reaction(CAROL_ID, OPS_CHANNEL_ID, card.id, "👀")
+        await fake.wait_until(lambda: bot.events_seen() > before, what="the 👀")
+        await bot.wait()
+        card = fake.message(OPS_CHANNEL_ID, card.id)
+        assert card.thread_id is not None  # opened by the 👀's reply
+        await fake.post_user_message(BOB_ID, card.thread_id, "not me")
+        await fake.post_user_message(CAROL_ID, card.thread_id, "restarting @everyone <@&42>")
+        await fake.wait_until(
+            lambda: all(a.note for a in bot.rows(models.Alert)), what="the note stored"
+        )
+        await bot.wait()
+    await app.aclose()
+    shown = seen(fake.message(OPS_CHANNEL_ID, card.id))
+    assert shown.count(f"note by discord:{CAROL_ID}: restarting") == 2
+    assert LIVE.findall(shown) == [], "the note pings nobody"
+    assert [a.note for a in bot.rows(models.Alert)] == ["restarting @everyone <@&42>"] * 2

@@ -354,7 +354,7 @@ async def test_contexts_of_a_real_walkthrough_render(bot_factory: Any, discord: 
     await bot.app.aclose()
 
     # a failing LLM, a timeout, an alert rule that trips
-    expected = discord_names() - {"failure", "reminder", "alert", "alert_update"}
+    expected = discord_names() - {"failure", "reminder", "alert", "alert_group", "alert_update"}
     assert expected <= set(rendered)
     everything = "\n".join(text for texts in rendered.values() for text in texts)
     assert "@everyone" in everything.replace(ZWSP, ""), "the poisoned topic is shown"

@@ -22,7 +22,7 @@ from bot.http import web_app
 from bot.platforms.slack import SCOPES, SlackPlatform, slack_settings
 from bot.settings import Settings
 from storage import models
-from tests.conftest import free_port, make_config, seed_failed_runs
+from tests.conftest import all_rows, free_port, make_config, seed_failed_runs
 from tests.fakes.local_server import serve_locally
 from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack, fake_slack
 from tests.fakes.slack_signing import (
@@ -787,3 +787,54 @@ async def test_an_alert_in_the_slack_ops_channel_is_acknowledged_and_resolves(
     assert f"acknowledged by slack:{MALLORY}" in replies[0]
     assert f"resolved after 2h 00m, acknowledged by slack:{MALLORY}" in replies[1]
     assert len(bot.top()) == 1, "one card per alert, edited in place"
+
+
+@pytest.mark.crew_config(SLACK_OPS)
+async def test_alerts_of_one_evaluation_share_a_slack_card_and_the_acknowledger_notes_it(
+    bot: SlackBot,
+) -> None:
+    from agents.alerts import run_evaluation
+
+    now = models.utcnow()
+    for workflow in ("blog-post", "research-brief"):
+        seed_failed_runs(
+            bot.app.db,
+            platform="slack",
+            channel=CHANNEL,
+            requester=f"slack:{ALICE}",
+            at=now,
+            workflow=workflow,
+        )
+    app = bot.app
+    await app.db.call(run_evaluation, app.db, app.crew.alerts, now, "p1")
+    await bot.wait()
+    [card] = bot.top()  # one post for both
+    assert "alerts 1, 2 · fired together · firing" in seen(card)
+    assert "alert 1* · failure-rate · workflow=blog-post · firing" in seen(card)
+    assert "alert 2* · failure-rate · workflow=research-brief · firing" in seen(card)
+    assert card.attachments and card.attachments[0]["color"] == "#e01e5a"  # red
+
+    await bot.event(
+        thread_message(user=MALLORY, text="on it?", channel=CHANNEL, thread_ts=card.ts)
+    )  # before the 👀: not a note
+    await bot.event(reaction_added(user=MALLORY, reaction="eyes", channel=CHANNEL, ts=card.ts))
+    await bot.event(thread_message(user=EDITH, text="+1", channel=CHANNEL, thread_ts=card.ts))
+    await bot.event(
+        thread_message(
+            user=MALLORY,
+            text="restarting the provider &lt;!channel&gt;",  # as Slack sends "<!channel>"
+            channel=CHANNEL,
+            thread_ts=card.ts,
+        )
+    )
+    await bot.wait()
+    card = bot.slack.message(CHANNEL, card.ts)
+    shown = seen(card)
+    assert shown.count(f"acknowledged by slack:{MALLORY}") == 2
+    assert shown.count(f"note by slack:{MALLORY}: restarting the provider &lt;!channel&gt;") == 2
+    assert "<!channel>" not in shown
+    [reply] = [seen(m) for m in bot.slack.thread(CHANNEL, card.ts)]
+    assert f"acknowledged by slack:{MALLORY} (alerts 1, 2)" in reply
+    notes = [a.note for a in all_rows(bot.app.db, models.Alert)]
+    assert notes == ["restarting the provider <!channel>"] * 2
+    assert len(bot.top()) == 1

@@ -291,6 +291,51 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "silence_reason": "deploying a fix",
         "explains": ["3 of 4 blog-post runs failed in the last 1h (75%)"],
         "flapping": True,
+        "note": "restarting the provider",
+        "note_by": "slack:U012AB",
+    },
+    "alert_group": {
+        "alert_id": 1,
+        "alert_ids": [1, 2],
+        "state": "firing",
+        "fired_at": "2026-12-03 09:00 UTC",
+        "unacknowledged": True,
+        "alerts": [
+            {
+                "alert_id": 1,
+                "rule": "failure-rate",
+                "labels": {"workflow": "blog-post"},
+                "summary": "3 of 4 blog-post runs failed in the last 1h (75%)",
+                "state": "resolved",
+                "fired_at": "2026-12-03 09:00 UTC",
+                "resolved_after_s": 720,
+                "acknowledged_by": "slack:U012AB",
+                "silenced_by": None,
+                "silenced_until": None,
+                "silence_reason": None,
+                "explains": [],
+                "flapping": False,
+                "note": "restarting the provider",
+                "note_by": "slack:U012AB",
+            },
+            {
+                "alert_id": 2,
+                "rule": "llm-errors",
+                "labels": {"model": "gpt-4o-mini"},
+                "summary": "5 of 6 calls to gpt-4o-mini failed in the last 15m (83%)",
+                "state": "firing",
+                "fired_at": "2026-12-03 09:00 UTC",
+                "resolved_after_s": None,
+                "acknowledged_by": None,
+                "silenced_by": "slack:U0ADMIN",
+                "silenced_until": "2026-12-03 11:00 UTC",
+                "silence_reason": "deploying a fix",
+                "explains": ["3 of 4 research-brief runs failed in the last 1h (75%)"],
+                "flapping": True,
+                "note": None,
+                "note_by": None,
+            },
+        ],
     },
     "alert_update": {
         "alert_id": 1,
@@ -313,6 +358,8 @@ CONTEXTS: dict[str, dict[str, Any]] = {
                 "acknowledged_by": "slack:U012AB",
                 "silenced_by": None,
                 "silenced_until": None,
+                "note": "restarting the provider",
+                "note_by": "slack:U012AB",
             }
         ]
     },
@@ -607,7 +654,7 @@ async def test_contexts_of_a_real_walkthrough_render(bot_factory: Any, slack: Re
     await bot.app.aclose()
 
     # a failing LLM, a timeout, an alert rule that trips
-    expected = slack_names() - {"failure", "reminder", "alert", "alert_update"}
+    expected = slack_names() - {"failure", "reminder", "alert", "alert_group", "alert_update"}
     assert expected <= set(rendered)
     everything = "\n".join(text for texts in rendered.values() for text in texts)
     assert "<!channel>" not in everything and "<@U999>" not in everything

@@ -155,7 +155,7 @@ def colour_for(template: str, context: dict[str, Any]) -> int:
         return STATUS_COLOURS.get(str(context.get("status")), DEFAULT_COLOUR)
     if template == "decision":
         return DECISION_COLOURS.get(str(context.get("decision")), DEFAULT_COLOUR)
-    if template == "alert":
+    if template in ("alert", "alert_group"):
         return ALERT_COLOURS.get(str(context.get("state")), DEFAULT_COLOUR)
     return KIND_COLOURS.get(template, DEFAULT_COLOUR)
 
@@ -529,11 +529,12 @@ class DiscordPlatform:
         # The card is there but its thread is not (not opened yet, or the bot stopped in
         # between): open it.
         context = delivery.context
-        name = (
-            f"Alert {context['alert_id']}"
-            if context.get("alert_id") and not context.get("run_id")
-            else f"Run {context.get('run_id') or ''}".strip()
-        )
+        if context.get("alert_ids"):
+            name = "Alerts " + ", ".join(str(i) for i in context["alert_ids"])
+        elif context.get("alert_id") and not context.get("run_id"):
+            name = f"Alert {context['alert_id']}"
+        else:
+            name = f"Run {context.get('run_id') or ''}".strip()
         opened = await self._start_thread(int(delivery.channel), int(thread), name)
         return await self.client.get_partial_messageable(opened).send(**message)
 

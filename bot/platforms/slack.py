@@ -372,7 +372,7 @@ class SlackPlatform:
 
     def _message(self, template: str, context: dict[str, Any], text: str) -> dict[str, Any]:
         blocks = to_blocks(text)
-        if template in ("run_card", "alert"):
+        if template in ("run_card", "alert", "alert_group"):
             colour = STATUS_COLOURS.get(
                 str(context.get("status") or context.get("state")), "#1d9bd1"
             )
