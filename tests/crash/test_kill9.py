@@ -31,7 +31,8 @@ RUNS = int(os.environ.get("CREWCHIEF_CRASH_RUNS", "100"))
 KILLS = int(os.environ.get("CREWCHIEF_CRASH_KILLS", "20"))
 MODEL_DELAY = 0.3
 
-pytestmark = pytest.mark.crash
+# minutes on a loaded machine: the default 300 s would fail a slow run, not a broken one
+pytestmark = [pytest.mark.crash, pytest.mark.timeout(1200)]
 
 
 async def test_twenty_kill_9s_lose_nothing_and_do_nothing_twice(

@@ -22,7 +22,8 @@ from tests.fakes.slack_api import fake_slack
 
 RUNS = int(os.environ.get("CREWCHIEF_REPLICA_RUNS", "200"))
 
-pytestmark = pytest.mark.crash
+# minutes on a loaded machine: the default 300 s would fail a slow run, not a broken one
+pytestmark = [pytest.mark.crash, pytest.mark.timeout(1200)]
 
 
 @pytest.mark.parametrize("replicas", [2, 4])
