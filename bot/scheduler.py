@@ -4,8 +4,9 @@ process).
 
 Only the process holding the scheduler lock schedules (storage.leader: on PostgreSQL an
 advisory lock on a connection of its own); the others check every `poll` seconds and one
-takes over when the holder dies. Each job also claims a (job, period) row before it acts, so
-a double fire, or two leaders for a moment, still acts once per period.
+takes over when the holder dies, first posting a digest that fell due in between. Each job
+also claims a (job, period) row before it acts, so a double fire, a catch-up of a period
+already done, or two leaders for a moment, still acts once per period.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from agents import digest
 from agents.alert_rules import EVALUATION_JOB
 from agents.alerts import AlertService, run_evaluation
 from agents.config import CrewConfig
-from agents.cron import cron_trigger, period_of
+from agents.cron import cron_trigger, last_fire, period_of
 from agents.lifecycle import Clock
 from storage.db import Database
 from storage.leader import LeaderLock
@@ -43,6 +44,9 @@ class Job:
     name: str
     trigger: BaseTrigger
     run: Callable[[], Awaitable[object]]
+    # run once as soon as this process starts scheduling, for a fire missed while no process
+    # scheduled (the leader died near it); the job's (job, period) row makes it act once
+    catch_up: bool = False
 
 
 def evaluation_period(when: datetime, every: timedelta) -> str:
@@ -57,9 +61,16 @@ def configured_jobs(
 ) -> list[Job]:
     """The periodic jobs crewchief.yml asks for: the digest, and the alerts' evaluation."""
 
+    schedule = cron_trigger(config.digest.schedule, config.digest.timezone)
+
     async def post_digest() -> object:
+        """The digest of the latest fire: the one just due, or one missed by less than the
+        misfire grace (no process scheduled then); an older one is left to missed-job."""
         now = clock()
-        return await db.call(digest.run_scheduled, db, config, now, period_of(now))
+        fired = last_fire(schedule, now)
+        if fired is None or (now - fired).total_seconds() > MISFIRE_GRACE:
+            return False
+        return await db.call(digest.run_scheduled, db, config, now, period_of(fired))
 
     every = config.alerts.evaluate_every
 
@@ -68,11 +79,7 @@ def configured_jobs(
         return await db.call(run_evaluation, db, alerts, now, evaluation_period(now, every))
 
     return [
-        Job(
-            digest.JOB,
-            cron_trigger(config.digest.schedule, config.digest.timezone),
-            post_digest,
-        ),
+        Job(digest.JOB, schedule, post_digest, catch_up=True),
         Job(EVALUATION_JOB, IntervalTrigger(seconds=int(every.total_seconds())), evaluate_alerts),
     ]
 
@@ -134,6 +141,9 @@ class Scheduler:
                 max_instances=1,
                 misfire_grace_time=MISFIRE_GRACE,
             )
+        for job in self.jobs:
+            if job.catch_up:  # no trigger: runs once, now
+                aps.add_job(self._guarded(job), id=f"{job.name}-catch-up", name=job.name)
         aps.start()
         self.aps = aps
         log.info("scheduler: scheduling %s", ", ".join(j.name for j in self.jobs))

@@ -16,7 +16,7 @@ from agents.cron import cron_trigger, period_of
 from bot.scheduler import Job, Scheduler
 from storage import models
 from storage.db import Database
-from tests.conftest import POSTGRES_URL, Bot, make_config
+from tests.conftest import POSTGRES_URL, Bot, FakeClock, make_config
 
 
 async def until(condition: Any, timeout: float = 10.0) -> None:
@@ -124,3 +124,27 @@ async def test_on_sqlite_the_one_process_schedules(tmp_path: Any) -> None:
     await task
     assert scheduler.state == "off"
     db.dispose()
+
+
+@pytest.mark.parametrize(("late", "posted"), [(timedelta(minutes=2), 1), (timedelta(minutes=6), 0)])
+async def test_a_process_that_starts_scheduling_posts_a_digest_missed_just_before(
+    bot_factory: Any, late: timedelta, posted: int
+) -> None:
+    """The process that scheduled died just before 09:00; another takes over at 09:02 and posts
+    the 09:00 digest at once (within the 5-minute misfire grace), only once however many
+    processes take over; at 09:06 it is too late and left to the missed-job alert."""
+    clock = FakeClock()
+    clock.now = datetime(2026, 12, 3, 9, 0, tzinfo=UTC) + late  # a Thursday
+    config = {"ops": {"channels": ["shell:ops"]}, "digest": {"schedule": "0 9 * * 1-5"}}
+    for _ in range(2):  # a second takeover
+        bot: Bot = bot_factory(config, clock=clock)
+        async with bot.app.running(schedule=True):
+            scheduler = bot.app.scheduler
+            await until(lambda: scheduler.leading and not scheduler.next_run("digest-catch-up"))  # noqa: B023
+            await asyncio.sleep(0.2)  # the catch-up, handed to the loop, runs to its end
+            await bot.app.wait_idle()
+    with bot.app.db.read() as s:
+        digests = s.exec(select(models.Message).where(models.Message.channel == "ops")).all()
+        periods = s.exec(select(models.JobRun).where(models.JobRun.job == "digest")).all()
+    assert len(digests) == posted
+    assert [p.period for p in periods] == ["2026-12-03T09:00+00:00"] * posted

@@ -34,6 +34,7 @@ from tests.fakes.slack_signing import (
 )
 
 CHANNEL = "C0CONTENT1"
+OPS = "C0OPS00001"
 EDITH = "U0EDITH001"
 
 
@@ -52,9 +53,10 @@ async def webhook() -> AsyncIterator[dict[str, Any]]:
         yield {"url": f"{base}/hook", "seen": seen}
 
 
-def write_config(tmp_path: Path, webhook_url: str) -> None:
-    """blog-post: research, a draft Edith approves, publication to the webhook."""
-    config = {
+def write_config(tmp_path: Path, webhook_url: str, *, ops: str | None = None) -> None:
+    """blog-post: research, a draft Edith approves, publication to the webhook; with `ops`, a
+    digest posted there every minute."""
+    config: dict[str, Any] = {
         "workflows": {
             "blog-post": {
                 "steps": [
@@ -73,6 +75,9 @@ def write_config(tmp_path: Path, webhook_url: str) -> None:
             }
         }
     }
+    if ops is not None:
+        config["ops"] = {"channels": [f"slack:{ops}"]}
+        config["digest"] = {"schedule": "* * * * *", "window": "1h"}
     (tmp_path / "crewchief.yml").write_text(yaml.safe_dump(config))
 
 
