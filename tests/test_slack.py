@@ -761,6 +761,7 @@ async def test_an_alert_in_the_slack_ops_channel_is_acknowledged_and_resolves(
 ) -> None:
     from datetime import timedelta
 
+    from agents import digest
     from agents.alerts import run_evaluation
 
     now = models.utcnow()
@@ -778,6 +779,17 @@ async def test_an_alert_in_the_slack_ops_channel_is_acknowledged_and_resolves(
     await bot.wait()
     card = bot.slack.message(CHANNEL, card.ts)
     assert f"acknowledged by slack:{MALLORY}" in seen(card)
+
+    # the scheduled digest: the failed runs and the alert, with its chart in the thread
+    assert await app.db.call(digest.run_scheduled, app.db, app.config, models.utcnow(), "09:00")
+    await bot.wait()
+    [_, post] = bot.top()
+    assert "digest · last 24h" in seen(post) and "*runs started:* 3 (was 0)" in seen(post)
+    assert "*alerts:* 1 fired · 1 acknowledged · 0 resolved" in seen(post)
+    [upload] = bot.slack.uploads_in(CHANNEL)
+    assert upload.content is not None and upload.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert [f["id"] for f in bot.slack.thread(CHANNEL, post.ts)[0].files] == [upload.id]
+
     await app.db.call(run_evaluation, app.db, app.crew.alerts, now + timedelta(hours=2), "p2")
     await bot.wait()
     card = bot.slack.message(CHANNEL, card.ts)
@@ -786,7 +798,7 @@ async def test_an_alert_in_the_slack_ops_channel_is_acknowledged_and_resolves(
     assert len(replies) == 2
     assert f"acknowledged by slack:{MALLORY}" in replies[0]
     assert f"resolved after 2h 00m, acknowledged by slack:{MALLORY}" in replies[1]
-    assert len(bot.top()) == 1, "one card per alert, edited in place"
+    assert len(bot.top()) == 2, "one card per alert, edited in place, and the digest"
 
 
 @pytest.mark.crew_config(SLACK_OPS)
