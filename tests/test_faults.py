@@ -4,15 +4,38 @@ left hanging, and the bot goes on serving."""
 
 from __future__ import annotations
 
+import logging
 import random
+import re
+from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from sqlmodel import select
 
+from agents.alerts import run_evaluation
 from agents.openai_provider import OpenAIProvider
+from bot.app import App, build_app
+from bot.http import web_app
+from bot.platforms.slack import SCOPES, SlackPlatform, slack_settings
+from bot.settings import Settings
 from storage import models
-from tests.conftest import Bot
+from tests.conftest import Bot, all_rows, make_config
+from tests.fakes.local_server import serve_locally
 from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAIServer, running_fake_openai
+from tests.fakes.slack_api import fake_slack
+from tests.fakes.slack_signing import (
+    SIGNING_SECRET,
+    reaction_added,
+    signed_form,
+    signed_json,
+    slash_command,
+)
 
 RUNS = 30
 FAULTS = [
@@ -75,3 +98,263 @@ async def test_three_calls_in_ten_failing_end_every_run_with_a_reason(
             + "; ".join(sorted({(r.error or "")[:160] for r in failed}))
         )
     await bot.app.aclose()
+
+
+# ------------------------------------------------------------------ Slack failing too
+
+CONTENT, OPS = "C0CONTENT1", "C0OPS00001"
+ALICE, EDITH = "U0ALICE001", "U0EDITH001"
+STORM_RUNS = 24
+SLACK_SEED = 20261203
+STORM_CONFIG = {
+    "ops": {"channels": [f"slack:{OPS}"]},
+    "alerts": {
+        "rules": {
+            # the client's retries absorb most of the server's faults; what is left is the
+            # share a team running on a flaky provider wants to hear about
+            "llm-errors": {"threshold": 0.02},
+            "failure-rate": {"threshold": 0.05},
+            # evaluations are run by hand on a clock the test moves, not by the scheduler
+            "missed-job": {"enabled": False},
+        }
+    },
+}
+
+
+class MovableClock:
+    """Real time, plus however far the test has moved it: leases and back-offs still pass
+    as time passes, and an alert's window can be left behind without waiting for it."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return models.utcnow() + self.offset
+
+    def advance(self, **kwargs: float) -> None:
+        self.offset += timedelta(**kwargs)
+
+
+@dataclass
+class People:
+    """People in Slack, as Slack delivers what they do: signed requests to the bot, and an
+    event the bot did not acknowledge delivered again (same event_id, X-Slack-Retry-Num)."""
+
+    http: aiohttp.ClientSession
+    url: str
+    commands_acknowledged: int = 0
+    commands_unanswered: int = 0
+    events_acknowledged: int = 0
+    redeliveries: int = 0
+
+    async def run(self, text: str) -> int:
+        """Launch a run as Alice; a command that was not acknowledged is typed again."""
+        for _ in range(5):
+            body, headers = signed_form(slash_command(text, user_id=ALICE, channel_id=CONTENT))
+            async with self.http.post(self.url, data=body, headers=headers) as resp:
+                answer = await resp.text() if resp.status == 200 else ""
+            started = re.search(r"run (\d+) \(blog-post\) started", answer)
+            if started:
+                self.commands_acknowledged += 1
+                return int(started.group(1))
+            self.commands_unanswered += 1
+        raise AssertionError(f"/crew {text} was never acknowledged")
+
+    async def react(self, user: str, emoji: str, channel: str, ts: str) -> None:
+        payload = reaction_added(user=user, reaction=emoji, channel=channel, ts=ts)
+        for retry in (None, 1, 2, 3):
+            body, headers = signed_json(payload, retry_num=retry)
+            async with self.http.post(self.url, data=body, headers=headers) as resp:
+                if resp.status == 200:
+                    self.events_acknowledged += 1
+                    return
+            self.redeliveries += 1
+        raise AssertionError(f"the {emoji} reaction was never acknowledged")
+
+
+def shown(message: Any) -> str:
+    """What a person sees of a Slack message: its text and its blocks, attachments' too."""
+    blocks = list(message.blocks or [])
+    for attachment in message.attachments or []:
+        blocks += attachment.get("blocks", [])
+    return " ".join([message.text, *(b.get("text", {}).get("text", "") for b in blocks)])
+
+
+def outbox_key(message: Any) -> str | None:
+    metadata = message.metadata or {}
+    return (metadata.get("event_payload") or {}).get("key")
+
+
+async def evaluate_alerts(app: App, clock: MovableClock) -> None:
+    now = clock()
+    assert await app.db.call(run_evaluation, app.db, app.crew.alerts, now, now.isoformat())
+    await app.wait_idle(timeout=60)
+
+
+def drafts_to_approve(app: App) -> list[tuple[int, str]]:
+    with app.db.read() as s:
+        waiting = s.exec(
+            select(models.Run).where(models.Run.status == models.RunStatus.AWAITING_APPROVAL)
+        ).all()
+    found = []
+    for run in waiting:
+        assert run.id is not None
+        drafts = [
+            m
+            for m in all_rows(app.db, models.Message)
+            if m.run_id == run.id and m.kind == models.MessageKind.DRAFT
+        ]
+        assert drafts and drafts[-1].platform_id, f"run {run.id}'s draft never reached Slack"
+        found.append((run.id, drafts[-1].platform_id))
+    return found
+
+
+async def test_slack_and_the_model_failing_three_calls_in_ten_in_one_storm(
+    db_url: str, tmp_path: Path, flaky: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    clock = MovableClock()
+    async with fake_slack(channels={CONTENT: "content", OPS: "ops"}, scopes=SCOPES) as slack:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            crewchief_database_url=db_url,
+            crewchief_config=tmp_path / "absent.yml",
+            slack_bot_token=slack.bot_token,
+            slack_signing_secret=SIGNING_SECRET,
+            slack_api_url=slack.api_url,
+        )
+        llm = OpenAIProvider(
+            api_key=DEFAULT_API_KEY, base_url=flaky.base_url, timeout=2.0, max_retries=2
+        )
+        app = build_app(
+            settings,
+            config=make_config(STORM_CONFIG),
+            default_approvers=[f"slack:{EDITH}"],
+            clock=clock,
+            llm=llm,
+        )
+        platform = SlackPlatform(app, slack_settings(settings))
+        app.add_platform(platform)
+        slack.fail_randomly(0.3, seed=SLACK_SEED)
+        async with (
+            serve_locally(web_app(app, platform)) as base,
+            app.running(),
+            aiohttp.ClientSession() as http,
+        ):
+            people = People(http, f"{base}/slack/events")
+            launched = [await people.run(f"run blog-post topic {i}") for i in range(STORM_RUNS)]
+            await app.wait_idle(timeout=60)
+            approved = drafts_to_approve(app)
+            for _, ts in approved:
+                await people.react(EDITH, "white_check_mark", CONTENT, ts)
+            await app.wait_idle(timeout=60)
+
+            # every acknowledged command is one run, and every run has ended
+            runs = all_rows(app.db, models.Run)
+            assert sorted(launched) == [r.id for r in runs] and len(runs) == STORM_RUNS
+            ended = {models.RunStatus.SUCCEEDED, models.RunStatus.FAILED}
+            assert {r.status for r in runs} <= ended, [(r.id, r.status) for r in runs]
+            succeeded = [r for r in runs if r.status == models.RunStatus.SUCCEEDED]
+            failed = [r for r in runs if r.status == models.RunStatus.FAILED]
+            assert succeeded, "nobody got anything published"
+
+            # each run card reached the channel once, and shows how its run ended
+            cards = slack.top_level(CONTENT)
+            assert len(cards) == STORM_RUNS
+            card_of = {
+                m.run_id: slack.message(CONTENT, m.platform_id)
+                for m in all_rows(app.db, models.Message)
+                if m.kind == models.MessageKind.RUN_CARD and m.platform_id
+            }
+            assert sorted(card_of) == sorted(launched)
+            for run in runs:
+                icon = "large_green_circle" if run.status == "succeeded" else "red_circle"
+                assert f":{icon}:" in shown(card_of[run.id])
+            # a failed run says why in its thread, with the way out
+            for run in failed:
+                assert run.error
+                step, _, cause = run.error.partition(": ")
+                thread = [shown(m) for m in slack.thread(CONTENT, card_of[run.id].ts)]
+                assert any(
+                    f"step {step} failed" in t and cause in t and f"/crew retry {run.id}" in t
+                    for t in thread
+                ), (run.error, thread)
+            # every acknowledged approval counted
+            votes = all_rows(app.db, models.ApprovalVote)
+            assert {v.run_id for v in votes if v.approver == f"slack:{EDITH}"} >= {
+                run_id for run_id, _ in approved
+            }
+            for run_id, _ in approved:
+                run = next(r for r in runs if r.id == run_id)
+                published = [
+                    m for m in slack.thread(CONTENT, card_of[run_id].ts) if "published" in m.text
+                ]
+                if run.status == models.RunStatus.SUCCEEDED:
+                    assert run.decided_by == f"slack:{EDITH}" and len(published) == 1
+
+            # nothing reached Slack twice, and nothing the bot queued was lost
+            posted = Counter(
+                outbox_key(m) for channel in (CONTENT, OPS) for m in slack.messages[channel]
+            )
+            assert [k for k, n in posted.items() if n > 1] == []
+            outbox = all_rows(app.db, models.Outbox)
+            delivered = {models.OutboxStatus.SENT, models.OutboxStatus.SUPERSEDED}
+            assert [r.key for r in outbox if r.status not in delivered] == []
+            sent_posts = {r.key for r in outbox if r.kind == models.OutboxKind.POST}
+            in_channels = {k for k in posted if k is not None}
+            notices = {r.key for r in outbox if r.kind == models.OutboxKind.NOTICE}
+            assert sent_posts - notices == in_channels
+
+            # the model's trouble raises an alert in the ops channel while it lasts
+            await evaluate_alerts(app, clock)
+            clock.advance(minutes=5)  # failure-rate has been true for its `for`
+            await evaluate_alerts(app, clock)
+            alerts = {a.rule: a for a in all_rows(app.db, models.Alert)}
+            assert alerts["llm-errors"].state == "firing"
+            if failed:
+                assert alerts["failure-rate"].state == "firing"
+            [alert_card] = slack.top_level(OPS)
+            assert "llm-errors" in shown(alert_card) and "firing" in shown(alert_card)
+
+            # the faults stop; the bot is up and answers as before
+            slack.stop_failing()
+            flaky.clear_script()
+            async with http.get(f"{base}/healthz") as resp:
+                assert resp.status == 200 and (await resp.json())["ok"] is True
+            after = await people.run("run blog-post after the storm")
+            await app.wait_idle(timeout=30)
+            [(run_id, ts)] = drafts_to_approve(app)
+            assert run_id == after
+            await people.react(EDITH, "white_check_mark", CONTENT, ts)
+            await app.wait_idle(timeout=30)
+            with app.db.read() as s:
+                last = s.get(models.Run, after)
+                assert last is not None and last.status == models.RunStatus.SUCCEEDED
+
+            # ... and once the faults are out of the alerts' windows, the alerts resolve
+            clock.advance(hours=2)
+            await evaluate_alerts(app, clock)
+            clock.advance(minutes=10)  # failure-rate's keep_firing_for
+            await evaluate_alerts(app, clock)
+            assert {a.rule: a.state for a in all_rows(app.db, models.Alert)} == {
+                rule: "resolved" for rule in alerts
+            }
+            alert_card = slack.message(OPS, alert_card.ts)
+            assert "resolved" in shown(alert_card)
+            assert any("resolved" in shown(m) for m in slack.thread(OPS, alert_card.ts))
+            assert len(slack.top_level(OPS)) == 1
+
+        await app.aclose()
+
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    calls = Counter(c.method for c in slack.calls)
+    print(
+        f"\nstorm: {STORM_RUNS} runs, {len(flaky.completion_requests)} model requests; "
+        f"Slack: {len(slack.calls)} calls ({dict(calls)}), faults {dict(slack.faults)}; "
+        f"{len(succeeded)} succeeded, {len(failed)} failed: "
+        + "; ".join(sorted(r.error or "" for r in failed))
+        + f"; commands not acknowledged {people.commands_unanswered}, "
+        f"events redelivered {people.redeliveries}; alerts: "
+        + ", ".join(f"{rule} fired and resolved" for rule in sorted(alerts))
+    )

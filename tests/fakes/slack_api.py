@@ -32,9 +32,10 @@ next calls of one method, ahead of the normal behaviour. `scopes=` makes methods
 Faults: `fail_randomly(share, seed=...)` makes a seeded share of Web API calls fail the ways
 Slack fails on a bad day, in equal measure: HTTP 429 with `Retry-After` and
 `{"ok": false, "error": "ratelimited"}`, HTTP 500 with `{"ok": false, "error":
-"internal_error"}`, and a connection reset (the TCP connection closed without a response). A
-failed call has no effect: it is answered (or cut) before the method runs. `faults` lists
-what was injected; `stop_failing()` ends it.
+"internal_error"}`, and a connection reset (the TCP connection closed without a response:
+half of them by a TCP reset, half by a plain close). A failed call has no effect: it is
+answered (or cut) before the method runs. `faults` counts what was injected;
+`stop_failing()` ends it.
 
 Socket Mode: apps.connections.open (with the app-level `xapp-` token) hands out a one-time
 `ws://` URL served by the same server. A connecting client gets Slack's `hello`; then
@@ -505,7 +506,8 @@ class FakeSlack:
         fault = None if self._scripts[method] or self._faults is None else self._faults.draw(method)
         if fault == CONNECTION_RESET:
             self.calls.append(Call(method, args, headers, token, 0, {}, fault))
-            _reset(request)
+            assert self._faults is not None
+            _cut(request, abort=self._faults.rng.random() < 0.5)
             return web.Response(status=500)  # never sent: the connection is gone
         if fault is not None:
             status, body, extra_headers = self._fault_answer(fault)
@@ -881,10 +883,15 @@ class FakeSlack:
         return message
 
 
-def _reset(request: web.Request) -> None:
-    """Drop the connection with a TCP reset (SO_LINGER 0), before any byte of an answer."""
+def _cut(request: web.Request, *, abort: bool) -> None:
+    """Drop the connection before any byte of an answer: with a TCP reset (`abort`: SO_LINGER
+    0, the client reads ECONNRESET), or closed as a load balancer closes an idle connection
+    (the client finds the server disconnected)."""
     transport = request.transport
     assert transport is not None
+    if not abort:
+        transport.close()
+        return
     sock = transport.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
