@@ -59,7 +59,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
@@ -207,6 +207,13 @@ class _Faults:
     kinds: tuple[str, ...]
     retry_after: int
     methods: frozenset[str] | None
+    cut: str  # how a connection is dropped: "reset", "close", or "either" (drawn)
+
+    def aborts(self) -> bool:
+        """Whether this drop is a TCP reset rather than a plain close."""
+        if self.cut == "either":
+            return self.rng.random() < 0.5
+        return self.cut == "reset"
 
     def draw(self, method: str) -> str | None:
         """The fault this call meets, or None. One draw per call of the methods concerned,
@@ -366,10 +373,12 @@ class FakeSlack:
         kinds: Iterable[str] = FAULT_KINDS,
         retry_after: int = 1,
         methods: Iterable[str] | None = None,
+        cut: Literal["reset", "close", "either"] = "either",
     ) -> None:
         """From now on fail `share` of the Web API calls (of `methods`, or all), each with one
         of `kinds` drawn at random: Slack's 429 (`Retry-After: retry_after`), a 500, or a
-        connection reset. Scripted answers still come first. A failed call changes nothing."""
+        connection reset (`cut`: by a TCP reset, a plain close, or either at random).
+        Scripted answers still come first. A failed call changes nothing."""
         if not 0 <= share <= 1:
             raise ValueError(f"share must be between 0 and 1, not {share}")
         chosen = tuple(kinds)
@@ -382,6 +391,7 @@ class FakeSlack:
             chosen,
             retry_after,
             None if methods is None else frozenset(methods),
+            cut,
         )
 
     def stop_failing(self) -> None:
@@ -507,7 +517,7 @@ class FakeSlack:
         if fault == CONNECTION_RESET:
             self.calls.append(Call(method, args, headers, token, 0, {}, fault))
             assert self._faults is not None
-            _cut(request, abort=self._faults.rng.random() < 0.5)
+            _cut(request, abort=self._faults.aborts())
             return web.Response(status=500)  # never sent: the connection is gone
         if fault is not None:
             status, body, extra_headers = self._fault_answer(fault)
