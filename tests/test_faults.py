@@ -4,11 +4,13 @@ left hanging, and the bot goes on serving."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,8 @@ import pytest
 from sqlmodel import select
 
 from agents.alerts import run_evaluation
+from agents.lifecycle import Clock
+from agents.llm import LLMProvider
 from agents.openai_provider import OpenAIProvider
 from bot.app import App, build_app
 from bot.http import web_app
@@ -28,7 +32,7 @@ from storage import models
 from tests.conftest import Bot, all_rows, make_config
 from tests.fakes.local_server import serve_locally
 from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAIServer, running_fake_openai
-from tests.fakes.slack_api import fake_slack
+from tests.fakes.slack_api import CONNECTION_RESET, FakeSlack, fake_slack
 from tests.fakes.slack_signing import (
     SIGNING_SECRET,
     reaction_added,
@@ -141,19 +145,26 @@ class People:
     event the bot did not acknowledge delivered again (same event_id, X-Slack-Retry-Num)."""
 
     http: aiohttp.ClientSession
-    url: str
+    base: str  # where the bot listens
+
     commands_acknowledged: int = 0
     commands_unanswered: int = 0
     events_acknowledged: int = 0
     redeliveries: int = 0
 
+    @property
+    def events(self) -> str:
+        return f"{self.base}/slack/events"
+
     async def run(self, text: str) -> int:
         """Launch a run as Alice; a command that was not acknowledged is typed again."""
         for _ in range(5):
             body, headers = signed_form(slash_command(text, user_id=ALICE, channel_id=CONTENT))
-            async with self.http.post(self.url, data=body, headers=headers) as resp:
+            async with self.http.post(
+                f"{self.base}/slack/events", data=body, headers=headers
+            ) as resp:
                 answer = await resp.text() if resp.status == 200 else ""
-            started = re.search(r"run (\d+) \(blog-post\) started", answer)
+            started = re.search(r"run (\d+) \([\w-]+\) started", answer)
             if started:
                 self.commands_acknowledged += 1
                 return int(started.group(1))
@@ -164,7 +175,9 @@ class People:
         payload = reaction_added(user=user, reaction=emoji, channel=channel, ts=ts)
         for retry in (None, 1, 2, 3):
             body, headers = signed_json(payload, retry_num=retry)
-            async with self.http.post(self.url, data=body, headers=headers) as resp:
+            async with self.http.post(
+                f"{self.base}/slack/events", data=body, headers=headers
+            ) as resp:
                 if resp.status == 200:
                     self.events_acknowledged += 1
                     return
@@ -209,142 +222,161 @@ def drafts_to_approve(app: App) -> list[tuple[int, str]]:
     return found
 
 
+@asynccontextmanager
+async def serving_slack(
+    db_url: str,
+    tmp_path: Path,
+    slack: FakeSlack,
+    *,
+    llm: LLMProvider | None = None,
+    clock: Clock = models.utcnow,
+    config: dict[str, Any] | None = None,
+) -> AsyncIterator[tuple[App, People]]:
+    """The bot in Slack HTTP mode against `slack`, and the people who use it."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        crewchief_database_url=db_url,
+        crewchief_config=tmp_path / "absent.yml",
+        crewchief_llm="openai" if llm else "offline",
+        slack_bot_token=slack.bot_token,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_api_url=slack.api_url,
+    )
+    app = build_app(
+        settings,
+        config=make_config(config),
+        default_approvers=[f"slack:{EDITH}"],
+        clock=clock,
+        llm=llm,
+    )
+    platform = SlackPlatform(app, slack_settings(settings))
+    app.add_platform(platform)
+    async with (
+        serve_locally(web_app(app, platform)) as base,
+        app.running(),
+        aiohttp.ClientSession() as http,
+    ):
+        yield app, People(http, base)
+    await app.aclose()
+
+
 async def test_slack_and_the_model_failing_three_calls_in_ten_in_one_storm(
     db_url: str, tmp_path: Path, flaky: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     clock = MovableClock()
-    async with fake_slack(channels={CONTENT: "content", OPS: "ops"}, scopes=SCOPES) as slack:
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            crewchief_database_url=db_url,
-            crewchief_config=tmp_path / "absent.yml",
-            slack_bot_token=slack.bot_token,
-            slack_signing_secret=SIGNING_SECRET,
-            slack_api_url=slack.api_url,
-        )
-        llm = OpenAIProvider(
-            api_key=DEFAULT_API_KEY, base_url=flaky.base_url, timeout=2.0, max_retries=2
-        )
-        app = build_app(
-            settings,
-            config=make_config(STORM_CONFIG),
-            default_approvers=[f"slack:{EDITH}"],
-            clock=clock,
-            llm=llm,
-        )
-        platform = SlackPlatform(app, slack_settings(settings))
-        app.add_platform(platform)
+    llm = OpenAIProvider(
+        api_key=DEFAULT_API_KEY, base_url=flaky.base_url, timeout=2.0, max_retries=2
+    )
+    async with (
+        fake_slack(channels={CONTENT: "content", OPS: "ops"}, scopes=SCOPES) as slack,
+        serving_slack(db_url, tmp_path, slack, llm=llm, clock=clock, config=STORM_CONFIG) as (
+            app,
+            people,
+        ),
+    ):
         slack.fail_randomly(0.3, seed=SLACK_SEED)
-        async with (
-            serve_locally(web_app(app, platform)) as base,
-            app.running(),
-            aiohttp.ClientSession() as http,
-        ):
-            people = People(http, f"{base}/slack/events")
-            launched = [await people.run(f"run blog-post topic {i}") for i in range(STORM_RUNS)]
-            await app.wait_idle(timeout=60)
-            approved = drafts_to_approve(app)
-            for _, ts in approved:
-                await people.react(EDITH, "white_check_mark", CONTENT, ts)
-            await app.wait_idle(timeout=60)
-
-            # every acknowledged command is one run, and every run has ended
-            runs = all_rows(app.db, models.Run)
-            assert sorted(launched) == [r.id for r in runs] and len(runs) == STORM_RUNS
-            ended = {models.RunStatus.SUCCEEDED, models.RunStatus.FAILED}
-            assert {r.status for r in runs} <= ended, [(r.id, r.status) for r in runs]
-            succeeded = [r for r in runs if r.status == models.RunStatus.SUCCEEDED]
-            failed = [r for r in runs if r.status == models.RunStatus.FAILED]
-            assert succeeded, "nobody got anything published"
-
-            # each run card reached the channel once, and shows how its run ended
-            cards = slack.top_level(CONTENT)
-            assert len(cards) == STORM_RUNS
-            card_of = {
-                m.run_id: slack.message(CONTENT, m.platform_id)
-                for m in all_rows(app.db, models.Message)
-                if m.kind == models.MessageKind.RUN_CARD and m.platform_id
-            }
-            assert sorted(card_of) == sorted(launched)
-            for run in runs:
-                icon = "large_green_circle" if run.status == "succeeded" else "red_circle"
-                assert f":{icon}:" in shown(card_of[run.id])
-            # a failed run says why in its thread, with the way out
-            for run in failed:
-                assert run.error
-                step, _, cause = run.error.partition(": ")
-                thread = [shown(m) for m in slack.thread(CONTENT, card_of[run.id].ts)]
-                assert any(
-                    f"step {step} failed" in t and cause in t and f"/crew retry {run.id}" in t
-                    for t in thread
-                ), (run.error, thread)
-            # every acknowledged approval counted
-            votes = all_rows(app.db, models.ApprovalVote)
-            assert {v.run_id for v in votes if v.approver == f"slack:{EDITH}"} >= {
-                run_id for run_id, _ in approved
-            }
-            for run_id, _ in approved:
-                run = next(r for r in runs if r.id == run_id)
-                published = [
-                    m for m in slack.thread(CONTENT, card_of[run_id].ts) if "published" in m.text
-                ]
-                if run.status == models.RunStatus.SUCCEEDED:
-                    assert run.decided_by == f"slack:{EDITH}" and len(published) == 1
-
-            # nothing reached Slack twice, and nothing the bot queued was lost
-            posted = Counter(
-                outbox_key(m) for channel in (CONTENT, OPS) for m in slack.messages[channel]
-            )
-            assert [k for k, n in posted.items() if n > 1] == []
-            outbox = all_rows(app.db, models.Outbox)
-            delivered = {models.OutboxStatus.SENT, models.OutboxStatus.SUPERSEDED}
-            assert [r.key for r in outbox if r.status not in delivered] == []
-            sent_posts = {r.key for r in outbox if r.kind == models.OutboxKind.POST}
-            in_channels = {k for k in posted if k is not None}
-            notices = {r.key for r in outbox if r.kind == models.OutboxKind.NOTICE}
-            assert sent_posts - notices == in_channels
-
-            # the model's trouble raises an alert in the ops channel while it lasts
-            await evaluate_alerts(app, clock)
-            clock.advance(minutes=5)  # failure-rate has been true for its `for`
-            await evaluate_alerts(app, clock)
-            alerts = {a.rule: a for a in all_rows(app.db, models.Alert)}
-            assert alerts["llm-errors"].state == "firing"
-            if failed:
-                assert alerts["failure-rate"].state == "firing"
-            [alert_card] = slack.top_level(OPS)
-            assert "llm-errors" in shown(alert_card) and "firing" in shown(alert_card)
-
-            # the faults stop; the bot is up and answers as before
-            slack.stop_failing()
-            flaky.clear_script()
-            async with http.get(f"{base}/healthz") as resp:
-                assert resp.status == 200 and (await resp.json())["ok"] is True
-            after = await people.run("run blog-post after the storm")
-            await app.wait_idle(timeout=30)
-            [(run_id, ts)] = drafts_to_approve(app)
-            assert run_id == after
+        launched = [await people.run(f"run blog-post topic {i}") for i in range(STORM_RUNS)]
+        await app.wait_idle(timeout=60)
+        approved = drafts_to_approve(app)
+        for _, ts in approved:
             await people.react(EDITH, "white_check_mark", CONTENT, ts)
-            await app.wait_idle(timeout=30)
-            with app.db.read() as s:
-                last = s.get(models.Run, after)
-                assert last is not None and last.status == models.RunStatus.SUCCEEDED
+        await app.wait_idle(timeout=60)
 
-            # ... and once the faults are out of the alerts' windows, the alerts resolve
-            clock.advance(hours=2)
-            await evaluate_alerts(app, clock)
-            clock.advance(minutes=10)  # failure-rate's keep_firing_for
-            await evaluate_alerts(app, clock)
-            assert {a.rule: a.state for a in all_rows(app.db, models.Alert)} == {
-                rule: "resolved" for rule in alerts
-            }
-            alert_card = slack.message(OPS, alert_card.ts)
-            assert "resolved" in shown(alert_card)
-            assert any("resolved" in shown(m) for m in slack.thread(OPS, alert_card.ts))
-            assert len(slack.top_level(OPS)) == 1
+        # every acknowledged command is one run, and every run has ended
+        runs = all_rows(app.db, models.Run)
+        assert sorted(launched) == [r.id for r in runs] and len(runs) == STORM_RUNS
+        ended = {models.RunStatus.SUCCEEDED, models.RunStatus.FAILED}
+        assert {r.status for r in runs} <= ended, [(r.id, r.status) for r in runs]
+        succeeded = [r for r in runs if r.status == models.RunStatus.SUCCEEDED]
+        failed = [r for r in runs if r.status == models.RunStatus.FAILED]
+        assert succeeded, "nobody got anything published"
 
-        await app.aclose()
+        # each run card reached the channel once, and shows how its run ended
+        cards = slack.top_level(CONTENT)
+        assert len(cards) == STORM_RUNS
+        card_of = {
+            m.run_id: slack.message(CONTENT, m.platform_id)
+            for m in all_rows(app.db, models.Message)
+            if m.kind == models.MessageKind.RUN_CARD and m.platform_id
+        }
+        assert sorted(card_of) == sorted(launched)
+        for run in runs:
+            icon = "large_green_circle" if run.status == "succeeded" else "red_circle"
+            assert f":{icon}:" in shown(card_of[run.id])
+        # a failed run says why in its thread, with the way out
+        for run in failed:
+            assert run.error
+            step, _, cause = run.error.partition(": ")
+            thread = [shown(m) for m in slack.thread(CONTENT, card_of[run.id].ts)]
+            assert any(
+                f"step {step} failed" in t and cause in t and f"/crew retry {run.id}" in t
+                for t in thread
+            ), (run.error, thread)
+        # every acknowledged approval counted
+        votes = all_rows(app.db, models.ApprovalVote)
+        assert {v.run_id for v in votes if v.approver == f"slack:{EDITH}"} >= {
+            run_id for run_id, _ in approved
+        }
+        for run_id, _ in approved:
+            run = next(r for r in runs if r.id == run_id)
+            published = [
+                m for m in slack.thread(CONTENT, card_of[run_id].ts) if "published" in m.text
+            ]
+            if run.status == models.RunStatus.SUCCEEDED:
+                assert run.decided_by == f"slack:{EDITH}" and len(published) == 1
+
+        # nothing reached Slack twice, and nothing the bot queued was lost
+        posted = Counter(
+            outbox_key(m) for channel in (CONTENT, OPS) for m in slack.messages[channel]
+        )
+        assert [k for k, n in posted.items() if n > 1] == []
+        outbox = all_rows(app.db, models.Outbox)
+        delivered = {models.OutboxStatus.SENT, models.OutboxStatus.SUPERSEDED}
+        assert [r.key for r in outbox if r.status not in delivered] == []
+        sent_posts = {r.key for r in outbox if r.kind == models.OutboxKind.POST}
+        in_channels = {k for k in posted if k is not None}
+        notices = {r.key for r in outbox if r.kind == models.OutboxKind.NOTICE}
+        assert sent_posts - notices == in_channels
+
+        # the model's trouble raises an alert in the ops channel while it lasts
+        await evaluate_alerts(app, clock)
+        clock.advance(minutes=5)  # failure-rate has been true for its `for`
+        await evaluate_alerts(app, clock)
+        alerts = {a.rule: a for a in all_rows(app.db, models.Alert)}
+        assert alerts["llm-errors"].state == "firing"
+        if failed:
+            assert alerts["failure-rate"].state == "firing"
+        [alert_card] = slack.top_level(OPS)
+        assert "llm-errors" in shown(alert_card) and "firing" in shown(alert_card)
+
+        # the faults stop; the bot is up and answers as before
+        slack.stop_failing()
+        flaky.clear_script()
+        async with people.http.get(f"{people.base}/healthz") as resp:
+            assert resp.status == 200 and (await resp.json())["ok"] is True
+        after = await people.run("run blog-post after the storm")
+        await app.wait_idle(timeout=30)
+        [(run_id, ts)] = drafts_to_approve(app)
+        assert run_id == after
+        await people.react(EDITH, "white_check_mark", CONTENT, ts)
+        await app.wait_idle(timeout=30)
+        with app.db.read() as s:
+            last = s.get(models.Run, after)
+            assert last is not None and last.status == models.RunStatus.SUCCEEDED
+
+        # ... and once the faults are out of the alerts' windows, the alerts resolve
+        clock.advance(hours=2)
+        await evaluate_alerts(app, clock)
+        clock.advance(minutes=10)  # failure-rate's keep_firing_for
+        await evaluate_alerts(app, clock)
+        assert {a.rule: a.state for a in all_rows(app.db, models.Alert)} == {
+            rule: "resolved" for rule in alerts
+        }
+        alert_card = slack.message(OPS, alert_card.ts)
+        assert "resolved" in shown(alert_card)
+        assert any("resolved" in shown(m) for m in slack.thread(OPS, alert_card.ts))
+        assert len(slack.top_level(OPS)) == 1
 
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
@@ -358,3 +390,31 @@ async def test_slack_and_the_model_failing_three_calls_in_ten_in_one_storm(
         f"events redelivered {people.redeliveries}; alerts: "
         + ", ".join(f"{rule} fired and resolved" for rule in sorted(alerts))
     )
+
+
+async def test_slack_closing_connections_is_waited_out_and_logged_as_such(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack (or a proxy before it) closing every connection without an answer for a while:
+    the run card waits and goes out once Slack answers again, and the operator's log says
+    Slack was unreachable, as a warning, not an error with a traceback."""
+    caplog.set_level(logging.WARNING)
+    async with (
+        fake_slack(channels=[CONTENT], scopes=SCOPES) as slack,
+        serving_slack(db_url, tmp_path, slack) as (app, people),
+    ):
+        slack.fail_randomly(
+            1.0, seed=1, kinds=[CONNECTION_RESET], methods=["chat.postMessage"], cut="close"
+        )
+        await people.run("run research-brief heat pumps")
+        async with asyncio.timeout(30):
+            while len(slack.calls_to("chat.postMessage")) < 3:  # one delivery, retried twice
+                await asyncio.sleep(0.05)
+        slack.stop_failing()
+        await app.wait_idle(timeout=30)
+        [card] = slack.top_level(CONTENT)
+        assert "research-brief" in shown(card)
+    told = [r.getMessage() for r in caplog.records if r.name == "bot.delivery"]
+    assert any("Slack unreachable: ServerDisconnectedError" in m for m in told), told
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

@@ -12,6 +12,7 @@ import logging
 import uuid
 from typing import Any
 
+import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -321,7 +322,10 @@ class SlackPlatform:
             return ts
         except SlackApiError as exc:
             raise self._delivery_error(exc) from None
-        except (SlackClientError, OSError, TimeoutError) as exc:
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # aiohttp's ServerDisconnectedError (a connection closed without an answer) is
+            # neither an OSError nor the SDK's own: slack_sdk re-raises it once its retries
+            # are spent.
             raise DeliveryError(f"Slack unreachable: {type(exc).__name__}") from None
 
     async def _find_posted(self, delivery: Delivery) -> str | None:
