@@ -418,3 +418,52 @@ async def test_slack_closing_connections_is_waited_out_and_logged_as_such(
     assert any("Slack unreachable: ServerDisconnectedError" in m for m in told), told
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_slack_failing_the_bots_first_auth_test_loses_no_command_or_approval(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Bolt asks Slack who the bot is (auth.test) on its first request after a start. When
+    Slack fails that call, the request must not be acknowledged as if it were handled: the
+    person is not told to reinstall the app, and Slack delivers the event again."""
+    async with fake_slack(channels=[CONTENT], scopes=SCOPES) as slack:
+        async with serving_slack(db_url, tmp_path, slack) as (app, people):
+            slack.script_error("auth.test", status=500, times=3)  # the SDK retries twice
+            body, headers = signed_form(slash_command("run blog-post heat pumps", user_id=ALICE))
+            async with people.http.post(people.events, data=body, headers=headers) as resp:
+                refused = (resp.status, await resp.text())
+            assert refused[0] >= 500 and "reinstall" not in refused[1]
+            assert all_rows(app.db, models.Run) == []
+            run_id = await people.run("run blog-post heat pumps")  # typed again
+            await app.wait_idle(timeout=30)
+            [(_, draft_ts)] = drafts_to_approve(app)
+
+        # restarted: the first request is Edith's approval
+        async with serving_slack(db_url, tmp_path, slack) as (app, people):
+            slack.script_error("auth.test", status=500, times=3)
+            await people.react(EDITH, "white_check_mark", CONTENT, draft_ts)
+            assert people.redeliveries == 1
+            await app.wait_idle(timeout=30)
+            with app.db.read() as s:
+                run = s.get(models.Run, run_id)
+                assert run is not None and run.status == models.RunStatus.SUCCEEDED
+                assert run.decided_by == f"slack:{EDITH}"
+
+
+async def test_a_token_slack_refuses_is_not_retried_and_is_named_in_the_log(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unlike a Slack that fails, a revoked token will not get better with Slack delivering
+    the event again: Bolt answers it (telling the app needs reinstalling) and the log says
+    why."""
+    async with (
+        fake_slack(channels=[CONTENT], scopes=SCOPES) as slack,
+        serving_slack(db_url, tmp_path, slack) as (app, people),
+    ):
+        slack.bot_token = "xoxb-issued-after-the-bots-was-revoked"
+        event = reaction_added(user=EDITH, reaction="eyes", channel=CONTENT, ts="1.000100")
+        body, headers = signed_json(event)
+        async with people.http.post(people.events, data=body, headers=headers) as resp:
+            assert resp.status == 200 and "reinstall this app" in await resp.text()
+        assert all_rows(app.db, models.InboundEvent) == []
+    assert "Slack refused the bot token: invalid_auth" in caplog.text
