@@ -124,9 +124,10 @@ STORM_CONFIG = {
     "ops": {"channels": [f"slack:{OPS}"]},
     "alerts": {
         "rules": {
-            # the client's retries absorb most of the server's faults; what is left is the
-            # share a team running on a flaky provider wants to hear about
-            "llm-errors": {"threshold": 0.02},
+            # llm-errors counts calls as the engine sees them, after the client's retries,
+            # which absorb most faults (the default 20% would hear of this storm only by
+            # luck); a team on a flaky provider asks to hear of one call in 20 failing
+            "llm-errors": {"threshold": 0.05},
             # evaluations are run by hand on a clock the test moves, not by the scheduler
             "missed-job": {"enabled": False},
         }
