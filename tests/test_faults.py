@@ -117,7 +117,7 @@ async def test_three_calls_in_ten_failing_end_every_run_with_a_reason(
 # ------------------------------------------------------------------ Slack failing too
 
 CONTENT, OPS = "C0CONTENT1", "C0OPS00001"
-ALICE, EDITH = "U0ALICE001", "U0EDITH001"
+ALICE, EDITH, MALLORY = "U0ALICE001", "U0EDITH001", "U0MALLORY1"
 STORM_RUNS = 24
 SLACK_SEED = 20261203
 STORM_CONFIG = {
@@ -302,9 +302,12 @@ async def test_slack_and_the_model_failing_three_calls_in_ten_in_one_storm(
         launched = [await people.run(f"run blog-post topic {i}") for i in range(STORM_RUNS)]
         await app.wait_idle(timeout=60)
         approved = drafts_to_approve(app)
-        for _, ts in approved:
+        for i, (_, ts) in enumerate(approved):
+            if i % 4 == 0:  # someone who may not approve tries first, and is told so
+                await people.react(MALLORY, "white_check_mark", CONTENT, ts)
             await people.react(EDITH, "white_check_mark", CONTENT, ts)
         await app.wait_idle(timeout=60)
+        refused = len(approved[::4])
 
         # every acknowledged command is one run, and every run has ended
         runs = all_rows(app.db, models.Run)
@@ -348,6 +351,12 @@ async def test_slack_and_the_model_failing_three_calls_in_ten_in_one_storm(
             ]
             if run.status == models.RunStatus.SUCCEEDED:
                 assert run.decided_by == f"slack:{EDITH}" and len(published) == 1
+
+        # the outsider was told once per reaction, privately, and changed nothing
+        told = [e for e in slack.ephemerals if e.user == MALLORY]
+        assert len(told) == refused and slack.dm(MALLORY) == []
+        assert all("only the approvers of this step can decide" in e.text for e in told)
+        assert not any(v.approver == f"slack:{MALLORY}" for v in votes)
 
         # nothing reached Slack twice, and nothing the bot queued was lost
         assert_each_post_reached_slack_once(app, slack)
@@ -414,8 +423,8 @@ async def test_slack_and_the_model_failing_three_calls_in_ten_in_one_storm(
         f"({dict(Counter(c.method for c in storm_calls))}), faults {dict(slack.faults)}; "
         f"runs: {len(succeeded)} succeeded, {len(failed)} failed ({dict(causes)}); "
         f"commands typed again {people.commands_unanswered}, events delivered again "
-        f"{people.redeliveries}; {posts} posts, each once; alerts: "
-        + ", ".join(f"{rule} fired and resolved" for rule in sorted(alerts))
+        f"{people.redeliveries}; {posts} posts, each once; {refused} refused reactions, each "
+        "told once; alerts: " + ", ".join(f"{rule} fired and resolved" for rule in sorted(alerts))
     )
 
 
