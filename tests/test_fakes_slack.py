@@ -11,24 +11,35 @@ import hashlib
 import hmac
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryIntervalCalculator
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from tests.fakes.slack_api import AckTimeout, FakeSlack, fake_slack
+from tests.fakes.slack_api import (
+    CONNECTION_RESET,
+    RATE_LIMITED,
+    SERVER_ERROR,
+    AckTimeout,
+    FakeSlack,
+    fake_slack,
+)
 from tests.fakes.slack_signing import (
     SIGNING_SECRET,
     WORKSPACE,
@@ -258,6 +269,88 @@ async def test_uploads_are_refused_as_slack_refuses_them() -> None:
         done = await member.files_upload_v2(channel=CONTENT, filename="b.png", content=b"png2")
         assert [f.id for f in slack.uploads_in(CONTENT)] == [done["file"]["id"]]
         assert slack.uploads_in(OPS) == []
+
+
+async def faulty_posts(client: AsyncWebClient, n: int) -> list[tuple[str, object]]:
+    """Post `n` messages one by one; what each call came to: its ts, or the exception."""
+    outcomes: list[tuple[str, object]] = []
+    for i in range(n):
+        try:
+            posted = await client.chat_postMessage(channel=CONTENT, text=f"message {i}")
+            outcomes.append((f"message {i}", posted["ts"]))
+        except (SlackApiError, aiohttp.ClientError) as exc:
+            outcomes.append((f"message {i}", exc))
+    return outcomes
+
+
+async def test_a_seeded_share_of_calls_fails_as_slack_fails_and_changes_nothing(
+    slack: FakeSlack,
+) -> None:
+    bare = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
+    slack.fail_randomly(0.3, seed=11, retry_after=2)
+    outcomes = await faulty_posts(bare, 100)
+
+    failed = [(text, e) for text, e in outcomes if isinstance(e, Exception)]
+    assert slack.faults == Counter(c.fault for c in slack.calls if c.fault)
+    assert 20 <= len(failed) == sum(slack.faults.values()) <= 40
+    assert set(slack.faults) == {RATE_LIMITED, SERVER_ERROR, CONNECTION_RESET}
+    for call, (_, outcome) in zip(slack.calls, outcomes, strict=True):
+        if call.fault == RATE_LIMITED:
+            assert isinstance(outcome, SlackApiError)
+            assert outcome.response.status_code == 429
+            assert outcome.response.headers["Retry-After"] == "2"
+            assert outcome.response.data == {"ok": False, "error": "ratelimited"}
+        elif call.fault == SERVER_ERROR:
+            assert isinstance(outcome, SlackApiError)
+            assert outcome.response.status_code == 500
+            assert outcome.response.data == {"ok": False, "error": "internal_error"}
+        elif call.fault == CONNECTION_RESET:  # no answer at all: reset, or closed
+            assert isinstance(outcome, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError)
+            assert call.status == 0 and call.error == "connection reset"
+        else:
+            assert call.ok and isinstance(outcome, str)
+    # a failed call had no effect: the channel holds exactly the posts that were answered ok
+    delivered = [text for text, outcome in outcomes if isinstance(outcome, str)]
+    assert [m.text for m in slack.top_level(CONTENT)] == delivered
+    cut = {type(e) for _, e in outcomes if isinstance(e, aiohttp.ClientConnectionError)}
+    assert cut == {aiohttp.ClientOSError, aiohttp.ServerDisconnectedError}
+
+    # the same seed fails the same calls in the same ways
+    async with fake_slack(channels=[CONTENT]) as again:
+        again.fail_randomly(0.3, seed=11, retry_after=2)
+        client = AsyncWebClient(token=again.bot_token, base_url=again.api_url, retry_handlers=[])
+        await faulty_posts(client, 100)
+        assert [c.fault for c in again.calls] == [c.fault for c in slack.calls]
+
+
+async def test_the_sdk_retry_handlers_ride_out_the_faults_and_nothing_is_doubled(
+    slack: FakeSlack,
+) -> None:
+    at_once = FixedValueRetryIntervalCalculator(fixed_internal=0.01)
+    patient = AsyncWebClient(
+        token=slack.bot_token,
+        base_url=slack.api_url,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=4, interval_calculator=at_once),
+            AsyncServerErrorRetryHandler(max_retry_count=4, interval_calculator=at_once),
+        ],
+    )
+    slack.fail_randomly(0.3, seed=5, kinds=[SERVER_ERROR, CONNECTION_RESET])
+    outcomes = await faulty_posts(patient, 30)
+    assert all(isinstance(ts, str) for _, ts in outcomes)
+    assert slack.faults[SERVER_ERROR] and slack.faults[CONNECTION_RESET]
+    assert [m.text for m in slack.top_level(CONTENT)] == [f"message {i}" for i in range(30)]
+
+    # only the methods named fail; once stopped, nothing fails
+    bare = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
+    slack.fail_randomly(1.0, seed=5, methods=["chat.update"])
+    posted = await bare.chat_postMessage(channel=CONTENT, text="edit me")
+    with pytest.raises((SlackApiError, aiohttp.ClientError)):
+        await bare.chat_update(channel=CONTENT, ts=posted["ts"], text="edited")
+    assert slack.message(CONTENT, posted["ts"]).edits == []
+    slack.stop_failing()
+    await bare.chat_update(channel=CONTENT, ts=posted["ts"], text="edited")
+    assert slack.message(CONTENT, posted["ts"]).text == "edited"
 
 
 # ---------------------------------------------------------------- Socket Mode

@@ -12,8 +12,11 @@ import logging
 import uuid
 from typing import Any
 
+import aiohttp
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -71,6 +74,10 @@ TEMPORARY_ERRORS = frozenset(
 )
 # A private answer that cannot be ephemeral here goes to the person's DM with the app.
 NOT_HERE = frozenset({"not_in_channel", "channel_not_found", "user_not_in_channel"})
+# auth.test errors that mean the token itself is refused: reinstalling the app is the cure.
+TOKEN_REFUSED = frozenset(
+    {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
+)
 # Every post carries its outbox key, so a retry can find a post an earlier attempt made.
 METADATA_TYPE = "crewchief_outbox"
 
@@ -100,6 +107,18 @@ def malformed(body: Any) -> str | None:
         if event.get(key) is not None and not isinstance(event[key], str):
             return f"event.{key} is not a string"
     return None
+
+
+class SlackUnavailable(Exception):
+    """Slack failed a call the handling of a request needs; Slack is answered with a 500."""
+
+
+def _retry_handlers() -> list[AsyncRetryHandler]:
+    return [
+        AsyncConnectionErrorRetryHandler(max_retry_count=2),
+        AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+        AsyncServerErrorRetryHandler(max_retry_count=2),
+    ]
 
 
 def field(data: Any, key: str) -> str:
@@ -159,21 +178,48 @@ class SlackPlatform:
         self.settings = settings
         self.renderer = Renderer("slack", mention, emoji_names=True)
         self.client = AsyncWebClient(
-            token=settings.bot_token,
-            base_url=settings.api_url or AsyncWebClient.BASE_URL,
-            retry_handlers=[
-                AsyncConnectionErrorRetryHandler(max_retry_count=2),
-                AsyncRateLimitErrorRetryHandler(max_retry_count=2),
-                AsyncServerErrorRetryHandler(max_retry_count=2),
-            ],
+            token=settings.bot_token, base_url=self._api_url(), retry_handlers=_retry_handlers()
         )
+        self._identity: AuthorizeResult | None = None
+
+        async def authorize() -> AuthorizeResult:
+            return await self._authorize()
+
         self.bolt = AsyncApp(
             signing_secret=settings.signing_secret or "socket-mode-needs-no-signing-secret",
-            client=self.client,
+            # Without a token of its own Bolt asks `authorize` who the bot is, instead of its
+            # single-workspace check (see _authorize); each request's client gets the token.
+            client=AsyncWebClient(base_url=self._api_url(), retry_handlers=_retry_handlers()),
+            authorize=authorize,
             process_before_response=True,
             logger=logging.getLogger("crewchief.slack.bolt"),
         )
         self._register()
+
+    def _api_url(self) -> str:
+        return self.settings.api_url or AsyncWebClient.BASE_URL
+
+    async def _authorize(self) -> AuthorizeResult:
+        """Who the bot is (auth.test, asked once). Bolt's own check answers a failed auth.test
+        with a 200 telling the person to reinstall the app: Slack takes the request as handled
+        and a command or a reaction is lost for a blip. A Slack that fails the call raises
+        instead, so the request is answered with a 500 and Slack delivers an event again; only
+        a token Slack refuses gets the reinstall message."""
+        if self._identity is None:
+            try:
+                found = await self.client.auth_test()
+            except SlackApiError as exc:
+                error = exc.response.get("error")
+                if exc.response.status_code == 200 and error in TOKEN_REFUSED:
+                    log.error("Slack refused the bot token: %s", error)
+                    raise  # Bolt answers that the app needs reinstalling
+                raise SlackUnavailable(f"auth.test: {error or exc.response.status_code}") from None
+            except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise SlackUnavailable(f"auth.test: {type(exc).__name__}") from None
+            self._identity = AuthorizeResult.from_auth_test_response(
+                bot_token=self.settings.bot_token, auth_test_response=found
+            )
+        return self._identity
 
     # -- inbound ----------------------------------------------------------------------
 
@@ -187,6 +233,8 @@ class SlackPlatform:
                 log.info("reaction on a post not yet recorded; Slack will deliver it again")
             elif isinstance(error, OperationalError):  # the dispatcher said what is wrong
                 log.info("event not recorded; Slack will deliver it again")
+            elif isinstance(error, SlackUnavailable):
+                log.warning("Slack could not say who the bot is (%s); answered 500", error)
             else:
                 log.error("Slack event failed: %s", type(error).__name__, exc_info=error)
 
@@ -324,7 +372,10 @@ class SlackPlatform:
             return ts
         except SlackApiError as exc:
             raise self._delivery_error(exc) from None
-        except (SlackClientError, OSError, TimeoutError) as exc:
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # aiohttp's ServerDisconnectedError (a connection closed without an answer) is
+            # neither an OSError nor the SDK's own: slack_sdk re-raises it once its retries
+            # are spent.
             raise DeliveryError(f"Slack unreachable: {type(exc).__name__}") from None
 
     async def _find_posted(self, delivery: Delivery) -> str | None:

@@ -119,6 +119,10 @@ class FakeOpenAIServer:
                 raise ValueError(f"unknown behaviour: {behaviour!r}")
         self._script.extend(behaviours)
 
+    def clear_script(self) -> None:
+        """Drop the behaviours not yet used: from now on every request gets the default."""
+        self._script.clear()
+
     @property
     def completion_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]

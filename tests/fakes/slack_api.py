@@ -29,6 +29,14 @@ Scripting: `script_rate_limit`, `script_error` and `script_response` queue answe
 next calls of one method, ahead of the normal behaviour. `scopes=` makes methods answer
 `missing_scope` like Slack when the bot token lacks the scope they need.
 
+Faults: `fail_randomly(share, seed=...)` makes a seeded share of Web API calls fail the ways
+Slack fails on a bad day, in equal measure: HTTP 429 with `Retry-After` and
+`{"ok": false, "error": "ratelimited"}`, HTTP 500 with `{"ok": false, "error":
+"internal_error"}`, and a connection reset (the TCP connection closed without a response:
+half of them by a TCP reset, half by a plain close). A failed call has no effect: it is
+answered (or cut) before the method runs. `faults` counts what was injected;
+`stop_failing()` ends it.
+
 Socket Mode: apps.connections.open (with the app-level `xapp-` token) hands out a one-time
 `ws://` URL served by the same server. A connecting client gets Slack's `hello`; then
 `push_envelope` sends an envelope and waits for its ack, `send_disconnect` asks the client
@@ -43,12 +51,15 @@ import argparse
 import asyncio
 import itertools
 import json
+import random
+import socket
+import struct
 import uuid
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
@@ -78,6 +89,9 @@ MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
 MAX_TEXT = 40_000  # Slack refuses longer text with msg_too_long
 FIRST_TS_MICROS = 1_700_000_000_000_100
+# The ways `fail_randomly` makes a call fail.
+RATE_LIMITED, SERVER_ERROR, CONNECTION_RESET = "rate_limited", "server_error", "connection_reset"
+FAULT_KINDS = (RATE_LIMITED, SERVER_ERROR, CONNECTION_RESET)
 
 
 class AckTimeout(AssertionError):
@@ -101,8 +115,9 @@ class Call:
     args: dict[str, Any]
     headers: dict[str, str]
     token: str | None
-    status: int
+    status: int  # 0: the connection was reset, no answer at all
     response: dict[str, Any]
+    fault: str | None = None  # one of FAULT_KINDS when `fail_randomly` made it fail
 
     @property
     def ok(self) -> bool:
@@ -110,6 +125,8 @@ class Call:
 
     @property
     def error(self) -> str | None:
+        if self.fault == CONNECTION_RESET:
+            return "connection reset"
         return None if self.ok else str(self.response.get("error"))
 
 
@@ -183,6 +200,31 @@ class _Scripted:
     headers: dict[str, str]
 
 
+@dataclass
+class _Faults:
+    share: float
+    rng: random.Random
+    kinds: tuple[str, ...]
+    retry_after: int
+    methods: frozenset[str] | None
+    cut: str  # how a connection is dropped: "reset", "close", or "either" (drawn)
+
+    def aborts(self) -> bool:
+        """Whether this drop is a TCP reset rather than a plain close."""
+        if self.cut == "either":
+            return self.rng.random() < 0.5
+        return self.cut == "reset"
+
+    def draw(self, method: str) -> str | None:
+        """The fault this call meets, or None. One draw per call of the methods concerned,
+        so a seed gives the same sequence of faults."""
+        if self.methods is not None and method not in self.methods:
+            return None
+        failed = self.rng.random() < self.share
+        kind = self.rng.choice(self.kinds)
+        return kind if failed else None
+
+
 class FakeSlack:
     """The fake's state. Start it with `fake_slack()`; read `calls`, `messages` and friends."""
 
@@ -223,6 +265,7 @@ class FakeSlack:
         self._micros = itertools.count(FIRST_TS_MICROS, 100)
         self._file_ids = itertools.count(1)
         self._scripts: defaultdict[str, deque[_Scripted]] = defaultdict(deque)
+        self._faults: _Faults | None = None
         self._tickets: set[str] = set()
         self._sockets: list[web.WebSocketResponse] = []
         self._socket_opened = asyncio.Event()
@@ -321,6 +364,43 @@ class FakeSlack:
         """An error answer: Slack's own errors come with HTTP 200 (`channel_not_found`,
         `message_not_found`...); use status=500/503 for a server failure."""
         self.script_response(method, status=status, body={"ok": False, "error": error}, times=times)
+
+    def fail_randomly(
+        self,
+        share: float,
+        *,
+        seed: int,
+        kinds: Iterable[str] = FAULT_KINDS,
+        retry_after: int = 1,
+        methods: Iterable[str] | None = None,
+        cut: Literal["reset", "close", "either"] = "either",
+    ) -> None:
+        """From now on fail `share` of the Web API calls (of `methods`, or all), each with one
+        of `kinds` drawn at random: Slack's 429 (`Retry-After: retry_after`), a 500, or a
+        connection reset (`cut`: by a TCP reset, a plain close, or either at random).
+        Scripted answers still come first. A failed call changes nothing."""
+        if not 0 <= share <= 1:
+            raise ValueError(f"share must be between 0 and 1, not {share}")
+        chosen = tuple(kinds)
+        unknown = set(chosen) - set(FAULT_KINDS)
+        if unknown or not chosen:
+            raise ValueError(f"kinds must be some of {FAULT_KINDS}, not {chosen}")
+        self._faults = _Faults(
+            share,
+            random.Random(seed),
+            chosen,
+            retry_after,
+            None if methods is None else frozenset(methods),
+            cut,
+        )
+
+    def stop_failing(self) -> None:
+        self._faults = None
+
+    @property
+    def faults(self) -> Counter[str]:
+        """How many calls `fail_randomly` failed, per kind."""
+        return Counter(c.fault for c in self.calls if c.fault is not None)
 
     # ------------------------------------------------------------ Socket Mode
 
@@ -433,9 +513,18 @@ class FakeSlack:
         token = _token(request, args)
         headers = dict(request.headers)
 
-        status, body, extra_headers = self._answer(method, args, token)
+        fault = None if self._scripts[method] or self._faults is None else self._faults.draw(method)
+        if fault == CONNECTION_RESET:
+            self.calls.append(Call(method, args, headers, token, 0, {}, fault))
+            assert self._faults is not None
+            _cut(request, abort=self._faults.aborts())
+            return web.Response(status=500)  # never sent: the connection is gone
+        if fault is not None:
+            status, body, extra_headers = self._fault_answer(fault)
+        else:
+            status, body, extra_headers = self._answer(method, args, token)
         recorded = body if isinstance(body, dict) else {"ok": False, "raw": body}
-        self.calls.append(Call(method, args, headers, token, status, recorded))
+        self.calls.append(Call(method, args, headers, token, status, recorded, fault))
         if self.scopes is not None and token == self.bot_token:
             extra_headers.setdefault("x-oauth-scopes", ",".join(self.scopes))
         if isinstance(body, str):  # e.g. the HTML page of a load balancer's 503
@@ -459,6 +548,13 @@ class FakeSlack:
         except SlackError as e:
             return 200, {"ok": False, "error": e.error, **e.extra}, {}
         return 200, {"ok": True, **result}, {}
+
+    def _fault_answer(self, fault: str) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
+        assert self._faults is not None
+        if fault == RATE_LIMITED:
+            headers = {"Retry-After": str(self._faults.retry_after)}
+            return 429, {"ok": False, "error": "ratelimited"}, headers
+        return 500, {"ok": False, "error": "internal_error"}, {}
 
     def _authorize(self, method: str, token: str | None) -> None:
         if method in NO_AUTH_METHODS:
@@ -795,6 +891,21 @@ class FakeSlack:
         )
         self.messages[channel].append(message)
         return message
+
+
+def _cut(request: web.Request, *, abort: bool) -> None:
+    """Drop the connection before any byte of an answer: with a TCP reset (`abort`: SO_LINGER
+    0, the client reads ECONNRESET), or closed as a load balancer closes an idle connection
+    (the client finds the server disconnected)."""
+    transport = request.transport
+    assert transport is not None
+    if not abort:
+        transport.close()
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 # ---------------------------------------------------------------- request parsing
