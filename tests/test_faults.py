@@ -284,6 +284,7 @@ async def serving_slack(
     await app.aclose()
 
 
+@pytest.mark.slow
 async def test_slack_and_the_model_failing_three_calls_in_ten_in_one_storm(
     db_url: str, tmp_path: Path, flaky: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -429,6 +430,7 @@ async def test_slack_and_the_model_failing_three_calls_in_ten_in_one_storm(
     )
 
 
+@pytest.mark.slow
 async def test_slack_closing_connections_is_waited_out_and_logged_as_such(
     db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -457,6 +459,7 @@ async def test_slack_closing_connections_is_waited_out_and_logged_as_such(
     assert errors == [], [r.getMessage() for r in errors]
 
 
+@pytest.mark.slow
 async def test_slack_failing_the_bots_first_auth_test_loses_no_command_or_approval(
     db_url: str, tmp_path: Path
 ) -> None:
