@@ -31,7 +31,7 @@ from tests.crash.harness import (
 from tests.fakes.openai_server import running_fake_openai
 from tests.fakes.slack_api import fake_slack
 
-RUNS = int(os.environ.get("CREWCHIEF_REPLICA_RUNS", "200"))
+RUNS = int(os.environ.get("CREWCHIEF_REPLICA_RUNS", "500"))
 
 # minutes on a loaded machine: the default 300 s would fail a slow run, not a broken one
 pytestmark = [pytest.mark.crash, pytest.mark.timeout(1200)]
