@@ -15,6 +15,8 @@ from agents.config import CrewConfig
 from agents.cron import cron_trigger, last_fire, period_of
 from storage import alert_queries as q
 from storage.figures import stuck_runs
+from storage.jobs import ran
+from storage.models import as_utc
 from storage.queries import spend_since
 
 DIGEST_JOB = "digest"
@@ -131,13 +133,13 @@ def missed_evaluations(session: Session, config: CrewConfig, now: datetime) -> C
     previous = q.last_run_before(session, EVALUATION_JOB, now)
     if previous is None:
         return None
-    gap = now - _aware(previous)
+    gap = now - as_utc(previous)
     if gap <= config.alerts.evaluate_every + config.alerts.rules.missed_job.grace:
         return None
     return Condition(
         "missed-job",
         f"alerts were not evaluated for {_span(timedelta(minutes=gap // timedelta(minutes=1)))} "
-        f"(from {_aware(previous).astimezone(UTC):%Y-%m-%d %H:%M} UTC)",
+        f"(from {as_utc(previous).astimezone(UTC):%Y-%m-%d %H:%M} UTC)",
         {"job": EVALUATION_JOB},
     )
 
@@ -148,16 +150,12 @@ def missed_digest(session: Session, config: CrewConfig, now: datetime) -> Condit
     trigger = cron_trigger(config.digest.schedule, config.digest.timezone)
     due = last_fire(trigger, now - config.alerts.rules.missed_job.grace)
     alive_since = q.first_run(session, [EVALUATION_JOB])
-    if due is None or alive_since is None or _aware(alive_since) > due:
+    if due is None or alive_since is None or as_utc(alive_since) > due:
         return None
-    if q.job_ran(session, DIGEST_JOB, period_of(due)):
+    if ran(session, DIGEST_JOB, period_of(due)):
         return None
     return Condition(
         "missed-job",
         f"the digest due at {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC did not run",
         {"job": DIGEST_JOB},
     )
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)

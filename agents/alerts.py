@@ -32,7 +32,7 @@ from storage.alert_queries import cards_of, group_members, lock_alert, open_aler
 from storage.audit import audit
 from storage.db import Database
 from storage.jobs import claim_period
-from storage.models import Alert, AlertState, Message, MessageKind
+from storage.models import Alert, AlertState, Message, MessageKind, as_utc
 
 ACKNOWLEDGE = {"eyes", "👀"}
 SILENCE = {"no_bell", "🔕"}
@@ -46,12 +46,8 @@ NOTE_SHOWN = 500  # characters of a note a card shows (all of it is stored)
 WORST_FIRST = (AlertState.FIRING, AlertState.PENDING, AlertState.RESOLVED)  # a card's colour
 
 
-def _aware(at: datetime | None) -> datetime | None:
-    return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
-
-
 def _silenced(alert: Alert, now: datetime) -> bool:
-    until = _aware(alert.silenced_until)
+    until = as_utc(alert.silenced_until)
     return until is not None and until > now
 
 
@@ -60,12 +56,12 @@ def _cut(text: str, limit: int = NOTE_SHOWN) -> str:
 
 
 def _when(at: datetime | None) -> str | None:
-    at = _aware(at)
+    at = as_utc(at)
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else None
 
 
 def _seconds(since: datetime | None, now: datetime) -> int | None:
-    since = _aware(since)
+    since = as_utc(since)
     return int((now - since).total_seconds()) if since else None
 
 
@@ -232,7 +228,7 @@ class AlertService:
         self._changed(session, [alert], now, "resolved", {"after_s": _seconds(alert.fired_at, now)})
 
     def _repeat_due(self, alert: Alert, now: datetime) -> bool:
-        last = _aware(alert.notified_at) or now
+        last = as_utc(alert.notified_at) or now
         return now - last >= self.config.alerts.repeat_interval
 
     def _repeat(self, session: Session, alerts: list[Alert], now: datetime) -> None:
@@ -240,7 +236,7 @@ class AlertService:
         for alert in alerts:
             alert.notified_at = now
             session.add(alert)
-        fired = min(_aware(a.fired_at) or now for a in alerts)
+        fired = min(as_utc(a.fired_at) or now for a in alerts)
         self._reply(
             session,
             alerts,
@@ -249,7 +245,7 @@ class AlertService:
         )
 
     def _escalation_due(self, alert: Alert, now: datetime) -> bool:
-        fired = _aware(alert.fired_at)
+        fired = as_utc(alert.fired_at)
         if not self.config.alerts.on_call or alert.escalated_at is not None or fired is None:
             return False
         return now - fired >= self.config.alerts.escalate_after
@@ -260,7 +256,7 @@ class AlertService:
         for alert in alerts:
             alert.escalated_at = now
             session.add(alert)
-        fired = min(_aware(a.fired_at) or now for a in alerts)
+        fired = min(as_utc(a.fired_at) or now for a in alerts)
         key = "escalated" if len(alerts) == 1 else "escalated:" + ",".join(_ids(alerts))
         self._reply(
             session,
@@ -403,7 +399,7 @@ class AlertService:
             "summary": alert.summary,
             "state": alert.state,
             "fired_at": _when(alert.fired_at),
-            "resolved_after_s": _seconds(alert.fired_at, _aware(alert.resolved_at) or now)
+            "resolved_after_s": _seconds(alert.fired_at, as_utc(alert.resolved_at) or now)
             if alert.resolved_at
             else None,
             "acknowledged_by": alert.acknowledged_by,

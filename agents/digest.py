@@ -20,7 +20,7 @@ from storage.alert_queries import alerts_between
 from storage.db import Database
 from storage.figures import Window
 from storage.jobs import claim_period, last_runs
-from storage.models import Message, MessageKind, RunStatus
+from storage.models import Message, MessageKind, RunStatus, as_utc
 
 JOB = "digest"  # its name in the job_run table
 BARS = "▁▂▃▄▅▆▇█"
@@ -152,7 +152,7 @@ def build(session: Session, config: CrewConfig, now: datetime, window: timedelta
         "alerts": alerts,
         "prompts": prompts,
         "jobs": [
-            {"job": job, "ago_s": int((now - _aware(at)).total_seconds())}
+            {"job": job, "ago_s": int((now - as_utc(at)).total_seconds())}
             for job, at in sorted(jobs.items())
         ],
         "chart": chart(session, now, window),
@@ -165,7 +165,7 @@ def chart(session: Session, now: datetime, window: timedelta) -> dict[str, Any] 
     none of those days had a run or a model call's cost."""
     low, high = CHART_DAYS
     days = min(high, max(low, math.ceil(window / timedelta(days=1))))
-    today = _aware(now).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = as_utc(now).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     first = today - timedelta(days=days - 1)
     rows = figures.per_day(session, first, days)
     if not any(runs or spend for runs, spend in rows):
@@ -202,10 +202,6 @@ def compare_prompts(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def post(

@@ -125,21 +125,21 @@ class OutboxSender:
             ):
                 platform_id = await platform.deliver(delivery)
         except DeliveryError as exc:
-            await self._record(self._failed, row_id, exc)
+            await self._record_failure(row_id, exc)
         except Exception as exc:  # an adapter bug must not lose the message
             log.exception("outbox row %s: %s delivery raised", row_id, platform_name)
-            await self._record(self._failed, row_id, DeliveryError(f"{type(exc).__name__}: {exc}"))
+            await self._record_failure(row_id, DeliveryError(f"{type(exc).__name__}: {exc}"))
         else:
             try:
                 await self._sent.add(row_id, platform_id)
             except Exception as exc:  # the lease runs out and the row is delivered again (same key)
                 report(log, exc, self.db.url, f"outbox row {row_id}: its delivery was not recorded")
 
-    async def _record(self, outcome: Callable[..., None], row_id: int, result: object) -> None:
+    async def _record_failure(self, row_id: int, failure: DeliveryError) -> None:
         try:
-            await self.db.call(outcome, row_id, result)
+            await self.db.call(self._failed, row_id, failure)
         except Exception as exc:  # the lease runs out and the row is delivered again (same key)
-            report(log, exc, self.db.url, f"outbox row {row_id}: its outcome was not recorded")
+            report(log, exc, self.db.url, f"outbox row {row_id}: its failure was not recorded")
 
     def _mark_sent(self, sent: dict[int, str | None]) -> None:
         with self.db.transaction() as session:

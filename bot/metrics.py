@@ -9,7 +9,6 @@ OpenTelemetry's `gen_ai.*` names map to Prometheus style: `gen_ai.client.token.u
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -25,7 +24,7 @@ from storage.alert_queries import open_alerts
 from storage.db import Database
 from storage.figures import STEP_SECONDS_BUCKETS, approvals_pending, step_duration_histogram
 from storage.jobs import last_runs
-from storage.models import RunStatus, utcnow
+from storage.models import RunStatus, as_utc, utcnow
 from storage.queries import health_figures, model_usage
 
 
@@ -121,8 +120,7 @@ class DatabaseCollector(Collector):
             labels=["job"],
         )
         for job, at in sorted(jobs.items()):
-            at = at if at.tzinfo else at.replace(tzinfo=UTC)
-            last.add_metric([job], (at - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
+            last.add_metric([job], as_utc(at).timestamp())
         yield last
 
 

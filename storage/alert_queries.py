@@ -92,13 +92,6 @@ def undelivered(
     return out
 
 
-def job_ran(session: Session, job: str, period: str) -> bool:
-    found = session.exec(
-        select(JobRun.id).where(JobRun.job == job, JobRun.period == period)
-    ).first()
-    return found is not None
-
-
 def last_run_before(session: Session, job: str, before: datetime) -> datetime | None:
     """When `job` last started before `before` (its run for an earlier period)."""
     return session.exec(

@@ -11,10 +11,16 @@ from sqlmodel import Session, col, select
 from storage.models import JobRun
 
 
+def ran(session: Session, job: str, period: str) -> bool:
+    """Whether `job` has claimed `period` (here or in another replica)."""
+    found = session.exec(select(JobRun.id).where(JobRun.job == job, JobRun.period == period))
+    return found.first() is not None
+
+
 def claim_period(session: Session, job: str, period: str, now: datetime) -> JobRun | None:
     """The row for `job` in `period`, or None when another fire (here or in another replica)
     has claimed that period already."""
-    if session.exec(select(JobRun.id).where(JobRun.job == job, JobRun.period == period)).first():
+    if ran(session, job, period):
         return None
     row = JobRun(job=job, period=period, started_at=now)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
@@ -16,6 +16,15 @@ from sqlmodel import Field, SQLModel
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(at: datetime) -> datetime: ...
+@overload
+def as_utc(at: None) -> None: ...
+def as_utc(at: datetime | None) -> datetime | None:
+    """A time read back from the database, in UTC: SQLite returns it without a zone."""
+    return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _where(condition: str) -> dict[str, Any]:
