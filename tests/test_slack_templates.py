@@ -364,6 +364,9 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         ]
     },
     "notice": {"text": "run 3 cancelled"},
+    "database_error": {
+        "problem": "database or disk is full: no space is left on the disk that holds crew.db"
+    },
     "usage_error": {
         "error": "unknown workflow 'blg-post'; available: blog-post, research-brief",
         "usage": "/crew run <workflow> <text…>",
@@ -653,8 +656,9 @@ async def test_contexts_of_a_real_walkthrough_render(bot_factory: Any, slack: Re
                 render(reply.template, reply.context)
     await bot.app.aclose()
 
-    # a failing LLM, a timeout, an alert rule that trips
-    expected = slack_names() - {"failure", "reminder", "alert", "alert_group", "alert_update"}
+    # a failing LLM, a timeout, an alert rule that trips, a full disk (test_full_disk.py)
+    unseen = {"failure", "reminder", "alert", "alert_group", "alert_update", "database_error"}
+    expected = slack_names() - unseen
     assert expected <= set(rendered)
     everything = "\n".join(text for texts in rendered.values() for text in texts)
     assert "<!channel>" not in everything and "<@U999>" not in everything
