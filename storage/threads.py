@@ -10,9 +10,7 @@ inside one outer transaction (each job's own transactions become savepoints of i
 them together, then answers each job. One commit, and with `synchronous=FULL` one fsync, for
 all the work that was ready at once; a job that fails is rolled back alone; nobody hears of a
 result before it is committed. A group stops growing after `GROUP_SIZE` jobs or
-`GROUP_TIME` seconds, so the urgent work that arrives meanwhile still waits only briefly, and
-once it holds an inbound event only inbound events join it: an acknowledgement waits for the
-job running when it arrived, the events queued with it, and one commit.
+`GROUP_TIME` seconds, so the urgent work that arrives meanwhile still waits only briefly.
 """
 
 from __future__ import annotations
@@ -82,11 +80,9 @@ class DatabaseThreads:
             with group():
                 job: Job | None = first
                 started = time.monotonic()
-                urgent = False
                 while job is not None:
                     done.append((job[3], *_run(job)))
-                    urgent = urgent or job[0] == Priority.INBOUND
-                    job = self._next_in_group(len(done), started, urgent)
+                    job = self._next_in_group(len(done), started)
         except BaseException as exc:  # the commit failed: nothing of the group was stored
             for future, ok, value in done:
                 _answer(future, False, exc if ok else value)
@@ -96,17 +92,15 @@ class DatabaseThreads:
         for future, ok, value in done:
             _answer(future, ok, value)
 
-    def _next_in_group(self, size: int, started: float, urgent: bool) -> Job | None:
-        """The next job to join the group, if any: once the group holds an inbound event,
-        only other inbound events join, so that its acknowledgement waits for nothing else."""
+    def _next_in_group(self, size: int, started: float) -> Job | None:
         if size >= GROUP_SIZE or time.monotonic() - started >= GROUP_TIME:
             return None
         try:
             job = self._queue.get_nowait()
         except queue.Empty:
             return None
-        if job[2] is _STOP or (urgent and job[0] != Priority.INBOUND):
-            self._queue.put(job)  # after this group, in its place (its order number is kept)
+        if job[2] is _STOP:
+            self._queue.put(job)  # after this group
             return None
         return job
 

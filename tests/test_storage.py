@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,7 +14,6 @@ from storage import outbox
 from storage.db import Database
 from storage.models import Outbox, OutboxStatus, Run, Step, StepStatus
 from storage.queries import claim_outbox, claim_step, pending_work
-from storage.threads import Priority
 
 
 def fresh(db_url: str) -> Database:
@@ -273,34 +270,3 @@ def test_an_inbound_event_goes_ahead_of_queued_background_work() -> None:
         future.result(5)
     assert ran == ["ack", "bg0", "bg1", "bg2"]
     threads.shutdown()
-
-
-def test_an_inbound_event_is_committed_without_waiting_for_background_work_behind_it(
-    tmp_path: Path,
-) -> None:
-    """Group commit on SQLite: jobs ready at once share one commit, but once a group holds an
-    inbound event no background job joins it; the acknowledgement is not held back by them."""
-    db = Database(f"sqlite:///{tmp_path / 'crew.db'}")
-    db.upgrade()
-    started, release, acked = threading.Event(), threading.Event(), threading.Event()
-    waited: list[bool] = []
-
-    def busy() -> None:
-        started.set()
-        release.wait(5)
-
-    def behind() -> None:  # in the inbound event's group, it would hold back that commit
-        waited.append(acked.wait(5))
-
-    with ThreadPoolExecutor(3) as pool:
-        first = pool.submit(db.threads.submit(Priority.BACKGROUND, busy).result, 10)
-        assert started.wait(5)
-        background = db.threads.submit(Priority.BACKGROUND, behind)
-        inbound = db.threads.submit(Priority.INBOUND, lambda: "ack")
-        release.set()
-        assert inbound.result(10) == "ack"
-        acked.set()
-        background.result(10)
-        first.result()
-    db.dispose()
-    assert waited == [True]  # it ran after the inbound event was answered
