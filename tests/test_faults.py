@@ -24,22 +24,19 @@ from agents.alerts import run_evaluation
 from agents.lifecycle import Clock
 from agents.llm import LLMProvider
 from agents.openai_provider import OpenAIProvider
-from bot.app import App, build_app
-from bot.http import web_app
-from bot.platforms.slack import SCOPES, SlackPlatform, slack_settings
-from bot.settings import Settings
+from bot.app import App
+from bot.platforms.slack import SCOPES
 from storage import models
-from tests.conftest import Bot, all_rows, make_config
-from tests.fakes.local_server import serve_locally
+from tests.conftest import Bot, all_rows
 from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAIServer, running_fake_openai
 from tests.fakes.slack_api import CONNECTION_RESET, FakeSlack, fake_slack
 from tests.fakes.slack_signing import (
-    SIGNING_SECRET,
     reaction_added,
     signed_form,
     signed_json,
     slash_command,
 )
+from tests.test_slack import ALICE, EDITH, MALLORY, build, served, slack_env
 
 RUNS = 30
 FAULTS = [
@@ -118,7 +115,6 @@ async def test_three_calls_in_ten_failing_end_every_run_with_a_reason(
 # ------------------------------------------------------------------ Slack failing too
 
 CONTENT, OPS = "C0CONTENT1", "C0OPS00001"
-ALICE, EDITH, MALLORY = "U0ALICE001", "U0EDITH001", "U0MALLORY1"
 STORM_RUNS = 24
 SLACK_SEED = 20261203
 STORM_CONFIG = {
@@ -257,31 +253,12 @@ async def serving_slack(
     config: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[App, People]]:
     """The bot in Slack HTTP mode against `slack`, and the people who use it."""
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        crewchief_database_url=db_url,
-        crewchief_config=tmp_path / "absent.yml",
-        crewchief_llm="openai" if llm else "offline",
-        slack_bot_token=slack.bot_token,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_api_url=slack.api_url,
+    settings = slack_env(
+        db_url, tmp_path, slack.api_url, crewchief_llm="openai" if llm else "offline"
     )
-    app = build_app(
-        settings,
-        config=make_config(config),
-        default_approvers=[f"slack:{EDITH}"],
-        clock=clock,
-        llm=llm,
-    )
-    platform = SlackPlatform(app, slack_settings(settings))
-    app.add_platform(platform)
-    async with (
-        serve_locally(web_app(app, platform)) as base,
-        app.running(),
-        aiohttp.ClientSession() as http,
-    ):
+    app, platform = build(settings, config, approvers=(EDITH,), llm=llm, clock=clock)
+    async with served(app, platform) as (base, http):
         yield app, People(http, base)
-    await app.aclose()
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.config import Reactions
+from agents.lifecycle import Clock
+from agents.llm import LLMProvider
 from bot.app import App, build_app
 from bot.config_file import ConfigError
 from bot.http import web_app
@@ -99,27 +101,50 @@ class SlackBot:
 
 
 def slack_env(db_url: str, tmp_path: Path, api_url: str, **extra: Any) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        crewchief_database_url=db_url,
-        crewchief_config=tmp_path / "absent.yml",
-        crewchief_llm="offline",
-        slack_bot_token=BOT_TOKEN,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_api_url=api_url,
-        **extra,
-    )
+    fields: dict[str, Any] = {
+        "crewchief_database_url": db_url,
+        "crewchief_config": tmp_path / "absent.yml",
+        "crewchief_llm": "offline",
+        "slack_bot_token": BOT_TOKEN,
+        "slack_signing_secret": SIGNING_SECRET,
+        "slack_api_url": api_url,
+    }
+    return Settings(_env_file=None, **{**fields, **extra})  # type: ignore[call-arg]
 
 
-def build(settings: Settings, config: dict[str, Any] | None = None) -> tuple[App, SlackPlatform]:
+def build(
+    settings: Settings,
+    config: dict[str, Any] | None = None,
+    *,
+    approvers: tuple[str, ...] = (EDITH, ERIC),
+    llm: LLMProvider | None = None,
+    clock: Clock = models.utcnow,
+) -> tuple[App, SlackPlatform]:
     app = build_app(
         settings,
         config=make_config(config),
-        default_approvers=[f"slack:{EDITH}", f"slack:{ERIC}"],
+        default_approvers=[f"slack:{user}" for user in approvers],
+        llm=llm,
+        clock=clock,
     )
     platform = SlackPlatform(app, slack_settings(settings))
     app.add_platform(platform)
     return app, platform
+
+
+@asynccontextmanager
+async def served(
+    app: App, platform: SlackPlatform
+) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    """The bot listening for Slack's HTTP requests and working, and a client to send them with;
+    (the events URL's base, the client). The app is closed afterwards."""
+    async with (
+        serve_locally(web_app(app, platform)) as base,
+        app.running(),
+        aiohttp.ClientSession() as http,
+    ):
+        yield base, http
+    await app.aclose()
 
 
 @pytest.fixture
@@ -138,13 +163,8 @@ async def serving(
     app, platform = build(
         slack_env(db_url, tmp_path, slack.api_url), marker.args[0] if marker else None
     )
-    async with (
-        serve_locally(web_app(app, platform)) as base,
-        app.running(),
-        aiohttp.ClientSession() as http,
-    ):
+    async with served(app, platform) as (base, http):
         yield SlackBot(app, slack, f"{base}/slack/events", http)
-    await app.aclose()
 
 
 @pytest.fixture

@@ -13,20 +13,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from sqlmodel import select
 
 from agents.llm import Completion, LLMRequest
-from bot.app import build_app
-from bot.http import web_app
-from bot.platforms.slack import SlackPlatform, slack_settings
 from storage import models
-from tests.conftest import Bot, make_config
-from tests.fakes.local_server import serve_locally
+from tests.conftest import Bot
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.slack_signing import reaction_added, thread_message
-from tests.test_slack import ALICE, CHANNEL, EDITH, ERIC, SlackBot, slack_env
+from tests.test_slack import ALICE, CHANNEL, EDITH, ERIC, SlackBot, build, served, slack_env
 
 PAYLOAD = (
     "<!channel> <!here|here> <!everyone> <!subteam^S0EDITORS> <@U0ERIC0001> <#C0OPS1234> "
@@ -99,22 +94,9 @@ PEOPLE = {f"<@{u}>" for u in (ALICE, EDITH, ERIC)}
 async def hostile_slack_bot(
     db_url: str, tmp_path: Path, slack: FakeSlack
 ) -> AsyncIterator[SlackBot]:
-    settings = slack_env(db_url, tmp_path, slack.api_url)
-    app = build_app(
-        settings,
-        config=make_config(),
-        default_approvers=[f"slack:{EDITH}", f"slack:{ERIC}"],
-        llm=Hostile(),
-    )
-    platform = SlackPlatform(app, slack_settings(settings))
-    app.add_platform(platform)
-    async with (
-        serve_locally(web_app(app, platform)) as base,
-        app.running(),
-        aiohttp.ClientSession() as http,
-    ):
+    app, platform = build(slack_env(db_url, tmp_path, slack.api_url), llm=Hostile())
+    async with served(app, platform) as (base, http):
         yield SlackBot(app, slack, f"{base}/slack/events", http)
-    await app.aclose()
 
 
 def shown_texts(call_args: dict[str, Any]) -> list[str]:
