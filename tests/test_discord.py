@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -624,6 +625,23 @@ async def test_the_bots_own_reactions_are_ignored(bot: DiscordBot) -> None:
     assert [v.approver for v in bot.rows(models.ApprovalVote)] == []
 
 
+async def failure_rate_alert(bot: DiscordBot, now: datetime) -> Any:
+    """Three failed runs, an evaluation: the failure-rate alert's card in the ops channel."""
+    from agents.alerts import run_evaluation
+
+    seed_failed_runs(
+        bot.app.db,
+        platform="discord",
+        channel=CONTENT_CHANNEL_ID,
+        requester=f"discord:{ALICE_ID}",
+        at=now,
+    )
+    await bot.app.db.call(run_evaluation, bot.app.db, bot.app.crew.alerts, now, "p1")
+    await bot.wait()
+    [card] = bot.fake.bot_messages(OPS_CHANNEL_ID)
+    return card
+
+
 @pytest.mark.crew_config(
     {
         "ops": {"channels": [f"discord:{OPS_CHANNEL_ID}"]},
@@ -637,18 +655,8 @@ async def test_an_alert_in_the_discord_ops_channel_is_acknowledged_and_resolves(
 
     from agents.alerts import run_evaluation
 
-    now = models.utcnow()
-    seed_failed_runs(
-        bot.app.db,
-        platform="discord",
-        channel=CONTENT_CHANNEL_ID,
-        requester=f"discord:{ALICE_ID}",
-        at=now,
-    )
-    app = bot.app
-    await app.db.call(run_evaluation, app.db, app.crew.alerts, now, "p1")
-    await bot.wait()
-    [card] = bot.fake.bot_messages(OPS_CHANNEL_ID)
+    app, now = bot.app, models.utcnow()
+    card = await failure_rate_alert(bot, now)
     assert "alert 1 · failure-rate · workflow=blog-post · firing" in seen(card)
     assert card.embeds[0]["color"] == 0xE01E5A  # red
 
@@ -679,20 +687,7 @@ async def test_an_alert_in_the_discord_ops_channel_is_acknowledged_and_resolves(
 async def test_a_holder_of_the_ops_role_silences_an_alert_with_the_command(
     bot: DiscordBot,
 ) -> None:
-    from agents.alerts import run_evaluation
-
-    now = models.utcnow()
-    seed_failed_runs(
-        bot.app.db,
-        platform="discord",
-        channel=CONTENT_CHANNEL_ID,
-        requester=f"discord:{ALICE_ID}",
-        at=now,
-    )
-    app = bot.app
-    await app.db.call(run_evaluation, app.db, app.crew.alerts, now, "p1")
-    await bot.wait()
-    [card] = bot.fake.bot_messages(OPS_CHANNEL_ID)
+    card = await failure_rate_alert(bot, models.utcnow())
 
     # bob without the editors role (which crewchief.yml makes the ops role) may not
     options = {"alert": "1", "duration": "2h", "reason": "deploying a fix"}
