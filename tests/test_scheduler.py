@@ -141,10 +141,15 @@ async def test_a_process_that_starts_scheduling_posts_a_digest_missed_just_befor
         async with bot.app.running(schedule=True):
             scheduler = bot.app.scheduler
             await until(lambda: scheduler.leading and not scheduler.next_run("digest-catch-up"))  # noqa: B023
-            await asyncio.sleep(0.2)  # the catch-up, handed to the loop, runs to its end
+            await until(lambda: len(digests(bot)) >= posted)  # noqa: B023
+            await asyncio.sleep(0.5)  # time for a second post, were there one
             await bot.app.wait_idle()
+    assert len(digests(bot)) == posted
     with bot.app.db.read() as s:
-        digests = s.exec(select(models.Message).where(models.Message.channel == "ops")).all()
         periods = s.exec(select(models.JobRun).where(models.JobRun.job == "digest")).all()
-    assert len(digests) == posted
     assert [p.period for p in periods] == ["2026-12-03T09:00+00:00"] * posted
+
+
+def digests(bot: Bot) -> list[models.Message]:
+    with bot.app.db.read() as s:
+        return list(s.exec(select(models.Message).where(models.Message.channel == "ops")).all())
