@@ -10,7 +10,7 @@ import re
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,6 +266,7 @@ SHELL_REQUESTER = "alice"
 _ECHO = re.compile(r"^shell:[\w.-]+> (.*)$")  # the shell echoes each line of a script
 _STARTED = re.compile(r"^\s*run (\d+) \(blog-post\) started")
 _DRAFT = re.compile(r"#(\d+) writer · draft v1\b")
+_MESSAGE = re.compile(r"^\s*#\d+ ")  # a bot message, a run card or in a thread
 
 
 def topic(i: int) -> str:
@@ -285,11 +286,13 @@ class ShellProcess:
 
     proc: asyncio.subprocess.Process
     lines: list[ScriptLine]
+    stdout: Path
     stderr: Path
     reader: asyncio.Task[None] | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    echoed: asyncio.Event = field(default_factory=asyncio.Event)  # set at each echo
+    output: asyncio.Event = field(default_factory=asyncio.Event)  # set at each line read
     at: int = -1  # the script line echoed last: being run, or done once the next is echoed
+    messages: int = 0  # bot messages printed (#ref …)
     done: set[int] = field(default_factory=set)  # lines whose answer (or successor) was seen
     killed: bool = False
 
@@ -382,7 +385,7 @@ class ShellHarness:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
             )
-        shell = ShellProcess(proc, lines, stderr)
+        shell = ShellProcess(proc, lines, self.tmp_path / f"stdout-{n:03d}.log", stderr)
         shell.reader = asyncio.create_task(self._read(shell))
         self.processes.append(shell)
         self.current = shell
@@ -391,6 +394,8 @@ class ShellHarness:
     async def _read(self, shell: ShellProcess) -> None:
         assert shell.proc.stdout is not None
         async for raw in shell.proc.stdout:
+            with shell.stdout.open("ab") as out:  # kept beside the script, to replay by hand
+                out.write(raw)
             line = raw.decode("utf-8", "replace").rstrip("\n")
             if line.startswith("try: "):  # the last line of the greeting: the bot is up
                 shell.ready.set()
@@ -399,15 +404,17 @@ class ShellHarness:
                     shell.done.add(shell.at)  # the next line started: this one was answered
                 shell.at += 1
                 assert shell.lines[shell.at].text == echo[1], (shell.lines[shell.at], line)
-                shell.echoed.set()
-                shell.echoed.clear()
             elif (started := _STARTED.match(line)) is not None:
                 launched = shell.lines[shell.at].launch
                 assert launched is not None, line
                 self.acked[launched] = int(started[1])
                 shell.done.add(shell.at)
+            elif _MESSAGE.match(line) is not None:
+                shell.messages += 1
             if (draft := _DRAFT.search(line)) is not None:
                 self.drafts.add(int(draft[1]))
+            shell.output.set()
+            shell.output.clear()
 
     async def run_until(self, moment: float) -> bool:
         """Until the loop's time `moment`; True when the process ended by itself before."""
@@ -437,20 +444,20 @@ class ShellHarness:
         await self._ended(shell)
         return False
 
-    async def run_until_echo(self, line: int) -> bool:
-        """Until the shell echoes script line `line`, that is starts running it; True when the
-        process ended by itself before."""
+    async def run_until_seen(self, seen: Callable[[ShellProcess], bool]) -> bool:
+        """Until what the process printed satisfies `seen` (e.g. it echoed line 3: it is
+        running it); True when the process ended by itself before."""
         shell = self.current
         assert shell is not None
         exited = asyncio.ensure_future(asyncio.shield(shell.proc.wait()))
         try:
-            while shell.at < line and not exited.done():
-                echo = asyncio.ensure_future(shell.echoed.wait())
-                await asyncio.wait({echo, exited}, return_when=asyncio.FIRST_COMPLETED)
-                echo.cancel()
+            while not seen(shell) and not exited.done():
+                output = asyncio.ensure_future(shell.output.wait())
+                await asyncio.wait({output, exited}, return_when=asyncio.FIRST_COMPLETED)
+                output.cancel()
         finally:
             exited.cancel()
-        if shell.at >= line:
+        if seen(shell):
             return False
         await shell.proc.wait()
         await self._ended(shell)

@@ -41,6 +41,7 @@ SEED = int(os.environ.get("CREWCHIEF_CRASH_SEED", "20261203"))
 RUNS = int(os.environ.get("CREWCHIEF_CRASH_RUNS", "100"))
 KILLS = int(os.environ.get("CREWCHIEF_CRASH_KILLS", "20"))
 MODEL_DELAY = 0.3
+AIMS = ("up", "line", "message")  # what a kill's moment follows
 
 # minutes on a loaded machine: the default 300 s would fail a slow run, not a broken one
 pytestmark = [pytest.mark.crash, pytest.mark.timeout(1200)]
@@ -56,28 +57,34 @@ async def test_shell_script_survives_twenty_kill_9s(tmp_path: Path, db_url: str)
         write_config(tmp_path, hook["url"], approver=f"shell:{SHELL_APPROVER}")
         harness = ShellHarness(tmp_path, bot_env(db_url, llm, None), db, runs=RUNS)
         loop = asyncio.get_running_loop()
-        mid_line = 0
+        aimed: Counter[str] = Counter()
         for k in range(KILLS):
-            # This round's launches are typed by its first process, which is killed either
-            # 0.3-2.5 s after it is up or 0-20 ms after it starts a line of its script (a
-            # command is answered in about 15 ms); a process that finishes its script before
-            # the kill is followed by another, with the ✅s then due.
+            # This round's launches are typed by its first process, which is killed 0.3-2.5 s
+            # after it is up, or 0-20 ms after it starts a line of its script (a command is
+            # answered in about 15 ms), or 0-20 ms after it prints its n-th message (before
+            # it has recorded that, at times); a process that finishes its script before the
+            # kill is followed by another, with the ✅s then due.
             launches = math.ceil(len(harness.to_launch) / (KILLS - k))
-            aim_at_line = rng.random() < 0.5
-            pick, after_line, after_up = rng.random(), rng.uniform(0, 0.02), rng.uniform(0.3, 2.5)
+            aim, pick, n = rng.choice(AIMS), rng.random(), rng.randint(1, 12)
+            after_seen, after_up = rng.uniform(0, 0.02), rng.uniform(0.3, 2.5)
             kill_at: float | None = None
             while True:
                 shell = await harness.start(harness.script(launches))
                 launches = 0
                 if kill_at is None:
                     assert await harness.up(), harness.problems()  # it ended before it was up
-                    if aim_at_line and shell.lines:
-                        if await harness.run_until_echo(int(pick * len(shell.lines))):
-                            continue
-                        mid_line += 1
-                        kill_at = loop.time() + after_line
+                    line = int(pick * len(shell.lines))
+                    if aim == "line" and shell.lines:
+                        ended = await harness.run_until_seen(lambda s, line=line: s.at >= line)
+                    elif aim == "message":
+                        ended = await harness.run_until_seen(lambda s, n=n: s.messages >= n)
                     else:
-                        kill_at = loop.time() + after_up
+                        aim, ended = "up", False
+                    if ended:  # it finished first: kill the next one once it is up
+                        aim = "up"
+                        continue
+                    aimed[aim] += 1
+                    kill_at = loop.time() + (after_up if aim == "up" else after_seen)
                 if not await harness.run_until(kill_at):
                     await harness.kill()
                     break
@@ -116,8 +123,9 @@ async def test_shell_script_survives_twenty_kill_9s(tmp_path: Path, db_url: str)
 
     statuses = Counter(r.status for r in runs)
     print(
-        f"shell crash harness: {harness.kills} kills survived ({mid_line} aimed at a line, "
-        f"{harness.kills_before_ready} before the bot was up), "
+        f"shell crash harness: {harness.kills} kills survived ({aimed['up']} after the "
+        f"bot was up, {aimed['line']} in a line, {aimed['message']} after a message printed, "
+        f"{harness.kills_before_ready} while a restart was starting), "
         f"{len(harness.processes)} processes; {len(harness.acked)} of {RUNS} commands "
         f"acknowledged; cut short by a kill: {len(harness.unseen)} had happened, "
         f"{len(harness.undone)} had not and were typed again ({harness.not_reached} more "
