@@ -474,20 +474,13 @@ class ShellHarness:
         self.kills += 1
         await self._ended(shell)
 
-    async def finish(self, timeout: float) -> None:
-        """Let the process run its script to the end."""
-        shell = self.current
-        assert shell is not None
-        await asyncio.wait_for(shell.proc.wait(), timeout)
-        await self._ended(shell)
-
     async def _ended(self, shell: ShellProcess) -> None:
         assert shell.reader is not None
         await shell.reader  # what it printed before it died is still in the pipe
         if shell.proc.returncode == 0 and shell.at >= 0:
             shell.done.add(shell.at)
         self.current = None
-        voted = self.voted()
+        voted, again = self.voted(), []
         for i, line in enumerate(shell.lines):
             if i in shell.done:
                 self.reactions_acked += line.draft is not None
@@ -501,8 +494,9 @@ class ShellHarness:
                 elif not happened:
                     self.not_reached += 1
                 if not happened:
-                    self.to_launch.insert(0, line.launch)
+                    again.append(line.launch)
             # a ✅ not acknowledged is typed again while its draft has no vote (script())
+        self.to_launch[:0] = again
 
     def problems(self) -> list[str]:
         """Processes that ended by themselves with an error, and tracebacks in any."""
