@@ -1,6 +1,7 @@
 """What the crash and replica tests share: a webhook that counts keys, the crewchief.yml and
-environment they run the bot with, and people launching and approving through Slack while
-`crewchief start` processes come and go."""
+environment they run the bot with, and people launching and approving runs while the bot's
+processes come and go: through Slack to `crewchief start` (Harness), or typed into
+`crewchief shell --script` (ShellHarness)."""
 
 from __future__ import annotations
 
