@@ -294,6 +294,38 @@ async def test_kill_9_mid_step_then_a_restart_resumes_it_at_once(
     db.dispose()
 
 
+async def test_a_reaction_on_a_draft_shown_just_before_a_crash_counts(bot_factory) -> None:
+    """Killed after it printed draft #N but before it recorded that, the shell shows the draft
+    again once restarted. A ✅ typed on #N meanwhile waits for that instead of crashing the
+    shell (the dispatcher cannot place a message whose post is in flight), then counts once."""
+    first: Bot = bot_factory()
+    async with first.app.running():
+        await first.type("/crew run blog-post heat pumps")
+        await first.wait()
+    draft = first.latest_draft()
+    await first.app.aclose()
+    second: Bot = bot_factory(user="editor")
+    with second.app.db.transaction() as s:  # as the killed process left it, its lease taken up
+        message = s.get(models.Message, draft.id)
+        assert message is not None
+        message.platform_id = None
+        post = s.exec(select(models.Outbox).where(models.Outbox.message_id == draft.id)).one()
+        post.status, post.sent_at = models.OutboxStatus.PENDING, None
+        post.lease_owner = post.lease_until = None
+        s.add_all([message, post])
+    react = asyncio.create_task(second.type(f"react #{draft.id} ✅"))
+    await asyncio.sleep(0.3)
+    assert not react.done()  # the draft is not shown again yet
+    async with second.app.running():
+        await react
+        await second.wait()
+    assert second.transcript.count(f"#{draft.id} writer · draft v1") == 1  # shown again
+    assert second.run().status == models.RunStatus.SUCCEEDED
+    [vote] = second.rows(models.ApprovalVote)
+    assert vote.approver == "shell:editor" and vote.step_id == draft.step_id
+    await second.app.aclose()
+
+
 async def test_a_lease_whose_holder_cannot_be_proven_dead_is_waited_out(bot_factory) -> None:
     """A lease held on another machine (another boot id) is never taken early: only its
     expiry frees the step, one lease after the holder's last heartbeat."""

@@ -9,6 +9,11 @@ from commands.events import Actor, InboundEvent
 from commands.spec import Reply
 from storage.models import OutboxKind
 
+# A reaction on a post whose id is not recorded yet (commands.dispatch.NotYetDelivered) is
+# tried again after these pauses by a platform that does not deliver it again by itself: half
+# a minute, as long as a dead holder's lease on that post lasts.
+REDELIVER_AFTER = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
 
 @dataclass(frozen=True)
 class Delivery:

@@ -34,7 +34,7 @@ from discord import app_commands
 from bot.chart import TITLE as chart_title
 from bot.chart import for_post
 from bot.errors import ConfigError
-from bot.platforms.base import Delivery, DeliveryError, Inbound
+from bot.platforms.base import REDELIVER_AFTER, Delivery, DeliveryError, Inbound
 from bot.platforms.discord_config import DiscordSettings
 from bot.platforms.discord_config import discord_settings as discord_settings
 from bot.platforms.discord_text import (
@@ -82,8 +82,6 @@ DECISION_COLOURS = {"approved": 0x2EB886, "rejected": 0xE01E5A, "cancelled": 0x9
 PINGING = {"reminder": "approvers", "alert_update": "on_call"}
 ALERT_COLOURS = {"firing": 0xE01E5A, "pending": 0xECB22E, "resolved": 0x2EB886}
 UNKNOWN_CHANNEL = 10003
-# A reaction on a post whose id is not recorded yet is tried again after these pauses.
-REDELIVER_AFTER = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 TOKEN_REFUSED = "DISCORD_TOKEN was refused by Discord (reset it in the Developer Portal)"
 
 

@@ -21,8 +21,9 @@ from rich.text import Text
 from sqlalchemy.exc import OperationalError
 
 from bot.escaping import escape_shell as escape_markup
-from bot.platforms.base import Delivery
+from bot.platforms.base import REDELIVER_AFTER, Delivery
 from bot.render import Renderer
+from commands.dispatch import NotYetDelivered
 from commands.events import (
     Actor,
     InboundEvent,
@@ -251,9 +252,16 @@ class ShellSession:
             self.platform.say(f"there is no message #{ref}")
             return
         event_type = ReactionAdded if verb == "react" else ReactionRemoved
-        self._show(
-            await self.host.handle(event_type(self._event_id(), self.actor, channel, ref, emoji))
-        )
+        event = event_type(self._event_id(), self.actor, channel, ref, emoji)
+        for wait in REDELIVER_AFTER:
+            try:
+                self._show(await self.host.handle(event))
+                return
+            except NotYetDelivered:
+                # #ref was shown, but the bot died before it recorded that (kill -9, a crash):
+                # it shows the message again, then the reaction can be placed
+                await asyncio.sleep(wait)
+        self.platform.say(f"message #{ref} is still being delivered; {verb} again in a moment")
 
     async def _reply(self, rest: str) -> None:
         ref_text, _, text = rest.strip().partition(" ")

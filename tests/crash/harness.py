@@ -1,23 +1,26 @@
 """What the crash and replica tests share: a webhook that counts keys, the crewchief.yml and
-environment they run the bot with, and people launching and approving through Slack while
-`crewchief start` processes come and go."""
+environment they run the bot with, and people launching and approving runs while the bot's
+processes come and go: through Slack to `crewchief start` (Harness), or typed into
+`crewchief shell --script` (ShellHarness)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 from aiohttp import web
-from sqlmodel import select
+from sqlmodel import col, select
 
 from storage import models
 from storage.db import Database
@@ -53,9 +56,15 @@ async def webhook() -> AsyncIterator[dict[str, Any]]:
         yield {"url": f"{base}/hook", "seen": seen}
 
 
-def write_config(tmp_path: Path, webhook_url: str, *, ops: str | None = None) -> None:
-    """blog-post: research, a draft Edith approves, publication to the webhook; with `ops`, a
-    digest posted there every minute."""
+def write_config(
+    tmp_path: Path,
+    webhook_url: str,
+    *,
+    ops: str | None = None,
+    approver: str = f"slack:{EDITH}",
+) -> None:
+    """blog-post: research, a draft `approver` (Edith on Slack) approves, publication to the
+    webhook; with `ops`, a digest posted there every minute."""
     config: dict[str, Any] = {
         "workflows": {
             "blog-post": {
@@ -64,7 +73,7 @@ def write_config(tmp_path: Path, webhook_url: str, *, ops: str | None = None) ->
                     {
                         "name": "draft",
                         "agent": "writer",
-                        "approval": {"approvers": [f"slack:{EDITH}"]},
+                        "approval": {"approvers": [approver]},
                     },
                     {
                         "name": "publish",
@@ -81,17 +90,23 @@ def write_config(tmp_path: Path, webhook_url: str, *, ops: str | None = None) ->
     (tmp_path / "crewchief.yml").write_text(yaml.safe_dump(config))
 
 
-def bot_env(db_url: str, llm: FakeOpenAIServer, slack: FakeSlack) -> dict[str, str]:
-    return {
+def bot_env(db_url: str, llm: FakeOpenAIServer, slack: FakeSlack | None) -> dict[str, str]:
+    """The bot's environment: the test's database and model server, and the fake Slack when
+    there is one."""
+    env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CREWCHIEF_"))},
         "CREWCHIEF_DATABASE_URL": db_url,
         "CREWCHIEF_LLM": "openai",
         "OPENAI_API_KEY": DEFAULT_API_KEY,
         "OPENAI_BASE_URL": llm.base_url,
-        "SLACK_BOT_TOKEN": BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": slack.api_url,
     }
+    if slack is not None:
+        env |= {
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": slack.api_url,
+        }
+    return env
 
 
 class Harness:
@@ -224,3 +239,273 @@ def runs_by_text(db: Database) -> dict[str, list[models.Run]]:
     for run in runs:
         grouped.setdefault(run.text, []).append(run)
     return grouped
+
+
+def steps_in_flight(db: Database) -> dict[int, str | None]:
+    """The running steps and the workers holding them: at a kill, what the dead process had."""
+    with db.read() as s:
+        running = s.exec(
+            select(models.Step).where(models.Step.status == models.StepStatus.RUNNING)
+        ).all()
+    return {step.id: step.lease_owner for step in running if step.id is not None}
+
+
+def still_held(db: Database, in_flight: dict[int, str | None]) -> list[int]:
+    """Those of `in_flight` still running under the same holder: not moving again yet."""
+    with db.read() as s:
+        return [
+            step_id
+            for step_id, owner in in_flight.items()
+            if (step := s.get(models.Step, step_id)) is not None
+            and step.status == models.StepStatus.RUNNING
+            and step.lease_owner == owner
+        ]
+
+
+SHELL_APPROVER = "editor"
+SHELL_REQUESTER = "alice"
+_ECHO = re.compile(r"^shell:[\w.-]+> (.*)$")  # the shell echoes each line of a script
+_STARTED = re.compile(r"^\s*run (\d+) \(blog-post\) started")
+_DRAFT = re.compile(r"#(\d+) writer · draft v1\b")
+_MESSAGE = re.compile(r"^\s*#\d+ ")  # a bot message, a run card or in a thread
+
+
+def topic(i: int) -> str:
+    return f"topic-{i:03d}"
+
+
+@dataclass
+class ScriptLine:
+    text: str
+    launch: int | None = None  # the topic number a `/crew run` line launches
+    draft: int | None = None  # the ref of the draft a `react` line approves
+
+
+@dataclass
+class ShellProcess:
+    """One `crewchief shell --script` process and what it printed so far."""
+
+    proc: asyncio.subprocess.Process
+    lines: list[ScriptLine]
+    stdout: Path
+    stderr: Path
+    reader: asyncio.Task[None] | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    output: asyncio.Event = field(default_factory=asyncio.Event)  # set at each line read
+    at: int = -1  # the script line echoed last: being run, or done once the next is echoed
+    messages: int = 0  # bot messages printed (#ref …)
+    done: set[int] = field(default_factory=set)  # lines whose answer (or successor) was seen
+    killed: bool = False
+
+
+class ShellHarness:
+    """`runs` blog-post runs launched by shell:alice and approved by shell:editor, typed into
+    one `crewchief shell --script FILE` process after another.
+
+    A script runs its lines, waits until no work is pending and exits, unless it is killed
+    first. The next process gets the lines not yet acknowledged: a `/crew run` counts as
+    acknowledged once its answer ("run N (blog-post) started") was printed; one whose answer
+    was not seen may or may not have happened, and is typed again only if no run has its
+    topic. The shell has no event ids that last across processes, so that look-up is what
+    keeps each command to one run. A draft's ✅ is typed (again) while its draft has no vote.
+    """
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], db: Database, *, runs: int) -> None:
+        self.tmp_path = tmp_path
+        self.env = {**env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        self.db = db
+        self.runs = runs
+        self.to_launch: list[int] = list(range(runs))
+        self.acked: dict[int, int] = {}  # topic number -> the run id its answer printed
+        # `/crew run` lines a kill cut short (started, answer not seen): those that had
+        # happened (their run exists) and those that had not (typed again)
+        self.unseen: set[int] = set()
+        self.undone: set[int] = set()
+        self.not_reached = 0  # `/crew run` lines a kill came before: typed again
+        self.reactions_cut: list[bool] = []  # for each ✅ cut short: whether it had happened
+        self.drafts: set[int] = set()  # refs of drafts the shell printed
+        self.reactions_acked = 0
+        self.processes: list[ShellProcess] = []
+        self.current: ShellProcess | None = None
+        self.kills = 0
+        self.kills_before_ready = 0
+
+    # -- what to type ---------------------------------------------------------------------
+
+    def voted(self) -> set[int]:
+        """Refs of the printed drafts that have a vote (their ✅ happened)."""
+        with self.db.read() as s:
+            rows = s.exec(
+                select(models.Message.id)
+                .join(
+                    models.ApprovalVote,
+                    (models.ApprovalVote.step_id == models.Message.step_id)
+                    & (models.ApprovalVote.version == models.Message.version),
+                )
+                .where(col(models.Message.id).in_(self.drafts))
+            ).all()
+        return {ref for ref in rows if ref is not None}
+
+    def script(self, launches: int, *, wait: bool = False) -> list[ScriptLine]:
+        """A ✅ on each printed draft with no vote yet, then the next `launches` runs."""
+        lines: list[ScriptLine] = []
+        undecided = sorted(self.drafts - self.voted())
+        if undecided:
+            lines.append(ScriptLine(f"as {SHELL_APPROVER}"))
+            lines += [ScriptLine(f"react #{ref} ✅", draft=ref) for ref in undecided]
+            lines.append(ScriptLine(f"as {SHELL_REQUESTER}"))
+        batch, self.to_launch = self.to_launch[:launches], self.to_launch[launches:]
+        lines += [ScriptLine(f"/crew run blog-post {topic(i)}", launch=i) for i in batch]
+        if wait:
+            lines.append(ScriptLine("wait"))
+        return lines
+
+    def left_to_type(self) -> bool:
+        return bool(self.to_launch) or bool(self.drafts - self.voted())
+
+    # -- processes ------------------------------------------------------------------------
+
+    async def start(self, lines: list[ScriptLine]) -> ShellProcess:
+        n = len(self.processes)
+        path = self.tmp_path / f"script-{n:03d}.txt"
+        path.write_text("".join(f"{line.text}\n" for line in lines), encoding="utf-8")
+        stderr = self.tmp_path / f"stderr-{n:03d}.log"
+        with stderr.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot.cli",
+                "shell",
+                "--script",
+                str(path),
+                "--as",
+                SHELL_REQUESTER,
+                cwd=self.tmp_path,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+            )
+        shell = ShellProcess(proc, lines, self.tmp_path / f"stdout-{n:03d}.log", stderr)
+        shell.reader = asyncio.create_task(self._read(shell))
+        self.processes.append(shell)
+        self.current = shell
+        return shell
+
+    async def _read(self, shell: ShellProcess) -> None:
+        assert shell.proc.stdout is not None
+        async for raw in shell.proc.stdout:
+            with shell.stdout.open("ab") as out:  # kept beside the script, to replay by hand
+                out.write(raw)
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line.startswith("try: "):  # the last line of the greeting: the bot is up
+                shell.ready.set()
+            elif (echo := _ECHO.match(line)) is not None:
+                if shell.at >= 0 and shell.lines[shell.at].launch is None:
+                    shell.done.add(shell.at)  # the next line started: this one was answered
+                shell.at += 1
+                assert shell.lines[shell.at].text == echo[1], (shell.lines[shell.at], line)
+            elif (started := _STARTED.match(line)) is not None:
+                launched = shell.lines[shell.at].launch
+                assert launched is not None, line
+                self.acked[launched] = int(started[1])
+                shell.done.add(shell.at)
+            elif _MESSAGE.match(line) is not None:
+                shell.messages += 1
+            if (draft := _DRAFT.search(line)) is not None:
+                self.drafts.add(int(draft[1]))
+            shell.output.set()
+            shell.output.clear()
+
+    async def run_until(self, moment: float) -> bool:
+        """Until the loop's time `moment`; True when the process ended by itself before."""
+        shell = self.current
+        assert shell is not None
+        delay = max(0.0, moment - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(asyncio.shield(shell.proc.wait()), delay)
+        except TimeoutError:
+            return False
+        await self._ended(shell)
+        return True
+
+    async def up(self, timeout: float = 120) -> bool:
+        """Until the bot has greeted (it is up); False when the process ended before."""
+        shell = self.current
+        assert shell is not None
+        ready = asyncio.ensure_future(shell.ready.wait())
+        exited = asyncio.ensure_future(asyncio.shield(shell.proc.wait()))
+        await asyncio.wait({ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        exited.cancel()
+        if shell.ready.is_set():
+            return True
+        if shell.proc.returncode is None:
+            raise AssertionError(f"crewchief shell did not come up in {timeout:.0f}s")
+        await self._ended(shell)
+        return False
+
+    async def run_until_seen(self, seen: Callable[[ShellProcess], bool]) -> bool:
+        """Until what the process printed satisfies `seen` (e.g. it echoed line 3: it is
+        running it); True when the process ended by itself before."""
+        shell = self.current
+        assert shell is not None
+        exited = asyncio.ensure_future(asyncio.shield(shell.proc.wait()))
+        try:
+            while not seen(shell) and not exited.done():
+                output = asyncio.ensure_future(shell.output.wait())
+                await asyncio.wait({output, exited}, return_when=asyncio.FIRST_COMPLETED)
+                output.cancel()
+        finally:
+            exited.cancel()
+        if seen(shell):
+            return False
+        await shell.proc.wait()
+        await self._ended(shell)
+        return True
+
+    async def kill(self) -> None:
+        shell = self.current
+        assert shell is not None
+        if not shell.ready.is_set():
+            self.kills_before_ready += 1
+        shell.proc.send_signal(signal.SIGKILL)
+        await shell.proc.wait()
+        shell.killed = True
+        self.kills += 1
+        await self._ended(shell)
+
+    async def _ended(self, shell: ShellProcess) -> None:
+        assert shell.reader is not None
+        await shell.reader  # what it printed before it died is still in the pipe
+        if shell.proc.returncode == 0 and shell.at >= 0:
+            shell.done.add(shell.at)
+        self.current = None
+        voted, again = self.voted(), []
+        for i, line in enumerate(shell.lines):
+            if i in shell.done:
+                self.reactions_acked += line.draft is not None
+            elif line.draft is not None and i == shell.at:
+                self.reactions_cut.append(line.draft in voted)
+            elif line.launch is not None:
+                # not acknowledged: typed again only if it did not happen
+                happened = bool(runs_by_text(self.db).get(topic(line.launch)))
+                if i == shell.at:
+                    (self.unseen if happened else self.undone).add(line.launch)
+                elif not happened:
+                    self.not_reached += 1
+                if not happened:
+                    again.append(line.launch)
+            # a ✅ not acknowledged is typed again while its draft has no vote (script())
+        self.to_launch[:0] = again
+
+    def problems(self) -> list[str]:
+        """Processes that ended by themselves with an error, and tracebacks in any."""
+        found = []
+        for n, shell in enumerate(self.processes):
+            err = shell.stderr.read_text(encoding="utf-8", errors="replace")
+            if not shell.killed and shell.proc.returncode != 0:
+                found.append(f"script {n} exited {shell.proc.returncode}: {err[-2000:]}")
+            elif "Traceback" in err:
+                found.append(f"script {n}: {err[-2000:]}")
+        return found

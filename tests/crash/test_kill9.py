@@ -22,7 +22,16 @@ from sqlmodel import select
 from bot.platforms.slack import SCOPES
 from storage import models
 from storage.db import Database
-from tests.crash.harness import CHANNEL, Harness, bot_env, runs_by_text, webhook, write_config
+from tests.crash.harness import (
+    CHANNEL,
+    Harness,
+    bot_env,
+    runs_by_text,
+    steps_in_flight,
+    still_held,
+    webhook,
+    write_config,
+)
 from tests.fakes.openai_server import running_fake_openai
 from tests.fakes.slack_api import fake_slack
 
@@ -56,28 +65,14 @@ async def test_twenty_kill_9s_lose_nothing_and_do_nothing_twice(
 
         # the last start: everything in flight must move again, and finish
         db = Database(db_url)
-        with db.read() as s:
-            in_flight = {
-                step.id: step.lease_owner
-                for step in s.exec(
-                    select(models.Step).where(models.Step.status == models.StepStatus.RUNNING)
-                ).all()
-            }
+        in_flight = steps_in_flight(db)
         await harness.start()
         restarted = time.monotonic()
         moving_again: float | None = None
         give_up = restarted + 240
         while time.monotonic() < give_up:
             await harness.drive(0.2)
-            with db.read() as s:
-                stuck = [
-                    step_id
-                    for step_id, owner in in_flight.items()
-                    if (step := s.get(models.Step, step_id)) is not None
-                    and step.status == models.StepStatus.RUNNING
-                    and step.lease_owner == owner
-                ]
-            if moving_again is None and not stuck:
+            if moving_again is None and not still_held(db, in_flight):
                 moving_again = time.monotonic() - restarted
             runs = [r for rs in runs_by_text(db).values() for r in rs]
             if (
