@@ -43,10 +43,10 @@ log = logging.getLogger(__name__)
 
 
 class NotYetDelivered(Exception):
-    """A reaction on a message the bot cannot place yet: one of its own posts to that channel
-    is in flight (or was, when the process died) and its id is not recorded. Nothing of the
-    event was recorded; the adapter has it delivered again shortly (Slack redelivers an event
-    that was not acknowledged), by when the post's id is known."""
+    """A reaction or reply on a message the bot cannot place yet: one of its own posts to that
+    channel is in flight (or was, when the process died) and its id is not recorded. Nothing of
+    the event was recorded; the adapter has it delivered again shortly (Slack redelivers an
+    event that was not acknowledged), by when the post's id is known."""
 
 
 class Dispatcher:
@@ -184,17 +184,9 @@ class Dispatcher:
             return spec.handler(ctx, args)
         if isinstance(event, ThreadReply):
             return self._thread_reply(ctx, event)
-        message = self._message(
+        message = self._placed(
             session, event.actor.platform, event.channel, event.message_platform_id
         )
-        if message is None:
-            if post_in_flight(session, event.actor.platform, event.channel):
-                raise NotYetDelivered(event.message_platform_id)
-            # Each statement sees what was committed before it (PostgreSQL's read committed):
-            # a post recorded between the two reads above is there now.
-            message = self._message(
-                session, event.actor.platform, event.channel, event.message_platform_id
-            )
         if message is None:
             return None  # a reaction on someone else's message: not ours to judge
         if message.kind == models.MessageKind.ALERT:
@@ -212,7 +204,7 @@ class Dispatcher:
     def _thread_reply(self, ctx: Context, event: ThreadReply) -> Outcome | None:
         """A reply in a run's thread is feedback for its next 🔁; one in an alert card's
         thread may be the acknowledger's note."""
-        parent = self._message(
+        parent = self._placed(
             ctx.session, event.actor.platform, event.channel, event.thread_platform_id
         )
         if parent is None:
@@ -227,6 +219,21 @@ class Dispatcher:
                 models.ThreadReply(run_id=parent.run_id, author=ctx.who, text=event.text)
             )
         return None
+
+    def _placed(
+        self, session: Session, platform: str, channel: str, platform_id: str
+    ) -> models.Message | None:
+        """The bot message a reaction or reply is about; None when it is not the bot's.
+        Raises NotYetDelivered while one of the bot's posts to that channel is in flight: it
+        may be that message, its id not recorded yet."""
+        message = self._message(session, platform, channel, platform_id)
+        if message is None:
+            if post_in_flight(session, platform, channel):
+                raise NotYetDelivered(platform_id)
+            # Each statement sees what was committed before it (PostgreSQL's read committed):
+            # a post recorded between the two reads above is there now.
+            message = self._message(session, platform, channel, platform_id)
+        return message
 
     def _message(
         self, session: Session, platform: str, channel: str, platform_id: str

@@ -294,10 +294,9 @@ async def test_kill_9_mid_step_then_a_restart_resumes_it_at_once(
     db.dispose()
 
 
-async def test_a_reaction_on_a_draft_shown_just_before_a_crash_counts(bot_factory) -> None:
-    """Killed after it printed draft #N but before it recorded that, the shell shows the draft
-    again once restarted. A ✅ typed on #N meanwhile waits for that instead of crashing the
-    shell (the dispatcher cannot place a message whose post is in flight), then counts once."""
+async def draft_shown_but_not_recorded(bot_factory: Any) -> tuple[Bot, models.Message]:
+    """A bot killed after it printed draft #N but before it recorded that (its lease on the
+    post taken up), and the same database opened again by the editor's shell."""
     first: Bot = bot_factory()
     async with first.app.running():
         await first.type("/crew run blog-post heat pumps")
@@ -305,7 +304,7 @@ async def test_a_reaction_on_a_draft_shown_just_before_a_crash_counts(bot_factor
     draft = first.latest_draft()
     await first.app.aclose()
     second: Bot = bot_factory(user="editor")
-    with second.app.db.transaction() as s:  # as the killed process left it, its lease taken up
+    with second.app.db.transaction() as s:
         message = s.get(models.Message, draft.id)
         assert message is not None
         message.platform_id = None
@@ -313,6 +312,14 @@ async def test_a_reaction_on_a_draft_shown_just_before_a_crash_counts(bot_factor
         post.status, post.sent_at = models.OutboxStatus.PENDING, None
         post.lease_owner = post.lease_until = None
         s.add_all([message, post])
+    return second, draft
+
+
+async def test_a_reaction_on_a_draft_shown_just_before_a_crash_counts(bot_factory) -> None:
+    """Killed after it printed draft #N but before it recorded that, the shell shows the draft
+    again once restarted. A ✅ typed on #N meanwhile waits for that instead of crashing the
+    shell (the dispatcher cannot place a message whose post is in flight), then counts once."""
+    second, draft = await draft_shown_but_not_recorded(bot_factory)
     react = asyncio.create_task(second.type(f"react #{draft.id} ✅"))
     await asyncio.sleep(0.3)
     assert not react.done()  # the draft is not shown again yet
@@ -323,6 +330,23 @@ async def test_a_reaction_on_a_draft_shown_just_before_a_crash_counts(bot_factor
     assert second.run().status == models.RunStatus.SUCCEEDED
     [vote] = second.rows(models.ApprovalVote)
     assert vote.approver == "shell:editor" and vote.step_id == draft.step_id
+    await second.app.aclose()
+
+
+async def test_a_reply_on_a_draft_shown_just_before_a_crash_is_kept(bot_factory) -> None:
+    """The same for a reply: it waits until the draft is placed and is kept as feedback for
+    the next 🔁, instead of being dropped while the shell says it was made."""
+    second, draft = await draft_shown_but_not_recorded(bot_factory)
+    reply = asyncio.create_task(second.type(f"reply #{draft.id} shorter, add a cost table"))
+    await asyncio.sleep(0.3)
+    assert not reply.done()  # the draft is not shown again yet
+    async with second.app.running():
+        await reply
+        await second.wait()
+    [kept] = second.rows(models.ThreadReply)
+    assert (kept.run_id, kept.author) == (draft.run_id, "shell:editor")
+    assert kept.text == "shorter, add a cost table"
+    assert f"shell:editor replied in the thread of #{draft.id}" in second.transcript
     await second.app.aclose()
 
 

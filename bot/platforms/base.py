@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from commands.dispatch import NotYetDelivered
 from commands.events import Actor, InboundEvent
 from commands.spec import Reply
 from storage.models import OutboxKind
 
-# A reaction on a post whose id is not recorded yet (commands.dispatch.NotYetDelivered) is
-# tried again after these pauses by a platform that does not deliver it again by itself: half
-# a minute, as long as a dead holder's lease on that post lasts.
+# A reaction or reply on a post whose id is not recorded yet (commands.dispatch.NotYetDelivered)
+# is tried again after these pauses by a platform that does not deliver it again by itself:
+# half a minute, as long as a dead holder's lease on that post lasts.
 REDELIVER_AFTER = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+async def handled_once_placed(
+    handle: Callable[..., Awaitable[list[Reply]]],
+    event: InboundEvent,
+    *,
+    private_replies: bool = False,
+) -> list[Reply] | None:
+    """`handle(event)` (an inbound port's), tried again while the message it is about is still
+    being posted (the bot died after posting it and before recording that; the post is retried
+    and recorded). None when it still cannot be placed after REDELIVER_AFTER."""
+    for wait in REDELIVER_AFTER:
+        try:
+            return await handle(event, private_replies=private_replies)
+        except NotYetDelivered:
+            await asyncio.sleep(wait)
+    return None
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from discord import app_commands
 from bot.chart import TITLE as chart_title
 from bot.chart import for_post
 from bot.errors import ConfigError
-from bot.platforms.base import REDELIVER_AFTER, Delivery, DeliveryError, Inbound
+from bot.platforms.base import Delivery, DeliveryError, Inbound, handled_once_placed
 from bot.platforms.discord_config import DiscordSettings
 from bot.platforms.discord_config import discord_settings as discord_settings
 from bot.platforms.discord_text import (
@@ -47,7 +47,6 @@ from bot.platforms.discord_text import (
 )
 from bot.platforms.splitting import preview, split_text
 from bot.render import Renderer
-from commands.dispatch import NotYetDelivered
 from commands.events import Actor, ReactionAdded, ReactionRemoved, SlashCommand, ThreadReply
 from commands.handlers import REGISTRY
 from commands.spec import COMMAND, CommandSpec, Reply
@@ -391,13 +390,11 @@ class DiscordPlatform:
                 message_platform_id=str(payload.message_id),
                 emoji=emoji,
             )
-            for wait in REDELIVER_AFTER:
-                try:
-                    await self.inbound.handle(event, private_replies=True)
-                    return
-                except NotYetDelivered:
-                    await asyncio.sleep(wait)  # the gateway never redelivers: try again here
-            log.warning("Discord: a reaction on message %s could not be placed", payload.message_id)
+            # the gateway never delivers an event again: it is tried again here
+            if await handled_once_placed(self.inbound.handle, event, private_replies=True) is None:
+                log.warning(
+                    "Discord: a reaction on message %s could not be placed", payload.message_id
+                )
         except Exception:
             log.exception("Discord: a reaction could not be handled")
 
@@ -410,17 +407,16 @@ class DiscordPlatform:
             return  # feedback lives in a run's thread
         if not message.content.strip():
             return  # without the message-content intent, /crew revise carries the notes
+        reply = ThreadReply(
+            event_id=f"msg:{message.id}",
+            actor=Actor("discord", str(message.author.id)),
+            channel=str(channel.parent_id),
+            thread_platform_id=str(channel.id),
+            text=message.content,
+        )
         try:
-            await self.inbound.handle(
-                ThreadReply(
-                    event_id=f"msg:{message.id}",
-                    actor=Actor("discord", str(message.author.id)),
-                    channel=str(channel.parent_id),
-                    thread_platform_id=str(channel.id),
-                    text=message.content,
-                ),
-                private_replies=True,
-            )
+            if await handled_once_placed(self.inbound.handle, reply, private_replies=True) is None:
+                log.warning("Discord: a reply in thread %s could not be placed", channel.id)
         except Exception:
             log.exception("Discord: a thread reply could not be handled")
 

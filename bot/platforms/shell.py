@@ -21,9 +21,8 @@ from rich.text import Text
 from sqlalchemy.exc import OperationalError
 
 from bot.escaping import escape_shell as escape_markup
-from bot.platforms.base import REDELIVER_AFTER, Delivery
+from bot.platforms.base import Delivery, handled_once_placed
 from bot.render import Renderer
-from commands.dispatch import NotYetDelivered
 from commands.events import (
     Actor,
     InboundEvent,
@@ -252,16 +251,14 @@ class ShellSession:
             self.platform.say(f"there is no message #{ref}")
             return
         event_type = ReactionAdded if verb == "react" else ReactionRemoved
+        # #ref may have been shown by a bot that died before it recorded that (kill -9): it
+        # shows the message again, then the reaction can be placed
         event = event_type(self._event_id(), self.actor, channel, ref, emoji)
-        for wait in REDELIVER_AFTER:
-            try:
-                self._show(await self.host.handle(event))
-                return
-            except NotYetDelivered:
-                # #ref was shown, but the bot died before it recorded that (kill -9, a crash):
-                # it shows the message again, then the reaction can be placed
-                await asyncio.sleep(wait)
-        self.platform.say(f"message #{ref} is still being delivered; {verb} again in a moment")
+        replies = await handled_once_placed(self.host.handle, event)
+        if replies is None:
+            self.platform.say(f"message #{ref} is still being delivered; {verb} again in a moment")
+        else:
+            self._show(replies)
 
     async def _reply(self, rest: str) -> None:
         ref_text, _, text = rest.strip().partition(" ")
@@ -273,11 +270,12 @@ class ShellSession:
         if channel is None:
             self.platform.say(f"there is no message #{ref}")
             return
-        self._show(
-            await self.host.handle(
-                ThreadReply(self._event_id(), self.actor, channel, ref, text.strip())
-            )
-        )
+        event = ThreadReply(self._event_id(), self.actor, channel, ref, text.strip())
+        replies = await handled_once_placed(self.host.handle, event)
+        if replies is None:
+            self.platform.say(f"message #{ref} is still being delivered; reply again in a moment")
+            return
+        self._show(replies)
         self.platform.say(
             f"[dim]{escape_markup(self.actor.qualified)} replied in the thread of #{ref}[/dim]"
         )
