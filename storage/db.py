@@ -40,6 +40,10 @@ class Database:
         self.is_postgres = self.url.get_backend_name() == "postgresql"
         if self.is_postgres and self.url.drivername == "postgresql":
             self.url = self.url.set(drivername="postgresql+psycopg")
+        if self.is_postgres:
+            from storage.models import with_postgresql_conditions
+
+            with_postgresql_conditions()
         self.engine = self._create_engine()
         self.reader = self.engine.execution_options(crewchief_read=True)
         self.hooks: Hooks = {topic: [] for topic in Topic}

@@ -27,9 +27,21 @@ def as_utc(at: datetime | None) -> datetime | None:
     return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def _where(condition: str) -> dict[str, Any]:
-    """A partial index's condition, for both databases."""
-    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+_PARTIAL: list[tuple[Index, str]] = []
+
+
+def _partial(name: str, *columns: str, where: str) -> Index:
+    """A partial index (only the rows in play). Its condition for PostgreSQL is attached by
+    `with_postgresql_conditions` when a PostgreSQL database is opened, so that a process on
+    SQLite never loads SQLAlchemy's PostgreSQL dialect (2.4 MB, 30 ms of every start)."""
+    index = Index(name, *columns, sqlite_where=text(where))
+    _PARTIAL.append((index, where))
+    return index
+
+
+def with_postgresql_conditions() -> None:
+    for index, where in _PARTIAL:
+        index.dialect_kwargs["postgresql_where"] = text(where)
 
 
 class RunStatus(StrEnum):
@@ -133,8 +145,8 @@ class Step(SQLModel, table=True):
         UniqueConstraint("run_id", "position"),
         # The claim's two halves: runnable steps, and leases that may have run out. Partial,
         # so they hold only the few rows in play however long the history grows.
-        Index("ix_step_pending", "available_at", "id", **_where("status = 'pending'")),
-        Index("ix_step_leased", "lease_until", **_where("status = 'running'")),
+        _partial("ix_step_pending", "available_at", "id", where="status = 'pending'"),
+        _partial("ix_step_leased", "lease_until", where="status = 'running'"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -248,8 +260,8 @@ class Message(SQLModel, table=True):
 class Outbox(SQLModel, table=True):
     __table_args__ = (
         # What is left to deliver, in order, and each thread's earlier rows still pending.
-        Index("ix_outbox_pending", "id", **_where("status = 'pending'")),
-        Index("ix_outbox_pending_order", "order_key", "id", **_where("status = 'pending'")),
+        _partial("ix_outbox_pending", "id", where="status = 'pending'"),
+        _partial("ix_outbox_pending_order", "order_key", "id", where="status = 'pending'"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
