@@ -33,6 +33,28 @@ BENCHMARKS: dict[str, str] = {
     "spread over 90 days (median of 5 builds)",
 }
 
+# What bounds each benchmark's figures where they miss their targets: from profiles
+# (py-spy record -f raw -- python -m bench engine --runs 200) and statement counts (a
+# before_cursor_execute listener over 50 runs). Printed under the table for a missed figure.
+BOUNDS: dict[str, str] = {
+    "engine": "one core of CPython on the database thread: about 145 SQL statements per "
+    "run go through the ORM (16 step and 14 message SELECTs, 13 outbox INSERTs for 10 "
+    "messages delivered), and the one SQLite thread is busy for about 70 % of the run, "
+    "its time split between ORM execution (about a quarter), flushes (a seventh) and "
+    "commits (a tenth); a Core-only hot path with batched step claims is what is left",
+    "ack": "the same database thread: an acknowledgement waits for the job it finds "
+    "running and for its group's commit; alone on a quiet machine p99 is 41–43 ms "
+    "(`python -m bench.ack --requests 1000`), with the other benchmarks' processes "
+    "finishing around it more",
+    "reaction": "throughput, not latency: 100 approvals at once queue on the database "
+    "thread, so the last published post waits for about 100 runs' publishing work",
+    "concurrency": "the database thread again: 100 workers each claim and complete their "
+    "steps through it, so the model's 1 s is not the only wait",
+    "footprint": "imports: about 0.5 s of the start is importing sqlalchemy and sqlmodel "
+    "(about 160 ms), the models' class definitions (about 55 ms), typer (which builds "
+    "pydantic adapters for its options, about 100 ms), pydantic-settings and jinja2",
+}
+
 Result = Mapping[str, Any]
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.catalog import BENCHMARKS
+from bench.catalog import BENCHMARKS, BOUNDS
 from bench.suite import REPO, Outcome, Row
 
 
@@ -145,6 +145,11 @@ def markdown(
     ]
     if problems:
         lines += ["", "Problems:", "", *problems]
+    benches = {o.sample.id: o.sample.bench for o in outcomes}
+    missed = {benches.get(row.figure.sample) for row in table if row.met is False}
+    bounds = [f"- **{name}**: {text}." for name, text in BOUNDS.items() if name in missed]
+    if bounds and not quick:
+        lines += ["", "What bounds the figures that miss their targets:", "", *bounds]
     lines += ["", "What each benchmark does (in detail: the docstring of `bench/NAME.py`):", ""]
     ran = {o.sample.bench for o in outcomes}
     lines += [f"- **{name}**: {text}." for name, text in BENCHMARKS.items() if name in ran]
