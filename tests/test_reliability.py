@@ -121,13 +121,19 @@ async def test_daily_budget_counts_every_run(bot_factory, openai_server) -> None
     await bot.app.aclose()
 
 
-async def test_a_restarted_bot_picks_up_a_run_awaiting_approval(bot_factory) -> None:
+async def draft_left_by_a_stopped_bot(bot_factory: Any) -> models.Message:
+    """A blog-post run taken to its draft by a bot that then stopped: the draft's message."""
     first: Bot = bot_factory()
     async with first.app.running():
         await first.type("/crew run blog-post heat pumps")
         await first.wait()
     draft = first.latest_draft()
     await first.app.aclose()
+    return draft
+
+
+async def test_a_restarted_bot_picks_up_a_run_awaiting_approval(bot_factory) -> None:
+    draft = await draft_left_by_a_stopped_bot(bot_factory)
 
     second: Bot = bot_factory(user="editor")
     async with second.app.running():
@@ -297,12 +303,7 @@ async def test_kill_9_mid_step_then_a_restart_resumes_it_at_once(
 async def draft_shown_but_not_recorded(bot_factory: Any) -> tuple[Bot, models.Message]:
     """A bot killed after it printed draft #N but before it recorded that (its lease on the
     post taken up), and the same database opened again by the editor's shell."""
-    first: Bot = bot_factory()
-    async with first.app.running():
-        await first.type("/crew run blog-post heat pumps")
-        await first.wait()
-    draft = first.latest_draft()
-    await first.app.aclose()
+    draft = await draft_left_by_a_stopped_bot(bot_factory)
     second: Bot = bot_factory(user="editor")
     with second.app.db.transaction() as s:
         message = s.get(models.Message, draft.id)
