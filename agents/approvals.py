@@ -20,8 +20,7 @@ import unicodedata
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from agents import cards
 from agents.config import ApprovalPolicy, Reactions
@@ -37,7 +36,7 @@ from agents.outcomes import (
     Withdrawn,
 )
 from agents.permissions import Permissions
-from storage import outbox
+from storage import outbox, rows
 from storage.audit import audit
 from storage.db import Database
 from storage.models import (
@@ -53,7 +52,7 @@ from storage.models import (
     ThreadReply,
     Vote,
 )
-from storage.queries import lock_run
+from storage.queries import approvals_of, has_voted, lock_run
 
 log = logging.getLogger(__name__)
 
@@ -317,29 +316,19 @@ class ApprovalService:
                 run_id=run.id,
                 detail={"vote": vote.value, "version": step.version},
             )
-        try:
-            with session.begin_nested():
-                session.add(
-                    ApprovalVote(
-                        run_id=run.id,
-                        step_id=step.id or 0,
-                        version=step.version,
-                        approver=who,
-                        vote=vote,
-                    )
-                )
-        except IntegrityError:
+        ballot: dict[str, Any] = {
+            "step_id": step.id or 0,
+            "version": step.version,
+            "approver": who,
+            "vote": vote,
+        }
+        if has_voted(session, **ballot):  # the run is locked: no other vote races this one
             return AlreadyVoted(run.id)
+        rows.add(session, ApprovalVote, run_id=run.id, **ballot)
         audit(session, who, "vote.cast", run.id, vote=vote, version=step.version)
 
         if vote == Vote.APPROVE:
-            count = session.exec(
-                select(func.count(func.distinct(ApprovalVote.approver))).where(
-                    ApprovalVote.step_id == step.id,
-                    ApprovalVote.version == step.version,
-                    ApprovalVote.vote == Vote.APPROVE,
-                )
-            ).one()
+            count = approvals_of(session, step.id or 0, step.version)
             if count < policy.quorum:
                 return Counted(run.id, count, policy.quorum)
         if vote == Vote.REVISE:

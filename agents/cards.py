@@ -11,7 +11,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from storage import outbox
-from storage.models import Message, MessageKind, Run, Step
+from storage.models import MessageKind, Run, Step
+from storage.outbox import Posted
 
 _STEPS = "crewchief.steps"  # session.info keys: what this transaction has read already
 _CARDS = "crewchief.cards"
@@ -74,18 +75,18 @@ def steps_of(session: Session, run_id: int) -> list[Step]:
     return list(known[run_id])
 
 
-def card_message(session: Session, run_id: int) -> Message | None:
+def card_message(session: Session, run_id: int) -> Posted | None:
     """The run's card, remembered for the rest of the transaction once it is found."""
-    known: dict[int, Message] = session.info.setdefault(_CARDS, {})
+    known: dict[int, Posted] = session.info.setdefault(_CARDS, {})
     card = known.get(run_id)
     if card is None:
-        card = session.exec(select(Message).where(Message.key == card_key(run_id))).first()
+        card = outbox.find(session, card_key(run_id))
         if card is not None:
             known[run_id] = card
     return card
 
 
-def post_run_card(session: Session, run: Run, now: datetime, *, offline: bool) -> Message:
+def post_run_card(session: Session, run: Run, now: datetime, *, offline: bool) -> Posted:
     assert run.id is not None
     return outbox.post(
         session,
@@ -117,7 +118,7 @@ def post_in_thread(
     context: dict[str, Any],
     step: Step | None = None,
     version: int | None = None,
-) -> Message:
+) -> Posted:
     assert run.id is not None
     card = card_message(session, run.id)
     return outbox.post(
@@ -137,7 +138,7 @@ def post_in_thread(
 
 def post_about_draft(
     session: Session, run: Run, step: Step, *, kind: MessageKind, context: dict[str, Any]
-) -> Message:
+) -> Posted:
     """A message about the step's current draft (its decision, a reminder), once per kind."""
     return post_in_thread(
         session,
@@ -177,6 +178,5 @@ def draft_key(run_id: int, step: Step, version: int) -> str:
     return f"run:{run_id}:step:{step.position}:v{version}"
 
 
-def draft_message(session: Session, run_id: int, step: Step, version: int) -> Message | None:
-    key = draft_key(run_id, step, version)
-    return session.exec(select(Message).where(Message.key == key)).first()
+def draft_message(session: Session, run_id: int, step: Step, version: int) -> Posted | None:
+    return outbox.find(session, draft_key(run_id, step, version))

@@ -20,7 +20,7 @@ from storage.alert_queries import alerts_between
 from storage.db import Database
 from storage.figures import Window
 from storage.jobs import claim_period, last_runs
-from storage.models import Message, MessageKind, RunStatus, as_utc
+from storage.models import MessageKind, RunStatus, as_utc
 
 JOB = "digest"  # its name in the job_run table
 BARS = "▁▂▃▄▅▆▇█"
@@ -206,7 +206,7 @@ def compare_prompts(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def post(
     session: Session, config: CrewConfig, context: dict[str, Any], period: str
-) -> list[Message]:
+) -> list[outbox.Posted]:
     """The digest in each ops channel, once per period and channel."""
     return [
         outbox.post(

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from jinja2 import TemplateError
 from sqlalchemy import update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from agents import cards
 from agents.approvals import ApprovalService
@@ -31,6 +31,7 @@ from agents.owners import dead_here, process_owner
 from agents.prompts import build_request, prompt_version
 from agents.publishing import Publication, Publisher, PublishError, record
 from agents.wakeup import Wakeup, seconds_until
+from storage import rows
 from storage.db import Database
 from storage.models import LLMCall, MessageKind, Run, RunStatus, Step, StepStatus
 from storage.problems import Outage
@@ -280,29 +281,30 @@ class Workers:
     def _record_call(self, session: Session, claimed: Claimed, call: Call) -> None:
         """The call and its cost, in the transaction of what came of it."""
         done, error = call
-        session.add(
-            LLMCall(
-                run_id=claimed.run_id,
-                step_id=claimed.step_id,
-                agent=claimed.agent,
-                provider=done.provider if done else self.llm.name,
-                model=done.model if done else claimed.request_kwargs["spec"].model,
-                input_tokens=done.input_tokens if done else 0,
-                output_tokens=done.output_tokens if done else 0,
-                cost_usd=done.cost_usd if done else 0.0,
-                latency_ms=done.latency_ms if done else 0,
-                error=error,
-                prompt_version=prompt_version(claimed.request_kwargs["spec"]),
-                created_at=self.clock(),
-            )
+        rows.add(
+            session,
+            LLMCall,
+            run_id=claimed.run_id,
+            step_id=claimed.step_id,
+            agent=claimed.agent,
+            provider=done.provider if done else self.llm.name,
+            model=done.model if done else claimed.request_kwargs["spec"].model,
+            input_tokens=done.input_tokens if done else 0,
+            output_tokens=done.output_tokens if done else 0,
+            cost_usd=done.cost_usd if done else 0.0,
+            latency_ms=done.latency_ms if done else 0,
+            error=error,
+            prompt_version=prompt_version(claimed.request_kwargs["spec"]),
+            created_at=self.clock(),
         )
         if done is not None:
-            session.execute(
-                update(Run)
-                .where(col(Run.id) == claimed.run_id)
+            run = rows.table(Run)
+            rows.connection(session).execute(
+                update(run)
+                .where(run.c.id == claimed.run_id)
                 .values(
-                    cost_usd=Run.cost_usd + done.cost_usd,
-                    tokens=Run.tokens + done.input_tokens + done.output_tokens,
+                    cost_usd=run.c.cost_usd + done.cost_usd,
+                    tokens=run.c.tokens + done.input_tokens + done.output_tokens,
                 )
             )
 

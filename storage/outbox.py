@@ -1,15 +1,47 @@
-"""Writing to the outbox: called inside the transaction of the state change that causes it."""
+"""Writing to the outbox: called inside the transaction of the state change that causes it.
+
+Messages and outbox rows are written once and never changed through an object, so they go in
+as Core statements (storage.rows): this is the engine's hot path.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Table, insert
-from sqlmodel import Session, select
+from sqlalchemy import bindparam, select
+from sqlmodel import Session
 
+from storage import rows
 from storage.models import Message, MessageKind, Outbox, OutboxKind, OutboxStatus, utcnow
 from storage.unit_of_work import Topic, arm
+
+
+class Posted(NamedTuple):
+    """A message as edits and replies need it (the row, read once; it does not change)."""
+
+    id: int
+    key: str
+    kind: str
+    platform: str
+    channel: str
+    run_id: int | None
+    step_id: int | None
+    version: int | None
+    thread_of: int | None
+    alert_id: int | None
+
+
+_MESSAGE = rows.table(Message)
+_FIND = select(*(_MESSAGE.c[name] for name in Posted._fields)).where(
+    _MESSAGE.c.key == bindparam("key")
+)
+
+
+def find(session: Session, key: str) -> Posted | None:
+    """The message posted under `key`, if any."""
+    row = rows.connection(session).execute(_FIND, {"key": key}).first()
+    return Posted(*row) if row is not None else None
 
 
 def post(
@@ -27,25 +59,24 @@ def post(
     thread_of: int | None = None,
     alert_id: int | None = None,
     order_key: str | None = None,
-) -> Message:
+) -> Posted:
     """A new message, once per key: posting the same key again returns the first one.
     Rows sharing `order_key` (default: the run's) are delivered in order."""
-    existing = session.exec(select(Message).where(Message.key == key)).first()
+    existing = find(session, key)
     if existing is not None:
         return existing
-    message = Message(
-        key=key,
-        kind=kind,
-        platform=platform,
-        channel=channel,
-        run_id=run_id,
-        step_id=step_id,
-        version=version,
-        thread_of=thread_of,
-        alert_id=alert_id,
-    )
-    session.add(message)
-    session.flush()
+    fields: dict[str, Any] = {
+        "key": key,
+        "kind": kind,
+        "platform": platform,
+        "channel": channel,
+        "run_id": run_id,
+        "step_id": step_id,
+        "version": version,
+        "thread_of": thread_of,
+        "alert_id": alert_id,
+    }
+    message = Posted(id=rows.add_returning_id(session, Message, **fields), **fields)
     _queue(
         session,
         key=f"post:{key}",
@@ -63,7 +94,7 @@ def post(
 
 def update(
     session: Session,
-    message: Message,
+    message: Message | Posted,
     *,
     template: str,
     context: dict[str, Any],
@@ -99,7 +130,8 @@ def notice(
     """A private answer to one person (ephemeral in Slack, a DM in Discord), shown in the
     thread of message `thread_of` where the platform can."""
     if key is not None:
-        if session.exec(select(Outbox.id).where(Outbox.key == key)).first() is not None:
+        taken = select(_OUTBOX.c.id).where(_OUTBOX.c.key == key)
+        if rows.connection(session).execute(taken).first() is not None:
             return
     else:
         key = f"notice:{uuid.uuid4().hex}"
@@ -117,12 +149,12 @@ def notice(
     )
 
 
+_OUTBOX = rows.table(Outbox)
+
+
 def _queue(session: Session, **row: Any) -> None:
-    """One outbox row, written as a plain INSERT (no ORM object: this is the hot path)."""
-    outbox: Table = Outbox.__table__  # type: ignore[attr-defined]
-    session.execute(
-        insert(outbox).values(status=OutboxStatus.PENDING, attempts=0, created_at=utcnow(), **row)
-    )
+    """One outbox row."""
+    rows.add(session, Outbox, status=OutboxStatus.PENDING, attempts=0, created_at=utcnow(), **row)
     arm(session, Topic.OUTBOX)
 
 

@@ -8,12 +8,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, func, literal_column, or_, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, literal_column, or_, update
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
 from storage.models import (
     WORKING_STEPS,
+    ApprovalVote,
     LLMCall,
     Message,
     Outbox,
@@ -22,7 +23,9 @@ from storage.models import (
     Run,
     Step,
     StepStatus,
+    Vote,
 )
+from storage.rows import connection, table
 from storage.unit_of_work import Topic, arm
 
 
@@ -41,12 +44,6 @@ class Leased:
     template: str
     context: dict[str, Any]
     attempts: int
-
-
-def _table(model: type[SQLModel]) -> Table:
-    """The model's table, for Core statements on the hot path (no unit-of-work bookkeeping)."""
-    table: Table = model.__table__  # type: ignore[attr-defined]
-    return table
 
 
 def _is(column: Any, status: StrEnum) -> ColumnElement[bool]:
@@ -108,7 +105,7 @@ def claim_outbox(
     order_key) are all done, so a batch holds at most one row per thread. An edit with a newer
     edit of the same message waiting behind it is superseded instead: only the latest goes
     out (each platform call counts against a rate limit)."""
-    t = _table(Outbox)
+    t = table(Outbox)
     earlier = t.alias("earlier")
     blocked = (
         sa_select(earlier.c.id)
@@ -178,7 +175,7 @@ def platform_ids(session: Session, message_ids: Collection[int]) -> dict[int, st
     """The platform's id of each message (None while it is not posted yet)."""
     if not message_ids:
         return {}
-    t = _table(Message)
+    t = table(Message)
     rows = session.execute(
         sa_select(t.c.id, t.c.platform_id).where(t.c.id.in_(list(message_ids)))
     ).all()
@@ -190,7 +187,7 @@ def mark_sent(session: Session, sent: Mapping[int, str | None], now: datetime) -
     each post's message learns its platform id. Their threads' next rows become deliverable."""
     if not sent:
         return
-    t, m = _table(Outbox), _table(Message)
+    t, m = table(Outbox), table(Message)
     rows = session.execute(
         update(t)
         .where(t.c.id.in_(list(sent)))
@@ -212,7 +209,7 @@ def mark_sent(session: Session, sent: Mapping[int, str | None], now: datetime) -
 
 def give_up(session: Session, row_id: int, error: str) -> None:
     """A row that can never be delivered: failed for good, with why."""
-    t = _table(Outbox)
+    t = table(Outbox)
     session.execute(
         update(t)
         .where(t.c.id == row_id)
@@ -301,6 +298,24 @@ def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run
     With skip_locked, None means another transaction holds it right now."""
     query = select(Run).where(Run.id == run_id).with_for_update(skip_locked=skip_locked)
     return session.exec(query).first()
+
+
+def has_voted(session: Session, *, step_id: int, version: int, approver: str, vote: str) -> bool:
+    """Whether `approver` has cast this vote on this draft version already."""
+    v = table(ApprovalVote)
+    query = sa_select(v.c.id).where(
+        v.c.step_id == step_id, v.c.version == version, v.c.approver == approver, v.c.vote == vote
+    )
+    return connection(session).execute(query).first() is not None
+
+
+def approvals_of(session: Session, step_id: int, version: int) -> int:
+    """How many distinct approvers have approved this draft version."""
+    v = table(ApprovalVote)
+    query = sa_select(func.count(func.distinct(v.c.approver))).where(
+        v.c.step_id == step_id, v.c.version == version, _is(v.c.vote, Vote.APPROVE)
+    )
+    return int(connection(session).execute(query).scalar_one())
 
 
 def next_step_due(session: Session) -> datetime | None:
