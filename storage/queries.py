@@ -6,9 +6,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, literal_column, or_, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, func, literal_column, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -90,22 +91,12 @@ def claim_step(
     return step
 
 
-def claim_outbox(
-    session: Session,
-    *,
-    owner: str,
-    now: datetime,
-    lease: timedelta,
-    skip_locked: bool,
-    platforms: Collection[str] | None = None,
-    limit: int = 1,
-) -> list[Leased]:
-    """Up to `limit` deliverable rows, oldest first, among the platforms this process serves,
-    leased to `owner` in one statement. A row is deliverable when its earlier siblings (same
-    order_key) are all done, so a batch holds at most one row per thread. An edit with a newer
-    edit of the same message waiting behind it is superseded instead: only the latest goes
-    out (each platform call counts against a rate limit)."""
+@cache
+def _claim_outbox_query(skip_locked: bool, by_platform: bool) -> Select[Any]:
+    """claim_outbox's SELECT, built once: parameters `now`, `limit` and, `by_platform`,
+    `platforms`."""
     t = table(Outbox)
+    now = bindparam("now", type_=t.c.created_at.type)
     earlier = t.alias("earlier")
     blocked = (
         sa_select(earlier.c.id)
@@ -122,8 +113,8 @@ def claim_outbox(
         or_(t.c.lease_until.is_(None), t.c.lease_until < now),
         ~blocked,
     )
-    if platforms is not None:
-        ready = and_(ready, t.c.platform.in_(platforms))
+    if by_platform:
+        ready = and_(ready, t.c.platform.in_(bindparam("platforms", expanding=True)))
     later = t.alias("later")
     newer_edit = (
         sa_select(later.c.id)
@@ -136,19 +127,44 @@ def claim_outbox(
         .exists()
     )
     superseded = and_(_is(t.c.kind, OutboxKind.UPDATE), newer_edit).label("superseded")
-    query = sa_select(t, superseded).where(ready).order_by(t.c.id).limit(limit)
+    query = sa_select(t, superseded).where(ready).order_by(t.c.id).limit(bindparam("limit"))
     if skip_locked:
         query = query.with_for_update(skip_locked=True, of=t)
-    rows = session.execute(query).all()
+    return query
+
+
+def claim_outbox(
+    session: Session,
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    skip_locked: bool,
+    platforms: Collection[str] | None = None,
+    limit: int = 1,
+) -> list[Leased]:
+    """Up to `limit` deliverable rows, oldest first, among the platforms this process serves,
+    leased to `owner` in one statement. A row is deliverable when its earlier siblings (same
+    order_key) are all done, so a batch holds at most one row per thread. An edit with a newer
+    edit of the same message waiting behind it is superseded instead: only the latest goes
+    out (each platform call counts against a rate limit)."""
+    query = _claim_outbox_query(skip_locked, platforms is not None)
+    params: dict[str, Any] = {"now": now, "limit": limit}
+    if platforms is not None:
+        params["platforms"] = list(platforms)
+    t = table(Outbox)
+    rows = connection(session).execute(query, params).all()
     stale = [row.id for row in rows if row.superseded]
     if stale:
-        session.execute(update(t).where(t.c.id.in_(stale)).values(status=OutboxStatus.SUPERSEDED))
+        connection(session).execute(
+            update(t).where(t.c.id.in_(stale)).values(status=OutboxStatus.SUPERSEDED)
+        )
         arm(session, Topic.OUTBOX)  # the newer edits behind them are deliverable now
     found = [row for row in rows if not row.superseded]
     if not found:
         return []
     until = now + lease
-    session.execute(
+    connection(session).execute(
         update(t)
         .where(t.c.id.in_([row.id for row in found]))
         .values(lease_owner=owner, lease_until=until, attempts=t.c.attempts + 1)
@@ -176,9 +192,11 @@ def platform_ids(session: Session, message_ids: Collection[int]) -> dict[int, st
     if not message_ids:
         return {}
     t = table(Message)
-    rows = session.execute(
-        sa_select(t.c.id, t.c.platform_id).where(t.c.id.in_(list(message_ids)))
-    ).all()
+    rows = (
+        connection(session)
+        .execute(sa_select(t.c.id, t.c.platform_id).where(t.c.id.in_(list(message_ids))))
+        .all()
+    )
     return {row.id: row.platform_id for row in rows}
 
 
@@ -188,19 +206,23 @@ def mark_sent(session: Session, sent: Mapping[int, str | None], now: datetime) -
     if not sent:
         return
     t, m = table(Outbox), table(Message)
-    rows = session.execute(
-        update(t)
-        .where(t.c.id.in_(list(sent)))
-        .values(status=OutboxStatus.SENT, sent_at=now, lease_owner=None, error=None)
-        .returning(t.c.id, t.c.kind, t.c.message_id)
-    ).all()
+    rows = (
+        connection(session)
+        .execute(
+            update(t)
+            .where(t.c.id.in_(list(sent)))
+            .values(status=OutboxStatus.SENT, sent_at=now, lease_owner=None, error=None)
+            .returning(t.c.id, t.c.kind, t.c.message_id)
+        )
+        .all()
+    )
     posted = [
         {"mid": row.message_id, "pid": sent[row.id]}
         for row in rows
         if row.kind == OutboxKind.POST and row.message_id and sent[row.id]
     ]
     if posted:
-        session.execute(
+        connection(session).execute(
             update(m).where(m.c.id == bindparam("mid")).values(platform_id=bindparam("pid")),
             posted,
         )
@@ -210,7 +232,7 @@ def mark_sent(session: Session, sent: Mapping[int, str | None], now: datetime) -
 def give_up(session: Session, row_id: int, error: str) -> None:
     """A row that can never be delivered: failed for good, with why."""
     t = table(Outbox)
-    session.execute(
+    connection(session).execute(
         update(t)
         .where(t.c.id == row_id)
         .values(status=OutboxStatus.FAILED, error=error, lease_owner=None)
