@@ -52,7 +52,7 @@ from storage.models import (
     ThreadReply,
     Vote,
 )
-from storage.queries import approvals_of, has_voted, lock_run
+from storage.queries import approvals_of, lock_run
 
 log = logging.getLogger(__name__)
 
@@ -316,15 +316,9 @@ class ApprovalService:
                 run_id=run.id,
                 detail={"vote": vote.value, "version": step.version},
             )
-        ballot: dict[str, Any] = {
-            "step_id": step.id or 0,
-            "version": step.version,
-            "approver": who,
-            "vote": vote,
-        }
-        if has_voted(session, **ballot):  # the run is locked: no other vote races this one
+        ballot = {"step_id": step.id, "version": step.version, "approver": who, "vote": vote}
+        if not rows.add_once(session, ApprovalVote, run_id=run.id, **ballot):
             return AlreadyVoted(run.id)
-        rows.add(session, ApprovalVote, run_id=run.id, **ballot)
         audit(session, who, "vote.cast", run.id, vote=vote, version=step.version)
 
         if vote == Vote.APPROVE:

@@ -32,7 +32,7 @@ from commands.events import (
 )
 from commands.handlers import REGISTRY
 from commands.spec import Reply, UsageError
-from storage import models
+from storage import models, rows
 from storage.audit import audit
 from storage.db import Database
 from storage.problems import describe
@@ -147,10 +147,7 @@ class Dispatcher:
 
     def _first_delivery(self, session: Session, event: InboundEvent) -> bool:
         key = self._delivery_key(session, event)
-        try:
-            with session.begin_nested():
-                session.add(models.InboundEvent(key=key))
-        except IntegrityError:
+        if not rows.add_once(session, models.InboundEvent, key=key):
             log.info("duplicate delivery %s ignored", key)
             return False
         return True

@@ -9,9 +9,20 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, func, literal_column, or_, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    update,
+)
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from storage.models import (
     WORKING_STEPS,
@@ -54,11 +65,25 @@ def _is(column: Any, status: StrEnum) -> ColumnElement[bool]:
     return result
 
 
-def _claimable_step(now: datetime) -> ColumnElement[bool]:
+def _claimable_step(now: BindParameter[datetime]) -> ColumnElement[bool]:
     return or_(
         and_(_is(Step.status, StepStatus.PENDING), col(Step.available_at) <= now),
         and_(_is(Step.status, StepStatus.RUNNING), col(Step.lease_until) < now),
     )
+
+
+@cache
+def _claim_step_query(skip_locked: bool) -> SelectOfScalar[Step]:
+    """claim_step's SELECT, built once: parameter `now`."""
+    now = bindparam("now", type_=table(Step).c.available_at.type)
+    query = select(Step).where(_claimable_step(now)).order_by(col(Step.available_at), col(Step.id))
+    if skip_locked:
+        # Lock the step and its run together, skipping any whose run is busy with a decision:
+        # the next runnable step of another run is taken instead of waiting.
+        query = query.join(Run, col(Run.id) == Step.run_id).with_for_update(
+            skip_locked=True, of=[table(Step), table(Run)]
+        )
+    return query.limit(1)
 
 
 def claim_step(
@@ -66,15 +91,7 @@ def claim_step(
 ) -> Step | None:
     """Take the oldest runnable step (or one whose worker's lease ran out) for `owner`.
     With skip_locked (PostgreSQL) its run is row-locked too, in the same statement."""
-    query = select(Step).where(_claimable_step(now)).order_by(col(Step.available_at), col(Step.id))
-    if skip_locked:
-        # Lock the step and its run together, skipping any whose run is busy with a decision:
-        # the next runnable step of another run is taken instead of waiting.
-        query = query.join(Run, col(Run.id) == Step.run_id).with_for_update(
-            skip_locked=True,
-            of=[Step.__table__, Run.__table__],  # type: ignore[attr-defined]
-        )
-    step = session.exec(query.limit(1)).first()
+    step = session.exec(_claim_step_query(skip_locked), params={"now": now}).first()
     if step is None:
         return None
     # A step taken from a worker that died re-runs the attempt the crash cut short: a bot
@@ -320,15 +337,6 @@ def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run
     With skip_locked, None means another transaction holds it right now."""
     query = select(Run).where(Run.id == run_id).with_for_update(skip_locked=skip_locked)
     return session.exec(query).first()
-
-
-def has_voted(session: Session, *, step_id: int, version: int, approver: str, vote: str) -> bool:
-    """Whether `approver` has cast this vote on this draft version already."""
-    v = table(ApprovalVote)
-    query = sa_select(v.c.id).where(
-        v.c.step_id == step_id, v.c.version == version, v.c.approver == approver, v.c.vote == vote
-    )
-    return connection(session).execute(query).first() is not None
 
 
 def approvals_of(session: Session, step_id: int, version: int) -> int:

@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 from pydantic_core import PydanticUndefined
-from sqlalchemy import Connection, Table, insert
+from sqlalchemy import Connection, Executable, Table, insert
 from sqlmodel import Session, SQLModel
 
 
@@ -55,6 +55,24 @@ def values(model: type[SQLModel], given: dict[str, Any]) -> dict[str, Any]:
 def add(session: Session, model: type[SQLModel], /, **given: Any) -> None:
     """INSERT one row of `model`, with the model's defaults."""
     connection(session).execute(insert(table(model)), values(model, given))
+
+
+def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> bool:
+    """INSERT one row of `model` unless it would break a unique constraint (then nothing,
+    and no error: the transaction goes on). False when the row was there already; a
+    concurrent insert of the same row is waited for, as with a plain INSERT."""
+    conn = connection(session)
+    statement: Executable
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        statement = postgresql.insert(table(model)).on_conflict_do_nothing()
+    else:
+        from sqlalchemy.dialects import sqlite
+
+        statement = sqlite.insert(table(model)).on_conflict_do_nothing()
+    result = conn.execute(statement, values(model, given))
+    return bool(result.rowcount)
 
 
 def add_returning_id(session: Session, model: type[SQLModel], /, **given: Any) -> int:
