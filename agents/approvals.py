@@ -52,7 +52,7 @@ from storage.models import (
     ThreadReply,
     Vote,
 )
-from storage.queries import approvals_of, lock_run
+from storage.queries import approvals_of, lock_run, lock_step
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,9 @@ class ApprovalService:
             return self.cancel(session, run, who, roles)
         if message.kind != MessageKind.DRAFT or message.step_id is None:
             return Ignored("react on a draft to decide on it", run_id=run.id, quiet=True)
-        step = self._lock_step(session, message.step_id)
+        step = lock_step(session, run.id or 0, message.step_id)
+        if step is None:
+            return Ignored("that draft is gone", run_id=run.id, quiet=True)
         return self.cast(session, run, step, who, vote, version=message.version, roles=roles)
 
     def reaction_removed(self, session: Session, who: str, message: Message, emoji: str) -> Outcome:
@@ -231,8 +233,12 @@ class ApprovalService:
         if vote is None or vote == Vote.CANCEL or message.step_id is None or not message.run_id:
             return Ignored()
         lock_run(session, message.run_id)
-        step = self._lock_step(session, message.step_id)
-        if step.status != StepStatus.AWAITING_APPROVAL or step.version != message.version:
+        step = lock_step(session, message.run_id, message.step_id)
+        if (
+            step is None
+            or step.status != StepStatus.AWAITING_APPROVAL
+            or step.version != message.version
+        ):
             return Ignored()
         row = session.exec(
             select(ApprovalVote).where(
@@ -278,9 +284,6 @@ class ApprovalService:
         return self.decide_by_command(session, run, who, Vote.REVISE, notes, roles)
 
     # -- the vote itself -------------------------------------------------------------------
-
-    def _lock_step(self, session: Session, step_id: int) -> Step:
-        return session.exec(select(Step).where(Step.id == step_id).with_for_update()).one()
 
     def cast(
         self,
@@ -432,8 +435,13 @@ class ApprovalService:
 
     def _timeout(self, session: Session, run_id: int, step_id: int, now: datetime) -> int:
         run = lock_run(session, run_id)
-        step = self._lock_step(session, step_id)
-        if run is None or step.status != StepStatus.AWAITING_APPROVAL or step.escalated:
+        step = lock_step(session, run_id, step_id) if run is not None else None
+        if (
+            run is None
+            or step is None
+            or step.status != StepStatus.AWAITING_APPROVAL
+            or step.escalated
+        ):
             return 0
         spec = self.lifecycle.spec_for(run, step)
         if spec is None or spec.approval is None:

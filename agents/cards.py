@@ -8,14 +8,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from storage import outbox
 from storage.models import MessageKind, Run, Step
 from storage.outbox import Posted
+from storage.queries import steps_of
 
-_STEPS = "crewchief.steps"  # session.info keys: what this transaction has read already
-_CARDS = "crewchief.cards"
+_CARDS = "crewchief.cards"  # session.info key: the cards this transaction has read
 
 
 def card_key(run_id: int) -> str:
@@ -63,16 +63,6 @@ def run_summary(run: Run, steps: list[Step]) -> dict[str, Any]:
         "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None,
         "steps": [{"name": s.name, "status": s.status, "version": s.version} for s in steps],
     }
-
-
-def steps_of(session: Session, run_id: int) -> list[Step]:
-    """The run's steps in order. A run's steps are all made when it starts, so once read they
-    are remembered for the rest of the transaction (the objects themselves stay current)."""
-    known: dict[int, list[Step]] = session.info.setdefault(_STEPS, {})
-    if run_id not in known:
-        query = select(Step).where(Step.run_id == run_id).order_by(col(Step.position))
-        known[run_id] = list(session.exec(query).all())
-    return list(known[run_id])
 
 
 def card_message(session: Session, run_id: int) -> Posted | None:

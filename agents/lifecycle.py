@@ -27,7 +27,7 @@ from storage.models import (
     StepStatus,
     utcnow,
 )
-from storage.queries import lock_run
+from storage.queries import lock_run, steps_of
 
 Clock = Callable[[], datetime]
 
@@ -98,7 +98,7 @@ class Lifecycle:
         run.finished_at = run.updated_at = now
         session.add(run)
         awaiting = []
-        for step in cards.steps_of(session, run.id or 0):
+        for step in steps_of(session, run.id or 0):
             if step.status in ACTIVE_STEPS:
                 if step.status == StepStatus.AWAITING_APPROVAL:
                     awaiting.append(step)
@@ -141,7 +141,7 @@ class Lifecycle:
     def retry(self, session: Session, run: Run, who: str) -> Step | None:
         """Make the failed step runnable again; None when nothing failed."""
         failed = next(
-            (s for s in cards.steps_of(session, run.id or 0) if s.status == StepStatus.FAILED),
+            (s for s in steps_of(session, run.id or 0) if s.status == StepStatus.FAILED),
             None,
         )
         if failed is None:
@@ -207,7 +207,7 @@ class Lifecycle:
         step.finished_at = now
         step.lease_owner = None
         session.add(step)
-        later = (s for s in cards.steps_of(session, run.id or 0) if s.position > step.position)
+        later = (s for s in steps_of(session, run.id or 0) if s.position > step.position)
         nxt = next(later, None)
         if nxt is None:
             run.status = RunStatus.SUCCEEDED

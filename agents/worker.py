@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from jinja2 import TemplateError
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from agents import cards
 from agents.approvals import ApprovalService
@@ -40,9 +40,11 @@ from storage.queries import (
     expire_leases,
     lease_holders,
     lock_run,
+    lock_step,
     next_step_due,
     release_step,
     renew_lease,
+    steps_of,
 )
 
 log = logging.getLogger(__name__)
@@ -245,7 +247,7 @@ class Workers:
         except BudgetExceeded as exc:
             self.lifecycle.fail_step(session, run, step, str(exc))
             return None
-        steps = cards.steps_of(session, run.id)
+        steps = steps_of(session, run.id)
         earlier = [s for s in steps if s.position < step.position]
         approvals = [s for s in earlier if (sp := self.lifecycle.spec_for(run, s)) and sp.approval]
         self.lifecycle.begin_step(session, run, step)
@@ -326,10 +328,8 @@ class Workers:
     def _own(self, session: Session, claimed: Claimed) -> tuple[Run, Step] | None:
         """The run and step (locked in that order), if this worker still holds the lease."""
         run = lock_run(session, claimed.run_id)
-        step = session.exec(
-            select(Step).where(Step.id == claimed.step_id).with_for_update()
-        ).first()
         assert run is not None
+        step = lock_step(session, claimed.run_id, claimed.step_id)
         if step is None or step.status != StepStatus.RUNNING or step.lease_owner != self.owner:
             log.info("step %s of run %s: lease lost, result dropped", claimed.step_id, run.id)
             return None

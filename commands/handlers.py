@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from agents import digest
-from agents.cards import run_summary, steps_of
+from agents.cards import run_summary
 from agents.durations import parse_duration
 from agents.outcomes import Ignored, Outcome, Refused, Retrying, Started
 from commands.context import Context
@@ -15,7 +15,7 @@ from commands.refs import run_ref
 from commands.spec import Arg, CommandSpec, Registry, Reply, UsageError, did_you_mean
 from storage.alert_queries import lock_alert, open_alerts
 from storage.models import Alert, Message, Run, RunStatus, Vote
-from storage.queries import lock_run, runs_with_steps
+from storage.queries import lock_run, runs_with_steps, steps_of
 
 # -- who sees what in help ---------------------------------------------------------------
 

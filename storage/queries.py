@@ -10,7 +10,6 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter,
     ColumnElement,
     Select,
     and_,
@@ -22,7 +21,6 @@ from sqlalchemy import (
 )
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
-from sqlmodel.sql.expression import SelectOfScalar
 
 from storage.models import (
     WORKING_STEPS,
@@ -65,25 +63,22 @@ def _is(column: Any, status: StrEnum) -> ColumnElement[bool]:
     return result
 
 
-def _claimable_step(now: BindParameter[datetime]) -> ColumnElement[bool]:
-    return or_(
-        and_(_is(Step.status, StepStatus.PENDING), col(Step.available_at) <= now),
-        and_(_is(Step.status, StepStatus.RUNNING), col(Step.lease_until) < now),
-    )
-
-
 @cache
-def _claim_step_query(skip_locked: bool) -> SelectOfScalar[Step]:
+def _claim_step_query(skip_locked: bool) -> Select[Any]:
     """claim_step's SELECT, built once: parameter `now`."""
-    now = bindparam("now", type_=table(Step).c.available_at.type)
-    query = select(Step).where(_claimable_step(now)).order_by(col(Step.available_at), col(Step.id))
+    t = table(Step)
+    now = bindparam("now", type_=t.c.available_at.type)
+    claimable = or_(
+        and_(_is(t.c.status, StepStatus.PENDING), t.c.available_at <= now),
+        and_(_is(t.c.status, StepStatus.RUNNING), t.c.lease_until < now),
+    )
+    query = sa_select(t.c.id, t.c.run_id).where(claimable)
     if skip_locked:
         # Lock the step and its run together, skipping any whose run is busy with a decision:
         # the next runnable step of another run is taken instead of waiting.
-        query = query.join(Run, col(Run.id) == Step.run_id).with_for_update(
-            skip_locked=True, of=[table(Step), table(Run)]
-        )
-    return query.limit(1)
+        r = table(Run)
+        query = query.join(r, r.c.id == t.c.run_id).with_for_update(skip_locked=True, of=[t, r])
+    return query.order_by(t.c.available_at, t.c.id).limit(1)
 
 
 def claim_step(
@@ -91,9 +86,10 @@ def claim_step(
 ) -> Step | None:
     """Take the oldest runnable step (or one whose worker's lease ran out) for `owner`.
     With skip_locked (PostgreSQL) its run is row-locked too, in the same statement."""
-    step = session.exec(_claim_step_query(skip_locked), params={"now": now}).first()
-    if step is None:
+    found = connection(session).execute(_claim_step_query(skip_locked), {"now": now}).first()
+    if found is None:
         return None
+    step = next(s for s in steps_of(session, found.run_id) if s.id == found.id)
     # A step taken from a worker that died re-runs the attempt the crash cut short: a bot
     # killed three times mid-call must not fail a run that never failed. Only a fresh claim
     # of a pending step (after a recorded failure, or the first) counts as a new attempt.
@@ -104,8 +100,32 @@ def claim_step(
     step.lease_until = now + lease
     step.started_at = step.started_at or now
     session.add(step)
-    session.flush()
     return step
+
+
+_STEPS = "crewchief.steps"  # session.info keys: the steps this transaction has read (locked)
+_LOCKED = "crewchief.steps.locked"
+
+
+def steps_of(session: Session, run_id: int, *, lock: bool = False) -> list[Step]:
+    """The run's steps in order; with `lock`, row-locked (PostgreSQL) for the rest of the
+    transaction, after the caller has locked the run. A run's steps are all made when it
+    starts, so once read they are remembered for the rest of the transaction (the objects
+    themselves stay current)."""
+    known: dict[int, list[Step]] = session.info.setdefault(_STEPS, {})
+    locked: set[int] = session.info.setdefault(_LOCKED, set())
+    if run_id not in known or (lock and run_id not in locked):
+        query = select(Step).where(Step.run_id == run_id).order_by(col(Step.position))
+        if lock:
+            query = query.with_for_update()
+            locked.add(run_id)
+        known[run_id] = list(session.exec(query).all())
+    return list(known[run_id])
+
+
+def lock_step(session: Session, run_id: int, step_id: int) -> Step | None:
+    """Step `step_id` of run `run_id` (which the caller has locked), row-locked."""
+    return next((s for s in steps_of(session, run_id, lock=True) if s.id == step_id), None)
 
 
 @cache

@@ -62,17 +62,18 @@ def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> bool:
     and no error: the transaction goes on). False when the row was there already; a
     concurrent insert of the same row is waited for, as with a plain INSERT."""
     conn = connection(session)
+    t = table(model)
     statement: Executable
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects import postgresql
 
-        statement = postgresql.insert(table(model)).on_conflict_do_nothing()
+        statement = postgresql.insert(t).on_conflict_do_nothing().returning(*t.primary_key)
     else:
         from sqlalchemy.dialects import sqlite
 
-        statement = sqlite.insert(table(model)).on_conflict_do_nothing()
-    result = conn.execute(statement, values(model, given))
-    return bool(result.rowcount)
+        statement = sqlite.insert(t).on_conflict_do_nothing().returning(*t.primary_key)
+    # a row comes back only when one was inserted (psycopg reports no rowcount here)
+    return conn.execute(statement, values(model, given)).first() is not None
 
 
 def add_returning_id(session: Session, model: type[SQLModel], /, **given: Any) -> int:
