@@ -115,12 +115,16 @@ def steps_of(session: Session, run_id: int, *, lock: bool = False) -> list[Step]
     known: dict[int, list[Step]] = session.info.setdefault(_STEPS, {})
     locked: set[int] = session.info.setdefault(_LOCKED, set())
     if run_id not in known or (lock and run_id not in locked):
-        query = select(Step).where(Step.run_id == run_id).order_by(col(Step.position))
+        known[run_id] = list(session.exec(_STEPS_OF[lock], params={"run_id": run_id}).all())
         if lock:
-            query = query.with_for_update()
             locked.add(run_id)
-        known[run_id] = list(session.exec(query).all())
     return list(known[run_id])
+
+
+_STEPS_OF = {
+    False: select(Step).where(col(Step.run_id) == bindparam("run_id")).order_by(col(Step.position))
+}
+_STEPS_OF[True] = _STEPS_OF[False].with_for_update()
 
 
 def lock_step(session: Session, run_id: int, step_id: int) -> Step | None:
@@ -355,17 +359,27 @@ def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run
     """The run, row-locked on PostgreSQL. Every transaction that changes a run locks it
     first (then its steps), so decisions on one run are serialized and never deadlock.
     With skip_locked, None means another transaction holds it right now."""
-    query = select(Run).where(Run.id == run_id).with_for_update(skip_locked=skip_locked)
-    return session.exec(query).first()
+    return session.exec(_LOCK_RUN[skip_locked], params={"run_id": run_id}).first()
+
+
+_LOCK_RUN = {
+    skip: select(Run).where(col(Run.id) == bindparam("run_id")).with_for_update(skip_locked=skip)
+    for skip in (False, True)
+}
 
 
 def approvals_of(session: Session, step_id: int, version: int) -> int:
     """How many distinct approvers have approved this draft version."""
-    v = table(ApprovalVote)
-    query = sa_select(func.count(func.distinct(v.c.approver))).where(
-        v.c.step_id == step_id, v.c.version == version, _is(v.c.vote, Vote.APPROVE)
-    )
-    return int(connection(session).execute(query).scalar_one())
+    params = {"step_id": step_id, "version": version}
+    return int(connection(session).execute(_APPROVALS_OF, params).scalar_one())
+
+
+_VOTES = table(ApprovalVote)
+_APPROVALS_OF = sa_select(func.count(func.distinct(_VOTES.c.approver))).where(
+    _VOTES.c.step_id == bindparam("step_id"),
+    _VOTES.c.version == bindparam("version"),
+    _is(_VOTES.c.vote, Vote.APPROVE),
+)
 
 
 def next_step_due(session: Session) -> datetime | None:

@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 from pydantic_core import PydanticUndefined
-from sqlalchemy import Connection, Executable, Table, insert
+from sqlalchemy import Connection, Executable, Insert, Table, insert
 from sqlmodel import Session, SQLModel
 
 
@@ -43,6 +43,25 @@ def _defaults(model: type[SQLModel]) -> tuple[tuple[str, Any, bool], ...]:
     return tuple(found)
 
 
+@cache
+def _insert(model: type[SQLModel], returning_id: bool = False) -> Insert:
+    statement = insert(table(model))
+    return statement.returning(table(model).c.id) if returning_id else statement
+
+
+@cache
+def _insert_once(model: type[SQLModel], dialect: str) -> Executable:
+    """INSERT .. ON CONFLICT DO NOTHING, returning the key of a row it inserted."""
+    t = table(model)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(t).on_conflict_do_nothing().returning(*t.primary_key)
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(t).on_conflict_do_nothing().returning(*t.primary_key)
+
+
 def values(model: type[SQLModel], given: dict[str, Any]) -> dict[str, Any]:
     """`given` with the model's defaults for every column it leaves out."""
     row = dict(given)
@@ -54,7 +73,7 @@ def values(model: type[SQLModel], given: dict[str, Any]) -> dict[str, Any]:
 
 def add(session: Session, model: type[SQLModel], /, **given: Any) -> None:
     """INSERT one row of `model`, with the model's defaults."""
-    connection(session).execute(insert(table(model)), values(model, given))
+    connection(session).execute(_insert(model), values(model, given))
 
 
 def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> bool:
@@ -62,24 +81,13 @@ def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> bool:
     and no error: the transaction goes on). False when the row was there already; a
     concurrent insert of the same row is waited for, as with a plain INSERT."""
     conn = connection(session)
-    t = table(model)
-    statement: Executable
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        statement = postgresql.insert(t).on_conflict_do_nothing().returning(*t.primary_key)
-    else:
-        from sqlalchemy.dialects import sqlite
-
-        statement = sqlite.insert(t).on_conflict_do_nothing().returning(*t.primary_key)
+    statement = _insert_once(model, conn.dialect.name)
     # a row comes back only when one was inserted (psycopg reports no rowcount here)
     return conn.execute(statement, values(model, given)).first() is not None
 
 
 def add_returning_id(session: Session, model: type[SQLModel], /, **given: Any) -> int:
     """INSERT one row of `model` and return its new id."""
-    t = table(model)
-    new_id: int = (
-        connection(session).execute(insert(t).returning(t.c.id), values(model, given)).scalar_one()
-    )
+    statement = _insert(model, returning_id=True)
+    new_id: int = connection(session).execute(statement, values(model, given)).scalar_one()
     return new_id
