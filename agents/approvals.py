@@ -52,7 +52,7 @@ from storage.models import (
     ThreadReply,
     Vote,
 )
-from storage.queries import approvals_of, lock_run, lock_step
+from storage.queries import approvals_of, drafts_past_deadline, lock_run, lock_step
 
 log = logging.getLogger(__name__)
 
@@ -416,19 +416,9 @@ class ApprovalService:
         """
         now = self.clock()
         with self.db.read() as session:
-            due = session.exec(
-                select(Step.id, Step.run_id)
-                .where(
-                    Step.status == StepStatus.AWAITING_APPROVAL,
-                    col(Step.deadline_at).is_not(None),
-                    col(Step.deadline_at) <= now,
-                    col(Step.escalated).is_(False),
-                )
-                .order_by(col(Step.id))
-            ).all()
+            due = drafts_past_deadline(session, now)
         handled = 0
         for step_id, run_id in due:
-            assert step_id is not None
             with self.db.transaction() as session:
                 handled += self._timeout(session, run_id, step_id, now)
         return handled

@@ -147,6 +147,8 @@ class Step(SQLModel, table=True):
         # so they hold only the few rows in play however long the history grows.
         _partial("ix_step_pending", "available_at", "id", where="status = 'pending'"),
         _partial("ix_step_leased", "lease_until", where="status = 'running'"),
+        # Drafts waiting for people, for the approval-timeout check (every second).
+        _partial("ix_step_awaiting", "deadline_at", where="status = 'awaiting_approval'"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
