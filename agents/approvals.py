@@ -131,9 +131,9 @@ class ApprovalService:
     ) -> None:
         """The writer's new version: stored, waiting for people, its card posted."""
         assert run.id is not None and step.id is not None
-        self.lifecycle.await_approval(session, run, step, text)
         now = self.clock()
-        step.deadline_at = now + policy.timeout if policy.timeout else None
+        deadline = now + policy.timeout if policy.timeout else None
+        self.lifecycle.await_approval(session, run, step, text, deadline)
         session.add(
             DraftVersion(
                 run_id=run.id,
@@ -320,7 +320,7 @@ class ApprovalService:
                 detail={"vote": vote.value, "version": step.version},
             )
         ballot = {"step_id": step.id, "version": step.version, "approver": who, "vote": vote}
-        if not rows.add_once(session, ApprovalVote, run_id=run.id, **ballot):
+        if rows.add_once(session, ApprovalVote, run_id=run.id, **ballot) is None:
             return AlreadyVoted(run.id)
         audit(session, who, "vote.cast", run.id, vote=vote, version=step.version)
 
@@ -365,11 +365,9 @@ class ApprovalService:
         )
         audit(session, who, decision.action, run.id, version=step.version, reason=reason)
         if decision == Decision.APPROVED:
-            run.decided_by = who
-            self.lifecycle.advance(session, run, step)
+            self.lifecycle.advance(session, run, step, decided_by=who)
         elif decision == Decision.REJECTED:
-            run.decided_by = who
-            self.lifecycle.reject(session, run, step, reason)
+            self.lifecycle.reject(session, run, step, reason, who)
         else:  # the run card names who settled the draft, not who asked for another version
             self.lifecycle.send_back(session, run, step, feedback)
         return True

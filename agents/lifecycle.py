@@ -11,12 +11,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from agents import cards
 from agents.config import CrewConfig, StepSpec
+from storage import rows
 from storage.audit import audit
 from storage.models import (
     ACTIVE_STEPS,
@@ -166,29 +167,37 @@ class Lifecycle:
 
     def begin_step(self, session: Session, run: Run, step: Step) -> None:
         """A worker has claimed `step`: the run card shows it at work."""
-        run.current_step = step.position
-        run.status = RunStatus.RUNNING
-        run.updated_at = self.clock()
-        session.add(run)
+        rows.change(
+            session,
+            run,
+            current_step=step.position,
+            status=RunStatus.RUNNING,
+            updated_at=self.clock(),
+        )
         self.refresh(session, run)
 
     def drop_step(self, session: Session, step: Step) -> None:
         """A claimed step of a run that finished meanwhile (cancelled, say): not run."""
-        step.status = StepStatus.CANCELLED
-        step.lease_owner = None
-        session.add(step)
+        rows.change(session, step, status=StepStatus.CANCELLED, lease_owner=None)
 
     def fail_step(self, session: Session, run: Run, step: Step, error: str) -> None:
         now = self.clock()
-        step.status = StepStatus.FAILED
-        step.error = error
-        step.lease_owner = None
-        step.finished_at = now
-        session.add(step)
-        run.status = RunStatus.FAILED
-        run.error = f"{step.name}: {error}"
-        run.finished_at = run.updated_at = now
-        session.add(run)
+        rows.change(
+            session,
+            step,
+            status=StepStatus.FAILED,
+            error=error,
+            lease_owner=None,
+            finished_at=now,
+        )
+        rows.change(
+            session,
+            run,
+            status=RunStatus.FAILED,
+            error=f"{step.name}: {error}",
+            finished_at=now,
+            updated_at=now,
+        )
         audit(session, "crewchief", "step.failed", run.id, step=step.name, error=error)
         cards.post_in_thread(
             session,
@@ -200,83 +209,76 @@ class Lifecycle:
         )
         self.refresh(session, run)
 
-    def advance(self, session: Session, run: Run, step: Step) -> None:
-        """Mark `step` done and make the next one runnable, or finish the run."""
+    def advance(self, session: Session, run: Run, step: Step, **run_changes: Any) -> None:
+        """Mark `step` done and make the next one runnable, or finish the run (with
+        `run_changes` written to the run as well)."""
         now = self.clock()
-        step.status = StepStatus.SUCCEEDED
-        step.finished_at = now
-        step.lease_owner = None
-        session.add(step)
+        rows.change(session, step, status=StepStatus.SUCCEEDED, finished_at=now, lease_owner=None)
         later = (s for s in steps_of(session, run.id or 0) if s.position > step.position)
         nxt = next(later, None)
         if nxt is None:
-            run.status = RunStatus.SUCCEEDED
-            run.finished_at = now
+            run_changes.update(status=RunStatus.SUCCEEDED, finished_at=now)
         else:
-            nxt.status = StepStatus.PENDING
-            nxt.available_at = now
-            session.add(nxt)
-            run.status = RunStatus.RUNNING
-            run.current_step = nxt.position
-        run.updated_at = now
-        session.add(run)
+            rows.change(session, nxt, status=StepStatus.PENDING, available_at=now)
+            run_changes.update(status=RunStatus.RUNNING, current_step=nxt.position)
+        rows.change(session, run, updated_at=now, **run_changes)
         self.refresh(session, run)
 
-    def await_approval(self, session: Session, run: Run, step: Step, text: str) -> None:
-        """A new draft version is waiting for people (the approvals module posts its card)."""
+    def await_approval(
+        self, session: Session, run: Run, step: Step, text: str, deadline: datetime | None
+    ) -> None:
+        """A new draft version is waiting for people, until `deadline` (the approvals module
+        posts its card)."""
         now = self.clock()
-        step.lease_owner = None
-        step.output = text
-        step.version += 1
-        step.status = StepStatus.AWAITING_APPROVAL
-        step.awaiting_since = now
-        step.escalated = False
-        session.add(step)
-        run.status = RunStatus.AWAITING_APPROVAL
-        run.updated_at = now
-        session.add(run)
+        rows.change(
+            session,
+            step,
+            lease_owner=None,
+            output=text,
+            version=step.version + 1,
+            status=StepStatus.AWAITING_APPROVAL,
+            awaiting_since=now,
+            deadline_at=deadline,
+            escalated=False,
+        )
+        rows.change(session, run, status=RunStatus.AWAITING_APPROVAL, updated_at=now)
         self.refresh(session, run)
 
     def settle(self, session: Session, step: Step, status: StepStatus, who: str) -> bool:
         """First decision wins: one conditional update of the draft version still waiting.
         False when another decision settled it first."""
-        result = session.execute(
-            update(Step)
-            .where(
-                col(Step.id) == step.id,
-                col(Step.status) == StepStatus.AWAITING_APPROVAL,
-                col(Step.version) == step.version,
-            )
-            .values(status=status, decided_by=who)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(result, "rowcount", 0) != 1:
+        if step.status != StepStatus.AWAITING_APPROVAL:
             return False
-        session.refresh(step)
-        return True
+        return rows.change(
+            session, step, unless_changed=("status", "version"), status=status, decided_by=who
+        )
 
-    def reject(self, session: Session, run: Run, step: Step, reason: str | None) -> None:
+    def reject(self, session: Session, run: Run, step: Step, reason: str | None, who: str) -> None:
         now = self.clock()
-        step.status = StepStatus.REJECTED
-        step.finished_at = now
-        session.add(step)
-        run.status = RunStatus.REJECTED
-        run.error = reason
-        run.finished_at = run.updated_at = now
-        session.add(run)
+        rows.change(session, step, status=StepStatus.REJECTED, finished_at=now)
+        rows.change(
+            session,
+            run,
+            status=RunStatus.REJECTED,
+            error=reason,
+            decided_by=who,
+            finished_at=now,
+            updated_at=now,
+        )
         self.refresh(session, run)
 
     def send_back(self, session: Session, run: Run, step: Step, feedback: str | None) -> None:
         """The draft goes back to its writer with the feedback: a new version is new work,
         not a retry of the old one."""
         now = self.clock()
-        step.status = StepStatus.PENDING
-        step.feedback = feedback
-        step.attempts = 0
-        step.available_at = now
-        step.deadline_at = None
-        session.add(step)
-        run.status = RunStatus.RUNNING
-        run.updated_at = now
-        session.add(run)
+        rows.change(
+            session,
+            step,
+            status=StepStatus.PENDING,
+            feedback=feedback,
+            attempts=0,
+            available_at=now,
+            deadline_at=None,
+        )
+        rows.change(session, run, status=RunStatus.RUNNING, updated_at=now)
         self.refresh(session, run)

@@ -363,7 +363,7 @@ class Workers:
                     prompt_version=prompt_version(claimed.request_kwargs["spec"]),
                 )
                 return
-            step.output = completion.text
+            rows.change(session, step, output=completion.text)
             offline = self.lifecycle.offline
             if spec.publish is not None and publication is not None:
                 record(session, run, step, spec.publish, publication, offline=offline)

@@ -147,7 +147,7 @@ class Dispatcher:
 
     def _first_delivery(self, session: Session, event: InboundEvent) -> bool:
         key = self._delivery_key(session, event)
-        if not rows.add_once(session, models.InboundEvent, key=key):
+        if rows.add_once(session, models.InboundEvent, key=key) is None:
             log.info("duplicate delivery %s ignored", key)
             return False
         return True

@@ -62,9 +62,6 @@ def post(
 ) -> Posted:
     """A new message, once per key: posting the same key again returns the first one.
     Rows sharing `order_key` (default: the run's) are delivered in order."""
-    existing = find(session, key)
-    if existing is not None:
-        return existing
     fields: dict[str, Any] = {
         "key": key,
         "kind": kind,
@@ -76,7 +73,12 @@ def post(
         "thread_of": thread_of,
         "alert_id": alert_id,
     }
-    message = Posted(id=rows.add_returning_id(session, Message, **fields), **fields)
+    new_id = rows.add_once(session, Message, **fields)
+    if new_id is None:
+        existing = find(session, key)
+        assert existing is not None
+        return existing
+    message = Posted(id=new_id, **fields)
     _queue(
         session,
         key=f"post:{key}",

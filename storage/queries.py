@@ -35,7 +35,7 @@ from storage.models import (
     StepStatus,
     Vote,
 )
-from storage.rows import connection, table
+from storage.rows import change, connection, table
 from storage.unit_of_work import Topic, arm
 
 
@@ -93,13 +93,15 @@ def claim_step(
     # A step taken from a worker that died re-runs the attempt the crash cut short: a bot
     # killed three times mid-call must not fail a run that never failed. Only a fresh claim
     # of a pending step (after a recorded failure, or the first) counts as a new attempt.
-    if step.status != StepStatus.RUNNING:
-        step.attempts += 1
-    step.status = StepStatus.RUNNING
-    step.lease_owner = owner
-    step.lease_until = now + lease
-    step.started_at = step.started_at or now
-    session.add(step)
+    change(
+        session,
+        step,
+        attempts=step.attempts if step.status == StepStatus.RUNNING else step.attempts + 1,
+        status=StepStatus.RUNNING,
+        lease_owner=owner,
+        lease_until=now + lease,
+        started_at=step.started_at or now,
+    )
     return step
 
 

@@ -1,9 +1,11 @@
 """Rows written and read with SQLAlchemy Core, for the engine's hot path.
 
-The ORM's unit of work costs about six times a Core statement per row (a SELECT by key: 196
-against 33 microseconds here). Rows that are written once and never changed through an
-object (audit entries, LLM calls, messages, outbox rows, votes) go in with these instead; the
-tables stay the SQLModel models, and the defaults a model declares still apply.
+The ORM costs about six times a Core statement per row (a SELECT by key: 196 against 33
+microseconds on the 2-core machine of docs/PERFORMANCE.md). Rows that are written once
+(audit entries, LLM calls, messages, outbox rows, votes, inbound event ids) go in with
+`add` and `add_once`; the status changes of runs and steps, which are read through ORM
+objects, are written with `change`, which leaves the ORM nothing to flush. The tables stay
+the SQLModel models, and the defaults a model declares still apply.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from functools import cache
 from typing import Any
 
 from pydantic_core import PydanticUndefined
-from sqlalchemy import Connection, Executable, Insert, Table, insert
+from sqlalchemy import Connection, Executable, Insert, Table, Update, bindparam, insert, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel
+
+from storage.models import Run, Step
+from storage.unit_of_work import collect
 
 
 def table(model: type[SQLModel]) -> Table:
@@ -44,9 +50,8 @@ def _defaults(model: type[SQLModel]) -> tuple[tuple[str, Any, bool], ...]:
 
 
 @cache
-def _insert(model: type[SQLModel], returning_id: bool = False) -> Insert:
-    statement = insert(table(model))
-    return statement.returning(table(model).c.id) if returning_id else statement
+def _insert(model: type[SQLModel]) -> Insert:
+    return insert(table(model))
 
 
 @cache
@@ -76,18 +81,42 @@ def add(session: Session, model: type[SQLModel], /, **given: Any) -> None:
     connection(session).execute(_insert(model), values(model, given))
 
 
-def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> bool:
+def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> Any:
     """INSERT one row of `model` unless it would break a unique constraint (then nothing,
-    and no error: the transaction goes on). False when the row was there already; a
-    concurrent insert of the same row is waited for, as with a plain INSERT."""
+    and no error: the transaction goes on). Returns the new row's primary key, or None when
+    the row was there already; a concurrent insert of the same row is waited for, as with a
+    plain INSERT."""
     conn = connection(session)
     statement = _insert_once(model, conn.dialect.name)
     # a row comes back only when one was inserted (psycopg reports no rowcount here)
-    return conn.execute(statement, values(model, given)).first() is not None
+    return conn.execute(statement, values(model, given)).scalar()
 
 
-def add_returning_id(session: Session, model: type[SQLModel], /, **given: Any) -> int:
-    """INSERT one row of `model` and return its new id."""
-    statement = _insert(model, returning_id=True)
-    new_id: int = connection(session).execute(statement, values(model, given)).scalar_one()
-    return new_id
+def change(
+    session: Session, obj: Run | Step, /, *, unless_changed: tuple[str, ...] = (), **changed: Any
+) -> bool:
+    """UPDATE the row of `obj` (loaded through the ORM) with `changed`, and set those values
+    on `obj` as its stored state: the object reads as changed and the ORM has nothing left
+    to flush for it. What the change arms (a step made runnable) is armed as a flush would.
+
+    With `unless_changed`, the row is updated only while those columns still hold the values
+    `obj` has for them (first writer wins); False when another transaction changed one."""
+    params = {"row_id": obj.id, **changed}
+    params.update({f"was_{name}": getattr(obj, name) for name in unless_changed})
+    result = connection(session).execute(_update_by_id(type(obj), unless_changed), params)
+    if unless_changed and result.rowcount != 1:
+        return False
+    for name, value in changed.items():
+        set_committed_value(obj, name, value)
+    collect(session, obj)
+    return True
+
+
+@cache
+def _update_by_id(model: type[SQLModel], unless_changed: tuple[str, ...]) -> Update:
+    """UPDATE .. WHERE id = :row_id (AND name = :was_name ...); the SET clause comes from the
+    other parameters given."""
+    t = table(model)
+    where = [t.c.id == bindparam("row_id")]
+    where += [t.c[name] == bindparam(f"was_{name}") for name in unless_changed]
+    return update(t).where(*where)

@@ -50,13 +50,18 @@ def arm(session: Session, topic: Topic) -> None:
     session.info.setdefault(_ARMED, set()).add(topic)
 
 
+def collect(session: Session, obj: object) -> None:
+    """Arm what a write of `obj` calls for: an outbox row to deliver, a step made runnable."""
+    if isinstance(obj, Outbox):
+        arm(session, Topic.OUTBOX)
+    elif isinstance(obj, Step) and obj.status == StepStatus.PENDING:
+        arm(session, Topic.STEPS)
+
+
 @event.listens_for(UnitOfWork, "after_flush")
 def _collect(session: Session, _context: Any) -> None:
     for obj in chain(session.new, session.dirty):
-        if isinstance(obj, Outbox):
-            arm(session, Topic.OUTBOX)
-        elif isinstance(obj, Step) and obj.status == StepStatus.PENDING:
-            arm(session, Topic.STEPS)
+        collect(session, obj)
 
 
 def fire(hooks: Hooks, armed: set[Topic]) -> None:
