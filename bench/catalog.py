@@ -37,11 +37,13 @@ BENCHMARKS: dict[str, str] = {
 # (py-spy record -f raw -- python -m bench engine --runs 200) and statement counts (a
 # before_cursor_execute listener over 50 runs). Printed under the table for a missed figure.
 BOUNDS: dict[str, str] = {
-    "engine": "one core of CPython on the database thread: about 145 SQL statements per "
-    "run go through the ORM (16 step and 14 message SELECTs, 13 outbox INSERTs for 10 "
-    "messages delivered), and the one SQLite thread is busy for about 70 % of the run, "
-    "its time split between ORM execution (about a quarter), flushes (a seventh) and "
-    "commits (a tenth); a Core-only hot path with batched step claims is what is left",
+    "engine": "one core of CPython on the database thread, busy for about 77 % of the run: "
+    "about 126 SQL statements per run (14 message SELECTs, 13 outbox INSERTs for 10 "
+    "messages delivered, 15 SELECTs of runs and steps), and SQLAlchemy's own work around "
+    "each statement is about 44 % of that thread's time, against 13 % for SQLite executing "
+    "them and 11 % for its commits (py-spy, `python -m bench engine --runs 500`); what is "
+    "left is fewer statements per run (claims and card edits in batches) and statements "
+    "sent to the driver without SQLAlchemy's execution layer",
     "ack": "the same database thread: an acknowledgement waits for the job it finds "
     "running and for its group's commit; alone on a quiet machine p99 is 41–43 ms "
     "(`python -m bench.ack --requests 1000`), with the other benchmarks' processes "
