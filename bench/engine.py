@@ -6,14 +6,19 @@ changes, the outbox), not an LLM or a chat service.
     python -m bench engine [--runs 200] [--database-url URL] [--json]
 
 runs_per_s is runs / (launch_to_draft_s + approve_to_published_s); cpu_ms_per_run is the
-process's CPU time (every thread) over those two phases, per run; peak_rss_mb is the process's
-peak resident set size (getrusage ru_maxrss).
+process's CPU time (every thread) over those two phases, per run; sql_per_run the SQL
+statements sent to the database over them, per run; peak_rss_mb is the process's peak
+resident set size (getrusage ru_maxrss).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 from collections.abc import Sequence
+
+from sqlalchemy import event
 
 from bench import common
 from bench.workload import EDITOR, NullPlatform, launch_and_publish
@@ -25,9 +30,13 @@ async def measure(runs: int, database_url: str | None) -> common.Result:
         app = build_app(common.settings(url, tmp), default_approvers=[EDITOR.qualified])
         platform = NullPlatform()
         app.add_platform(platform)
+        statements = itertools.count()
+        counting = functools.partial(_count, statements)
         try:
             async with app.running():
+                event.listen(app.db.engine, "before_cursor_execute", counting)
                 phases = await launch_and_publish(app, runs)
+                event.remove(app.db.engine, "before_cursor_execute", counting)
         finally:
             await app.aclose()
     return {
@@ -39,8 +48,13 @@ async def measure(runs: int, database_url: str | None) -> common.Result:
         "runs_per_s": round(phases.runs_per_s, 2),
         "messages": platform.delivered,
         "cpu_ms_per_run": round(phases.cpu_s * 1000 / runs, 2) if runs else 0.0,
+        "sql_per_run": round(next(statements) / runs, 1) if runs else 0.0,
         "peak_rss_mb": common.peak_rss_mb(),
     }
+
+
+def _count(counter: itertools.count[int], *_: object) -> None:
+    next(counter)
 
 
 def report(result: common.Result) -> list[str]:
@@ -49,7 +63,8 @@ def report(result: common.Result) -> list[str]:
         f"launch -> draft awaiting approval: {result['launch_to_draft_s']:.2f} s",
         f"approve -> published:              {result['approve_to_published_s']:.2f} s",
         f"runs per second (both phases):     {result['runs_per_s']:.1f}",
-        f"messages delivered: {result['messages']}",
+        f"messages delivered: {result['messages']}   SQL statements per run: "
+        f"{result['sql_per_run']}",
         f"CPU per run: {result['cpu_ms_per_run']:.1f} ms   peak RSS: {result['peak_rss_mb']} MB",
     ]
 
