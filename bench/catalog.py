@@ -40,22 +40,24 @@ BOUNDS: dict[str, str] = {
     "engine": "one core of CPython on the database thread, busy for about 77 % of the run: "
     "about 118 SQL statements per run (14 message SELECTs, 13 outbox INSERTs for 10 "
     "messages delivered, 15 SELECTs of runs and steps: `sql_per_run`), and SQLAlchemy's "
-    "own work around "
-    "each statement is about 44 % of that thread's time, against 13 % for SQLite executing "
-    "them and 11 % for its commits (py-spy, `python -m bench engine --runs 500`); what is "
-    "left is fewer statements per run (claims and card edits in batches) and statements "
-    "sent to the driver without SQLAlchemy's execution layer",
+    "own work around each statement is about 44 % of that thread's time, against 13 % for "
+    "SQLite executing them and 11 % for its commits (py-spy, `python -m bench engine --runs "
+    "500`); what is left is fewer statements per run (claims and card edits in batches) and "
+    "statements sent to the driver without SQLAlchemy's execution layer",
     "ack": "the same database thread: an acknowledgement waits for the job it finds "
-    "running and for its group's commit; alone on a quiet machine p99 is 41–43 ms "
-    "(`python -m bench.ack --requests 1000`), with the other benchmarks' processes "
-    "finishing around it more",
+    "running and for its group's commit; alone (`python -m bench.ack --requests 1000`), "
+    "p99 was 55.6–73.5 ms in five runs of this sitting, and 41–43 ms in the previous "
+    "sitting, on a machine that ran LangGraph 2.4× as fast",
     "reaction": "throughput, not latency: 100 approvals at once queue on the database "
     "thread, so the last published post waits for about 100 runs' publishing work",
     "concurrency": "the database thread again: 100 workers each claim and complete their "
-    "steps through it, so the model's 1 s is not the only wait",
-    "footprint": "imports: about 0.5 s of the start is importing sqlalchemy and sqlmodel "
-    "(about 160 ms), the models' class definitions (about 55 ms), typer (which builds "
-    "pydantic adapters for its options, about 100 ms), pydantic-settings and jinja2",
+    "steps through it (about 53 s of its time for the 1,000 runs in this sitting), so the "
+    "model's 1 s is not the only wait; the previous, faster sitting measured 1.39",
+    "footprint": "imports, and the machine: the same code answered in 0.585 s in the "
+    "previous sitting, and in this one the commit before this work took 0.99–1.31 s "
+    "against 1.20–1.24 s now (`python -m bench.footprint`); about 0.5 s of a fast start "
+    "is importing sqlalchemy and sqlmodel (about 160 ms), the models' class definitions "
+    "(about 55 ms), typer (about 100 ms), pydantic-settings and jinja2",
 }
 
 Result = Mapping[str, Any]
