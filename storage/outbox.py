@@ -131,12 +131,7 @@ def notice(
 ) -> None:
     """A private answer to one person (ephemeral in Slack, a DM in Discord), shown in the
     thread of message `thread_of` where the platform can."""
-    if key is not None:
-        taken = select(_OUTBOX.c.id).where(_OUTBOX.c.key == key)
-        if rows.connection(session).execute(taken).first() is not None:
-            return
-    else:
-        key = f"notice:{uuid.uuid4().hex}"
+    key = key or f"notice:{uuid.uuid4().hex}"
     _queue(
         session,
         key=key,
@@ -151,13 +146,13 @@ def notice(
     )
 
 
-_OUTBOX = rows.table(Outbox)
-
-
 def _queue(session: Session, **row: Any) -> None:
-    """One outbox row."""
-    rows.add(session, Outbox, status=OutboxStatus.PENDING, attempts=0, created_at=utcnow(), **row)
-    arm(session, Topic.OUTBOX)
+    """One outbox row, once per idempotency key (a key queued already is left as it is)."""
+    queued = rows.add_once(
+        session, Outbox, status=OutboxStatus.PENDING, attempts=0, created_at=utcnow(), **row
+    )
+    if queued is not None:
+        arm(session, Topic.OUTBOX)
 
 
 def _order_key(run_id: int | None) -> str:

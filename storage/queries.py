@@ -89,7 +89,8 @@ def claim_step(
     found = connection(session).execute(_claim_step_query(skip_locked), {"now": now}).first()
     if found is None:
         return None
-    step = next(s for s in steps_of(session, found.run_id) if s.id == found.id)
+    step = lock_step(session, found.run_id, found.id)
+    assert step is not None  # the claim found it a moment ago, in this transaction
     # A step taken from a worker that died re-runs the attempt the crash cut short: a bot
     # killed three times mid-call must not fail a run that never failed. Only a fresh claim
     # of a pending step (after a recorded failure, or the first) counts as a new attempt.
