@@ -86,3 +86,13 @@ def last_fire(trigger: CronTrigger, at_or_before: datetime) -> datetime | None:
         if found is not None:
             return found
     return None
+
+
+def fires_between(trigger: CronTrigger, after: datetime, until: datetime) -> list[datetime]:
+    """The times `trigger` fires after `after` and at or before `until`, oldest first."""
+    fires: list[datetime] = []
+    when = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
+    while when is not None and when <= until:
+        fires.append(when)
+        when = trigger.get_next_fire_time(None, when + timedelta(seconds=1))
+    return fires

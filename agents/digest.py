@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
 from agents.config import CrewConfig
+from agents.cron import fires_between, period_of
 from agents.pricing import is_priced
 from storage import figures, outbox
 from storage.alert_queries import alerts_between
 from storage.db import Database
 from storage.figures import Window
-from storage.jobs import claim_period, last_runs
+from storage.jobs import claim_period, last_runs, latest_period
 from storage.models import MessageKind, RunStatus, as_utc
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 JOB = "digest"  # its name in the job_run table
 BARS = "▁▂▃▄▅▆▇█"
@@ -233,3 +237,19 @@ def run_scheduled(db: Database, config: CrewConfig, now: datetime, period: str) 
         row.finished_at = now
         session.add(row)
     return True
+
+
+def run_due(
+    db: Database, config: CrewConfig, trigger: CronTrigger, now: datetime, grace: timedelta
+) -> int:
+    """The scheduled digests due at `now`, each once: the latest fire within `grace`, and the
+    fires since the last period posted (one skipped while the previous fire still ran, or
+    whose job started only after the next was due). A database that has never posted one
+    posts only the latest; a fire older than `grace` is left to the missed-job alert."""
+    fires = fires_between(trigger, now - grace, now)
+    if not fires:
+        return 0
+    with db.read() as session:
+        done = latest_period(session, JOB)
+    due = fires[-1:] if done is None else [f for f in fires if period_of(f) > done]
+    return sum(run_scheduled(db, config, now, period_of(f)) for f in due)

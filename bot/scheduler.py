@@ -26,7 +26,7 @@ from agents import digest
 from agents.alert_rules import EVALUATION_JOB
 from agents.alerts import AlertService, run_evaluation
 from agents.config import CrewConfig
-from agents.cron import cron_trigger, last_fire, period_of
+from agents.cron import cron_trigger
 from agents.lifecycle import Clock
 from storage.db import Database
 from storage.leader import LeaderLock
@@ -64,13 +64,9 @@ def configured_jobs(
     schedule = cron_trigger(config.digest.schedule, config.digest.timezone)
 
     async def post_digest() -> object:
-        """The digest of the latest fire: the one just due, or one missed by less than the
-        misfire grace (no process scheduled then); an older one is left to missed-job."""
-        now = clock()
-        fired = last_fire(schedule, now)
-        if fired is None or (now - fired).total_seconds() > MISFIRE_GRACE:
-            return False
-        return await db.call(digest.run_scheduled, db, config, now, period_of(fired))
+        return await db.call(
+            digest.run_due, db, config, schedule, clock(), timedelta(seconds=MISFIRE_GRACE)
+        )
 
     every = config.alerts.evaluate_every
 

@@ -17,6 +17,11 @@ def ran(session: Session, job: str, period: str) -> bool:
     return found.first() is not None
 
 
+def latest_period(session: Session, job: str) -> str | None:
+    """The latest period `job` has claimed (periods are ISO 8601 in UTC: they sort as text)."""
+    return session.exec(select(func.max(JobRun.period)).where(JobRun.job == job)).one()
+
+
 def claim_period(session: Session, job: str, period: str, now: datetime) -> JobRun | None:
     """The row for `job` in `period`, or None when another fire (here or in another replica)
     has claimed that period already."""

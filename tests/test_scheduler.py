@@ -150,6 +150,40 @@ async def test_a_process_that_starts_scheduling_posts_a_digest_missed_just_befor
     assert [p.period for p in periods] == ["2026-12-03T09:00+00:00"] * posted
 
 
+@pytest.mark.parametrize(
+    ("posted_before", "posted"),
+    [(None, ["09:02"]), ("09:00", ["09:00", "09:01", "09:02"])],
+)
+async def test_a_fire_skipped_while_the_last_still_ran_is_posted_by_the_next(
+    bot_factory: Any, posted_before: str | None, posted: list[str]
+) -> None:
+    """Every minute: 09:00 was posted, the 09:01 fire was skipped (the 09:00 job still waited
+    on the database) and the job starts again at 09:02:10: it posts 09:01 and 09:02, each once
+    however often it runs. A database that never posted one posts only the latest."""
+    clock = FakeClock()
+    clock.now = datetime(2026, 12, 3, 9, 2, 10, tzinfo=UTC)
+    config = {"ops": {"channels": ["shell:ops"]}, "digest": {"schedule": "* * * * *"}}
+    if posted_before is not None:
+        first: Bot = bot_factory(config, clock=clock)
+        period = f"2026-12-03T{posted_before}+00:00"
+        assert digest.run_scheduled(first.app.db, make_config(config), clock.now, period)
+    for _ in range(2):  # a second takeover
+        bot: Bot = bot_factory(config, clock=clock)
+        async with bot.app.running(schedule=True):
+            await until(lambda: bot.app.scheduler.leading)  # noqa: B023
+            await until(lambda: len(_periods(bot)) >= len(posted))  # noqa: B023
+            await asyncio.sleep(0.5)  # time for a second post, were there one
+            await bot.app.wait_idle()
+    assert _periods(bot) == [f"2026-12-03T{m}+00:00" for m in posted]
+    assert len(digests(bot)) == len(posted)
+
+
+def _periods(bot: Bot) -> list[str]:
+    with bot.app.db.read() as s:
+        rows = s.exec(select(models.JobRun).where(models.JobRun.job == "digest")).all()
+    return sorted(p.period for p in rows)
+
+
 def digests(bot: Bot) -> list[models.Message]:
     with bot.app.db.read() as s:
         return list(s.exec(select(models.Message).where(models.Message.channel == "ops")).all())

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import yaml
@@ -138,7 +138,20 @@ class Harness:
 
     async def start(self, replica: int = 0) -> None:
         port = self.ports[replica]
-        self.procs[replica] = await asyncio.create_subprocess_exec(
+        with self.log(replica).open("ab") as log:  # the child holds its own copy
+            self.procs[replica] = await self._spawn(port, log)
+        for _ in range(600):
+            try:
+                async with self.http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"crewchief start did not come up\n{self.log_tails()}")
+
+    async def _spawn(self, port: int, log: BinaryIO) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "bot.cli",
@@ -150,17 +163,22 @@ class Harness:
             cwd=self.tmp_path,
             env=self.env,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=log,
         )
-        for _ in range(600):
-            try:
-                async with self.http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-        raise AssertionError("crewchief start did not come up")
+
+    def log(self, replica: int) -> Path:
+        """Where a replica's log goes, across its restarts."""
+        return self.tmp_path / f"replica-{replica}.log"
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The end of every replica's log, for a failure's message."""
+        tails = []
+        for replica in range(len(self.ports)):
+            path = self.log(replica)
+            if path.exists():
+                text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+                tails.append(f"--- replica {replica}\n" + "\n".join(text[-lines:]))
+        return "\n".join(tails)
 
     async def kill(self, replica: int = 0) -> None:
         proc = self.procs.pop(replica)

@@ -94,6 +94,7 @@ async def test_replicas_share_the_work_and_take_over_a_killed_ones(
         finished = time.monotonic() - killed
         ended = datetime.now(UTC)
         await harness.stop()
+        logs = harness.log_tails()
         with db.read() as s:
             runs = s.exec(select(models.Run)).all()
             calls = Counter(c.step_id for c in s.exec(select(models.LLMCall)).all())
@@ -130,7 +131,7 @@ async def test_replicas_share_the_work_and_take_over_a_killed_ones(
     first, last = _minute(began), _minute(ended)
     minutes = [first + timedelta(minutes=i) for i in range(1, 1 + int((last - first) / MINUTE))]
     due = {m for m in minutes if m + timedelta(seconds=30) < ended}  # time to post it
-    assert due <= set(digests) <= {first, *minutes}, (sorted(due), digests)
+    assert due <= set(digests) <= {first, *minutes}, (sorted(due), digests, logs)
 
 
 MINUTE = timedelta(minutes=1)
