@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session, create_engine
 
-from storage.threads import DatabaseThreads, Priority
+from storage.threads import DatabaseThreads, Priority, RolledBack
 from storage.unit_of_work import Hooks, Topic, UnitOfWork, fire
 
 if TYPE_CHECKING:
@@ -115,16 +115,18 @@ class Database:
         return engine
 
     @contextmanager
-    def _grouped(self) -> Iterator[None]:
+    def _grouped(self) -> Iterator[Callable[[], bool]]:
         """One outer transaction for the jobs a database thread runs together: their own
-        transactions are savepoints of it, and their wake-ups fire once it has committed."""
+        transactions join it, and their wake-ups fire once it has committed. It gives the
+        check of whether one of them failed, which rolled the outer transaction back."""
         armed: set[Topic] = set()
+        group = self._group
         with self.engine.connect() as conn, conn.begin():
-            self._group.conn, self._group.armed = conn, armed
+            group.conn, group.armed, group.failed = conn, armed, False
             try:
-                yield
+                yield lambda: bool(group.failed)
             finally:
-                self._group.conn = None
+                group.conn = None
         fire(self.hooks, armed)
 
     def _joined(self) -> Connection | None:
@@ -134,7 +136,8 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         """A unit of work: it commits on success, rolls back on any exception, and after the
         commit wakes whoever its writes concern (storage.unit_of_work). Inside a group commit
-        it is a savepoint of the group's transaction."""
+        it joins the group's transaction, and a failure rolls the group back
+        (storage.threads runs its jobs again one at a time)."""
         conn = self._joined()
         if conn is None:
             with (
@@ -143,17 +146,23 @@ class Database:
             ):
                 yield session
             return
-        with (
-            UnitOfWork(
-                bind=conn,
-                join_transaction_mode="create_savepoint",
-                expire_on_commit=False,
-                hooks=self.hooks,
-                deferred=self._group.armed,
-            ) as session,
-            session.begin(),
-        ):
-            yield session
+        if self._group.failed:
+            raise RolledBack
+        try:
+            with (
+                UnitOfWork(
+                    bind=conn,
+                    join_transaction_mode="rollback_only",
+                    expire_on_commit=False,
+                    hooks=self.hooks,
+                    deferred=self._group.armed,
+                ) as session,
+                session.begin(),
+            ):
+                yield session
+        except BaseException:
+            self._group.failed = True
+            raise
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -6,11 +6,14 @@ served. SQLite gets one thread (one writer at a time: no lock contention, no bus
 PostgreSQL one per pooled connection.
 
 Group commit: given a `group`, a thread runs the jobs waiting in the queue one after the other
-inside one outer transaction (each job's own transactions become savepoints of it) and commits
-them together, then answers each job. One commit, and with `synchronous=FULL` one fsync, for
-all the work that was ready at once; a job that fails is rolled back alone; nobody hears of a
-result before it is committed. A group stops growing after `GROUP_SIZE` jobs or
-`GROUP_TIME` seconds, so the urgent work that arrives meanwhile still waits only briefly.
+inside one outer transaction (each job's own transactions join it) and commits them together,
+then answers each job. One commit, and with `synchronous=FULL` one fsync, for all the work
+that was ready at once; nobody hears of a result before it is committed. A transaction that
+fails rolls the whole group back (a savepoint per job would cost two statements each, for a
+failure that is rare): its jobs then run again one at a time, each committing alone, so the
+others' work stands and the failing one gets its own answer. A group stops growing after
+`GROUP_SIZE` jobs or `GROUP_TIME` seconds, so the urgent work that arrives meanwhile still
+waits only briefly.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ class Priority(IntEnum):
     BACKGROUND = 1
 
 
-Group = Callable[[], AbstractContextManager[None]]  # one outer transaction for many jobs
+# one outer transaction for many jobs; it gives a check of whether a job's transaction failed
+Group = Callable[[], AbstractContextManager[Callable[[], bool]]]
 Job = tuple[int, int, Any, "Future[Any]"]
 
 GROUP_SIZE = 64
@@ -75,18 +79,27 @@ class DatabaseThreads:
                 self._run_group(job, self._group)
 
     def _run_group(self, first: Job, group: Group) -> None:
+        ran: list[Job] = []
         done: list[tuple[Future[Any], bool, Any]] = []
         try:
-            with group():
+            with group() as failed:
                 job: Job | None = first
                 started = time.monotonic()
                 while job is not None:
-                    done.append((job[3], *_run(job)))
-                    job = self._next_in_group(len(done), started)
+                    if job[3].set_running_or_notify_cancel():
+                        ran.append(job)
+                        done.append((job[3], *_call(job)))
+                        if failed():
+                            raise RolledBack
+                    job = self._next_in_group(len(ran), started)
+        except RolledBack:
+            for job in ran:  # outside the group now: each in its own transactions
+                _answer(job[3], *_call(job))
+            return
         except BaseException as exc:  # the commit failed: nothing of the group was stored
             for future, ok, value in done:
                 _answer(future, False, exc if ok else value)
-            if not done:
+            if not ran:
                 _answer(first[3], False, exc)
             return
         for future, ok, value in done:
@@ -120,13 +133,22 @@ class DatabaseThreads:
 
 
 def _run(job: Job) -> tuple[bool, Any]:
-    """(True, result) or (False, the exception)."""
+    """(True, result) or (False, the exception); (False, None) when it was cancelled."""
     if not job[3].set_running_or_notify_cancel():
         return False, None
+    return _call(job)
+
+
+def _call(job: Job) -> tuple[bool, Any]:
     try:
         return True, job[2]()
     except BaseException as exc:
         return False, exc
+
+
+class RolledBack(BaseException):
+    """A job's transaction failed and took the group's transaction with it. Raised too by a
+    transaction begun after that in the same group: its work would not be the group's."""
 
 
 def _answer(future: Future[Any], ok: bool, value: Any) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
-from storage import outbox
+from storage import models, outbox, rows
 from storage.db import Database
 from storage.models import Outbox, OutboxStatus, Run, Step, StepStatus
 from storage.queries import claim_outbox, claim_step, pending_work
@@ -270,3 +273,49 @@ def test_an_inbound_event_goes_ahead_of_queued_background_work() -> None:
         future.result(5)
     assert ran == ["ack", "bg0", "bg1", "bg2"]
     threads.shutdown()
+
+
+async def test_a_failing_job_in_a_group_commit_leaves_the_others_work_stored_once(
+    tmp_path: Path,
+) -> None:
+    """SQLite commits the jobs that are ready at once together. One of them failing rolls
+    back only its own work: the others' rows are stored, each once, and each job gets its own
+    answer, including one that recovers from its failure with another transaction."""
+    db = Database(f"sqlite:///{tmp_path / 'group.db'}")
+    db.upgrade()
+    started, release = threading.Event(), threading.Event()
+
+    def busy() -> None:  # holds the database thread while the group queues up
+        started.set()
+        release.wait(5)
+
+    def add(key: str, fail: bool = False) -> str:
+        with db.transaction() as session:
+            rows.add(session, models.InboundEvent, key=key)
+            if fail:
+                raise ValueError(key)
+        return key
+
+    def recover(key: str) -> str:
+        with contextlib.suppress(ValueError):
+            add(f"{key}-first-try", fail=True)
+        return add(key)
+
+    blocker = asyncio.ensure_future(db.call(busy))
+    assert await asyncio.to_thread(started.wait, 5)
+    jobs = [
+        asyncio.ensure_future(db.call(add, "a")),
+        asyncio.ensure_future(db.call(recover, "c")),
+        asyncio.ensure_future(db.call(add, "b", fail=True)),
+        asyncio.ensure_future(db.call(add, "d")),
+    ]
+    await asyncio.sleep(0.05)  # every job queued behind the busy one
+    release.set()
+    await blocker
+    answers = await asyncio.gather(*jobs, return_exceptions=True)
+    assert answers[0] == "a" and answers[1] == "c" and answers[3] == "d"
+    assert isinstance(answers[2], ValueError)
+    with db.read() as session:
+        stored = session.exec(select(models.InboundEvent.key)).all()
+    db.dispose()
+    assert sorted(stored) == ["a", "c", "d"]
