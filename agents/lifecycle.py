@@ -75,18 +75,18 @@ class Lifecycle:
         session.add(run)
         session.flush()
         assert run.id is not None
-        for position, spec in enumerate(self.config.workflows[workflow].steps):
-            session.add(
-                Step(
-                    run_id=run.id,
-                    position=position,
-                    name=spec.name,
-                    agent=spec.agent,
-                    status=StepStatus.PENDING if position == 0 else StepStatus.WAITING,
-                    available_at=now,
-                )
-            )
-        session.flush()
+        steps = [
+            {
+                "run_id": run.id,
+                "position": position,
+                "name": spec.name,
+                "agent": spec.agent,
+                "status": StepStatus.PENDING if position == 0 else StepStatus.WAITING,
+                "available_at": now,
+            }
+            for position, spec in enumerate(self.config.workflows[workflow].steps)
+        ]
+        rows.add_all(session, Step, steps)
         audit(session, requester, "run.started", run.id, workflow=workflow)
         cards.post_run_card(session, run, now, offline=self.offline)
         return run
@@ -209,11 +209,22 @@ class Lifecycle:
         )
         self.refresh(session, run)
 
-    def advance(self, session: Session, run: Run, step: Step, **run_changes: Any) -> None:
-        """Mark `step` done and make the next one runnable, or finish the run (with
-        `run_changes` written to the run as well)."""
+    def advance(
+        self,
+        session: Session,
+        run: Run,
+        step: Step,
+        *,
+        output: str | None = None,
+        **run_changes: Any,
+    ) -> None:
+        """Mark `step` done (with its `output`, when it has a new one) and make the next one
+        runnable, or finish the run (with `run_changes` written to the run as well)."""
         now = self.clock()
-        rows.change(session, step, status=StepStatus.SUCCEEDED, finished_at=now, lease_owner=None)
+        done: dict[str, Any] = {"output": output} if output is not None else {}
+        rows.change(
+            session, step, status=StepStatus.SUCCEEDED, finished_at=now, lease_owner=None, **done
+        )
         later = (s for s in steps_of(session, run.id or 0) if s.position > step.position)
         nxt = next(later, None)
         if nxt is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound
@@ -23,21 +24,23 @@ def prompt_version(spec: AgentSpec) -> str:
     """A short hash of what shapes an agent's output: its prompt and system templates (its
     own or its role's built-in ones) and its model. A change to any of them is a new version,
     so the digest can compare versions."""
-    loader = _builtin.loader
-    assert loader is not None
-
-    def source(name: str) -> str:
-        try:
-            return loader.get_source(_builtin, name)[0]
-        except TemplateNotFound:
-            return ""
-
     parts = [
-        spec.prompt if spec.prompt is not None else source(f"{spec.role}.j2"),
-        spec.system if spec.system is not None else source("system.j2"),
+        spec.prompt if spec.prompt is not None else _builtin_source(f"{spec.role}.j2"),
+        spec.system if spec.system is not None else _builtin_source("system.j2"),
         spec.model,
     ]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:8]
+
+
+@functools.cache
+def _builtin_source(name: str) -> str:
+    """A built-in template's text (read once: the package's files do not change)."""
+    loader = _builtin.loader
+    assert loader is not None
+    try:
+        return loader.get_source(_builtin, name)[0]
+    except TemplateNotFound:
+        return ""
 
 
 def build_request(

@@ -363,7 +363,6 @@ class Workers:
                     prompt_version=prompt_version(claimed.request_kwargs["spec"]),
                 )
                 return
-            rows.change(session, step, output=completion.text)
             offline = self.lifecycle.offline
             if spec.publish is not None and publication is not None:
                 record(session, run, step, spec.publish, publication, offline=offline)
@@ -381,4 +380,4 @@ class Workers:
                         "offline": offline,
                     },
                 )
-            self.lifecycle.advance(session, run, step)
+            self.lifecycle.advance(session, run, step, output=completion.text)

@@ -19,7 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel
 
 from storage.models import Run, Step
-from storage.unit_of_work import collect
+from storage.unit_of_work import collect, collect_row
 
 
 def table(model: type[SQLModel]) -> Table:
@@ -79,6 +79,16 @@ def values(model: type[SQLModel], given: dict[str, Any]) -> dict[str, Any]:
 def add(session: Session, model: type[SQLModel], /, **given: Any) -> None:
     """INSERT one row of `model`, with the model's defaults."""
     connection(session).execute(_insert(model), values(model, given))
+
+
+def add_all(session: Session, model: type[SQLModel], given: list[dict[str, Any]]) -> None:
+    """INSERT rows of `model` in one statement, with the model's defaults; arms what they
+    call for (a runnable step wakes the workers once the transaction has committed)."""
+    if not given:
+        return
+    connection(session).execute(_insert(model), [values(model, row) for row in given])
+    for row in given:
+        collect_row(session, model, row.get("status"))
 
 
 def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> Any:

@@ -52,9 +52,14 @@ def arm(session: Session, topic: Topic) -> None:
 
 def collect(session: Session, obj: object) -> None:
     """Arm what a write of `obj` calls for: an outbox row to deliver, a step made runnable."""
-    if isinstance(obj, Outbox):
+    collect_row(session, type(obj), getattr(obj, "status", None))
+
+
+def collect_row(session: Session, model: type, status: object) -> None:
+    """Arm what writing a row of `model` with `status` calls for (a Core INSERT or UPDATE)."""
+    if model is Outbox:
         arm(session, Topic.OUTBOX)
-    elif isinstance(obj, Step) and obj.status == StepStatus.PENDING:
+    elif model is Step and status == StepStatus.PENDING:
         arm(session, Topic.STEPS)
 
 
