@@ -13,7 +13,8 @@ fails rolls the whole group back (a savepoint per job would cost two statements 
 failure that is rare): its jobs then run again one at a time, each committing alone, so the
 others' work stands and the failing one gets its own answer. A group stops growing after
 `GROUP_SIZE` jobs or `GROUP_TIME` seconds, so the urgent work that arrives meanwhile still
-waits only briefly.
+waits only briefly, and right after an inbound event's job: its acknowledgement waits for the
+commit, not for the background work queued behind it.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class DatabaseThreads:
                         done.append((job[3], *_call(job)))
                         if failed():
                             raise RolledBack
+                        if job[0] == Priority.INBOUND:
+                            break  # commit now: someone waits for this answer
                     job = self._next_in_group(len(ran), started)
         except RolledBack:
             for job in ran:  # outside the group now: each in its own transactions
