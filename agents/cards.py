@@ -15,8 +15,6 @@ from storage.models import MessageKind, Run, Step
 from storage.outbox import Posted
 from storage.queries import steps_of
 
-_CARDS = "crewchief.cards"  # session.info key: the cards this transaction has read
-
 
 def card_key(run_id: int) -> str:
     return f"run:{run_id}:card"
@@ -66,14 +64,8 @@ def run_summary(run: Run, steps: list[Step]) -> dict[str, Any]:
 
 
 def card_message(session: Session, run_id: int) -> Posted | None:
-    """The run's card, remembered for the rest of the transaction once it is found."""
-    known: dict[int, Posted] = session.info.setdefault(_CARDS, {})
-    card = known.get(run_id)
-    if card is None:
-        card = outbox.find(session, card_key(run_id))
-        if card is not None:
-            known[run_id] = card
-    return card
+    """The run's card (storage.outbox.find remembers it once it is found)."""
+    return outbox.find(session, card_key(run_id))
 
 
 def post_run_card(session: Session, run: Run, now: datetime, *, offline: bool) -> Posted:

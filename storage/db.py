@@ -18,7 +18,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session, create_engine
 
 from storage.threads import DatabaseThreads, Priority, RolledBack
-from storage.unit_of_work import Hooks, Topic, UnitOfWork, fire
+from storage.unit_of_work import Deferred, Hooks, Topic, UnitOfWork
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -119,15 +119,15 @@ class Database:
         """One outer transaction for the jobs a database thread runs together: their own
         transactions join it, and their wake-ups fire once it has committed. It gives the
         check of whether one of them failed, which rolled the outer transaction back."""
-        armed: set[Topic] = set()
+        deferred = Deferred()
         group = self._group
         with self.engine.connect() as conn, conn.begin():
-            group.conn, group.armed, group.failed = conn, armed, False
+            group.conn, group.deferred, group.failed = conn, deferred, False
             try:
                 yield lambda: bool(group.failed)
             finally:
                 group.conn = None
-        fire(self.hooks, armed)
+        deferred.fire(self.hooks)
 
     def _joined(self) -> Connection | None:
         return getattr(self._group, "conn", None)
@@ -155,7 +155,7 @@ class Database:
                     join_transaction_mode="rollback_only",
                     expire_on_commit=False,
                     hooks=self.hooks,
-                    deferred=self._group.armed,
+                    deferred=self._group.deferred,
                 ) as session,
                 session.begin(),
             ):

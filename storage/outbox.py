@@ -6,15 +6,18 @@ as Core statements (storage.rows): this is the engine's hot path.
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from typing import Any, NamedTuple
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Engine, bindparam, select
 from sqlmodel import Session
 
 from storage import rows
 from storage.models import Message, MessageKind, Outbox, OutboxKind, OutboxStatus, utcnow
-from storage.unit_of_work import Topic, arm
+from storage.unit_of_work import Topic, after_commit, arm
 
 
 class Posted(NamedTuple):
@@ -39,9 +42,63 @@ _FIND = select(*(_MESSAGE.c[name] for name in Posted._fields)).where(
 
 
 def find(session: Session, key: str) -> Posted | None:
-    """The message posted under `key`, if any."""
-    row = rows.connection(session).execute(_FIND, {"key": key}).first()
-    return Posted(*row) if row is not None else None
+    """The message posted under `key`, if any. A message row never changes once committed,
+    so what a committed transaction found or posted is remembered (per database) and not
+    read again; within a transaction, from the first time it is seen."""
+    mine: dict[str, Posted] = session.info.setdefault(_SEEN, {})
+    posted = mine.get(key)
+    if posted is not None:
+        return posted
+    conn = rows.connection(session)
+    known = _KNOWN.get(conn.engine)
+    posted = known.get(key) if known is not None else None
+    if posted is not None:
+        mine[key] = posted
+        return posted
+    row = conn.execute(_FIND, {"key": key}).first()
+    if row is None:
+        return None
+    posted = Posted(*row)
+    _remember(session, posted)
+    return posted
+
+
+_SEEN = "crewchief.messages"  # session.info: the messages this transaction has seen
+
+
+class _Known:
+    """The latest messages committed transactions saw, up to `size` (the database threads
+    share it)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.rows: OrderedDict[str, Posted] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> Posted | None:
+        with self.lock:
+            posted = self.rows.get(key)
+            if posted is not None:
+                self.rows.move_to_end(key)
+            return posted
+
+    def add(self, posted: Posted) -> None:
+        with self.lock:
+            self.rows[posted.key] = posted
+            self.rows.move_to_end(posted.key)
+            if len(self.rows) > self.size:
+                self.rows.popitem(last=False)
+
+
+_KNOWN: WeakKeyDictionary[Engine, _Known] = WeakKeyDictionary()
+
+
+def _remember(session: Session, posted: Posted) -> None:
+    """For the rest of the transaction, and past it once (and only if) it commits: a row it
+    inserted may yet be rolled back."""
+    session.info.setdefault(_SEEN, {})[posted.key] = posted
+    known = _KNOWN.setdefault(rows.connection(session).engine, _Known())
+    after_commit(session, lambda: known.add(posted))
 
 
 def post(
@@ -79,6 +136,7 @@ def post(
         assert existing is not None
         return existing
     message = Posted(id=new_id, **fields)
+    _remember(session, message)
     _queue(
         session,
         key=f"post:{key}",

@@ -9,6 +9,7 @@ events after each handler).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import chain
 from typing import Any
@@ -22,7 +23,8 @@ Hooks = dict["Topic", list[Callable[[], None]]]
 
 _ARMED = "crewchief.armed"
 _HOOKS = "crewchief.hooks"
-_DEFERRED = "crewchief.deferred"  # a group commit's set: wake-ups wait for the outer commit
+_CALLS = "crewchief.after_commit"
+_DEFERRED = "crewchief.deferred"  # a group commit's: wake-ups and calls wait for its commit
 
 
 class Topic(StrEnum):
@@ -30,15 +32,28 @@ class Topic(StrEnum):
     OUTBOX = "outbox"  # something to deliver
 
 
+@dataclass
+class Deferred:
+    """What the transactions of a group commit leave for once the group has committed."""
+
+    armed: set[Topic] = field(default_factory=set)
+    calls: list[Callable[[], None]] = field(default_factory=list)
+
+    def fire(self, hooks: Hooks) -> None:
+        for call in self.calls:
+            call()
+        fire(hooks, self.armed)
+
+
 class UnitOfWork(Session):
     """A session that runs its hooks for the topics its writes armed, after commit only."""
 
     def __init__(
-        self, *args: Any, hooks: Hooks, deferred: set[Topic] | None = None, **kwargs: Any
+        self, *args: Any, hooks: Hooks, deferred: Deferred | None = None, **kwargs: Any
     ) -> None:
-        """With `deferred`, the session commits into an outer transaction (a savepoint of a
-        group commit): what its writes arm is added to that set instead, to fire once the
-        outer transaction has committed."""
+        """With `deferred`, the session commits into an outer transaction (a group commit):
+        what its writes arm, and its `after_commit` calls, are left there instead, to run
+        once the outer transaction has committed."""
         super().__init__(*args, **kwargs)
         self.info[_HOOKS] = hooks
         if deferred is not None:
@@ -48,6 +63,12 @@ class UnitOfWork(Session):
 def arm(session: Session, topic: Topic) -> None:
     """For writes the ORM does not see (Core UPDATE statements in storage/)."""
     session.info.setdefault(_ARMED, set()).add(topic)
+
+
+def after_commit(session: Session, call: Callable[[], None]) -> None:
+    """Call `call` once the session's transaction has committed (never if it rolls back):
+    for what may only be known of committed rows, such as a cache of them."""
+    session.info.setdefault(_CALLS, []).append(call)
 
 
 def collect(session: Session, obj: object) -> None:
@@ -78,13 +99,16 @@ def fire(hooks: Hooks, armed: set[Topic]) -> None:
 @event.listens_for(UnitOfWork, "after_commit")
 def _fire(session: Session) -> None:
     armed: set[Topic] = session.info.pop(_ARMED, set())
-    deferred: set[Topic] | None = session.info.get(_DEFERRED)
+    calls: list[Callable[[], None]] = session.info.pop(_CALLS, [])
+    deferred: Deferred | None = session.info.get(_DEFERRED)
     if deferred is not None:
-        deferred |= armed
+        deferred.armed |= armed
+        deferred.calls += calls
     else:
-        fire(session.info.get(_HOOKS, {}), armed)
+        Deferred(armed, calls).fire(session.info.get(_HOOKS, {}))
 
 
 @event.listens_for(UnitOfWork, "after_rollback")
 def _disarm(session: Session) -> None:
     session.info.pop(_ARMED, None)
+    session.info.pop(_CALLS, None)

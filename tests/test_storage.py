@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel, select
+from sqlmodel import Session, SQLModel, select
 
 from storage import models, outbox, rows
 from storage.db import Database
@@ -319,3 +319,35 @@ async def test_a_failing_job_in_a_group_commit_leaves_the_others_work_stored_onc
         stored = session.exec(select(models.InboundEvent.key)).all()
     db.dispose()
     assert sorted(stored) == ["a", "c", "d"]
+
+
+def test_a_message_is_remembered_only_once_its_transaction_has_committed(db_url: str) -> None:
+    """Edits of a card look it up by key; a lookup of a card whose transaction was rolled
+    back must not find it (it would send edits to a message that was never posted)."""
+    db = fresh(db_url)
+    add_runs(db, 1)
+
+    def card(s: Session, text: str) -> outbox.Posted:
+        return outbox.post(
+            s,
+            key="run:1:card",
+            kind=models.MessageKind.RUN_CARD,
+            platform="shell",
+            channel="c",
+            run_id=1,
+            template="notice",
+            context={"text": text},
+        )
+
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        lost = card(s, "lost")
+        assert outbox.find(s, "run:1:card") == lost  # within its transaction
+        raise RuntimeError("the state change failed")
+    with db.transaction() as s:
+        assert outbox.find(s, "run:1:card") is None
+        posted = card(s, "kept")
+    with db.transaction() as s:
+        assert outbox.find(s, "run:1:card") == posted
+    with db.read() as s:
+        assert [m.id for m in s.exec(select(models.Message)).all()] == [posted.id]
+    db.dispose()
