@@ -37,27 +37,29 @@ BENCHMARKS: dict[str, str] = {
 # (py-spy record -f raw -- python -m bench engine --runs 500) and the engine's statement
 # count (its `sql_per_run`). Printed under the table for a missed figure.
 BOUNDS: dict[str, str] = {
-    "engine": "one core of CPython on the database thread, busy for about 77 % of the run: "
-    "about 118 SQL statements per run (14 message SELECTs, 13 outbox INSERTs for 10 "
-    "messages delivered, 15 SELECTs of runs and steps: `sql_per_run`), and SQLAlchemy's "
-    "own work around each statement is about 44 % of that thread's time, against 13 % for "
-    "SQLite executing them and 11 % for its commits (py-spy, `python -m bench engine --runs "
-    "500`); what is left is fewer statements per run (claims and card edits in batches) and "
-    "statements sent to the driver without SQLAlchemy's execution layer",
+    "engine": "one core of CPython on the database thread: about 85 SQL statements per run "
+    "(`sql_per_run`), and SQLAlchemy Core's execution layer around each of them is about "
+    "48 % of that thread's samples, the ORM (loading runs and steps) 15 %, against 9 % for "
+    "SQLite executing the statements and 6 % for its commits (py-spy --threads, `python -m "
+    "bench.engine --runs 500`); what is left is the hottest statements sent to the driver "
+    "without SQLAlchemy's execution layer, and runs and steps read as rows rather than ORM "
+    "objects. This machine's speed varies within a sitting: LangGraph ran 103 runs/s in "
+    "this report and 66 runs/s three minutes later",
     "ack": "the same database thread: an acknowledgement waits for the job it finds "
-    "running and for its group's commit; alone (`python -m bench.ack --requests 1000`), "
-    "p99 was 55.6–73.5 ms in five runs of this sitting, and 41–43 ms in the previous "
-    "sitting, on a machine that ran LangGraph 2.4× as fast",
+    "running and for its own group's commit (a group ends right after an inbound event's "
+    "job); alone (`python -m bench.ack --requests 1000`), p99 was 22.0–51.0 ms in three "
+    "runs of the sitting that ended groups so, against 54.6–62.4 ms before",
     "reaction": "throughput, not latency: 100 approvals at once queue on the database "
     "thread, so the last published post waits for about 100 runs' publishing work",
     "concurrency": "the database thread again: 100 workers each claim and complete their "
-    "steps through it (about 53 s of its time for the 1,000 runs in this sitting), so the "
-    "model's 1 s is not the only wait; the previous, faster sitting measured 1.39",
-    "footprint": "imports, and the machine: the same code answered in 0.585 s in the "
-    "previous sitting, and in this one the commit before this work took 0.99–1.31 s "
-    "against 1.20–1.24 s now (`python -m bench.footprint`); about 0.5 s of a fast start "
-    "is importing sqlalchemy and sqlmodel (about 160 ms), the models' class definitions "
-    "(about 55 ms), typer (about 100 ms), pydantic-settings and jinja2",
+    "steps through it, so the model's 1 s is not the only wait; alone (`python -m "
+    "bench.concurrency`) it measured 1.51 earlier in this sitting",
+    "footprint": "imports: about 0.75 s under `python -X importtime` (which slows them): "
+    "sqlalchemy about 160 ms, sqlmodel and the models' class definitions about 140 ms, "
+    "typer about 130 ms (with the pydantic adapters it builds its parameters with), "
+    "pydantic-settings and the configuration models about 130 ms; run alone in this "
+    "sitting (`/usr/bin/time crewchief shell --script`), it answered in 1.04–1.08 s, and "
+    "the same code in 0.585 s in a faster sitting",
 }
 
 Result = Mapping[str, Any]
