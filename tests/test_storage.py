@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -273,6 +274,37 @@ def test_an_inbound_event_goes_ahead_of_queued_background_work() -> None:
         future.result(5)
     assert ran == ["ack", "bg0", "bg1", "bg2"]
     threads.shutdown()
+
+
+def test_an_inbound_events_answer_does_not_wait_for_the_work_queued_behind_it() -> None:
+    """Group commit takes the work that is ready at once into one commit, but an inbound
+    event's acknowledgement waits for its commit: the group ends right after its job."""
+    from storage.threads import DatabaseThreads, Priority
+
+    @contextlib.contextmanager
+    def group() -> Iterator[Callable[[], bool]]:
+        yield lambda: False
+
+    threads = DatabaseThreads(1, group=group)
+    started, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def busy() -> None:
+        started.set()
+        release.wait(5)
+
+    threads.submit(Priority.BACKGROUND, busy)
+    assert started.wait(5)
+    queued = [
+        threads.submit(Priority.BACKGROUND, lambda i=i: seen.append(f"bg{i}")) for i in range(3)
+    ]
+    inbound = threads.submit(Priority.INBOUND, lambda: seen.append("ack"))
+    inbound.add_done_callback(lambda _: seen.append("ack answered"))
+    release.set()
+    for future in [inbound, *queued]:
+        future.result(5)
+    threads.shutdown()
+    assert seen == ["ack", "ack answered", "bg0", "bg1", "bg2"]
 
 
 async def test_a_failing_job_in_a_group_commit_leaves_the_others_work_stored_once(
