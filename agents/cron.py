@@ -75,24 +75,30 @@ def period_of(when: datetime) -> str:
 def last_fire(trigger: CronTrigger, at_or_before: datetime) -> datetime | None:
     """The latest time `trigger` fires at or before `at_or_before` (within about a year)."""
     for lookback in (timedelta(hours=1), timedelta(days=1), timedelta(days=8), timedelta(days=400)):
-        found = None
-        when: datetime | None = at_or_before - lookback
-        while when is not None:
-            when = trigger.get_next_fire_time(None, when)
-            if when is None or when > at_or_before:
-                break
-            found = when
-            when += timedelta(seconds=1)
-        if found is not None:
-            return found
+        fires = fires_between(trigger, at_or_before - lookback, at_or_before)
+        if fires:
+            return fires[-1]
     return None
 
 
 def fires_between(trigger: CronTrigger, after: datetime, until: datetime) -> list[datetime]:
-    """The times `trigger` fires after `after` and at or before `until`, oldest first."""
+    """The times (in UTC) `trigger` fires after `after` and at or before `until`, oldest
+    first.
+
+    In the hour repeated when clocks go back, APScheduler places a local time at its first
+    occurrence, before the time asked about; the second occurrence is passed over (cron runs
+    a job at a fixed time once that night), and the search always moves forward."""
     fires: list[datetime] = []
-    when = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
-    while when is not None and when <= until:
+    # in UTC: two times in one zone compare by their wall clocks, the repeated hour's alike
+    cursor, until = after.astimezone(UTC) + timedelta(microseconds=1), until.astimezone(UTC)
+    while cursor <= until:
+        found = trigger.get_next_fire_time(None, cursor)
+        when = found.astimezone(UTC) if found is not None else None
+        if when is None or when > until:
+            break
+        if when < cursor:  # the repeated hour: step through it
+            cursor += timedelta(minutes=1)
+            continue
         fires.append(when)
-        when = trigger.get_next_fire_time(None, when + timedelta(seconds=1))
+        cursor = when + timedelta(seconds=1)
     return fires

@@ -226,14 +226,18 @@ def post(
     ]
 
 
-def run_scheduled(db: Database, config: CrewConfig, now: datetime, period: str) -> bool:
-    """The scheduled digest of `period`: claimed, built and queued in one transaction.
-    False when that period's digest was already claimed (a double fire, another replica)."""
+def run_scheduled(
+    db: Database, config: CrewConfig, now: datetime, period: str, *, ending: datetime | None = None
+) -> bool:
+    """The scheduled digest of `period` (over the window ending at `ending`, by default
+    `now`): claimed, built and queued in one transaction. False when that period's digest
+    was already claimed (a double fire, another replica)."""
     with db.transaction() as session:
         row = claim_period(session, JOB, period, now)
         if row is None:
             return False
-        post(session, config, build(session, config, now, config.digest.window), period)
+        window = config.digest.window
+        post(session, config, build(session, config, ending or now, window), period)
         row.finished_at = now
         session.add(row)
     return True
@@ -244,12 +248,13 @@ def run_due(
 ) -> int:
     """The scheduled digests due at `now`, each once: the latest fire within `grace`, and the
     fires since the last period posted (one skipped while the previous fire still ran, or
-    whose job started only after the next was due). A database that has never posted one
-    posts only the latest; a fire older than `grace` is left to the missed-job alert."""
+    whose job started only after the next was due), each over the window ending at its
+    fire. A database that has never posted one posts only the latest; a fire older than
+    `grace` is left to the missed-job alert."""
     fires = fires_between(trigger, now - grace, now)
     if not fires:
         return 0
     with db.read() as session:
         done = latest_period(session, JOB)
     due = fires[-1:] if done is None else [f for f in fires if period_of(f) > done]
-    return sum(run_scheduled(db, config, now, period_of(f)) for f in due)
+    return sum(run_scheduled(db, config, now, period_of(f), ending=f) for f in due)

@@ -12,7 +12,7 @@ from apscheduler.triggers.date import DateTrigger
 from sqlmodel import select
 
 from agents import digest
-from agents.cron import cron_trigger, period_of
+from agents.cron import cron_trigger, fires_between, last_fire, period_of
 from bot.scheduler import Job, Scheduler
 from storage import models
 from storage.db import Database
@@ -79,6 +79,31 @@ async def test_a_job_fired_twice_for_one_period_posts_one_digest(db_url: str) ->
 def test_a_fire_stands_for_its_minute_in_utc() -> None:
     berlin = datetime(2026, 12, 3, 10, 0, 0, 400_000, tzinfo=UTC).astimezone()
     assert period_of(berlin) == "2026-12-03T10:00+00:00"
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("schedule", "zone", "start"),
+    [
+        ("30 1 * * *", "America/New_York", datetime(2026, 11, 1, 4, 0, tzinfo=UTC)),
+        ("*/5 * * * *", "America/New_York", datetime(2026, 11, 1, 5, 0, tzinfo=UTC)),
+        ("30 2 * * *", "Europe/Berlin", datetime(2026, 10, 25, 0, 0, tzinfo=UTC)),
+    ],
+)
+def test_the_fires_of_the_night_clocks_go_back_are_found_in_order(
+    schedule: str, zone: str, start: datetime
+) -> None:
+    """The hour repeated when clocks go back: each search for the digests due, minute by
+    minute through that night, ends, and finds only fires inside its window, oldest first."""
+    trigger = cron_trigger(schedule, zone)
+    grace = timedelta(minutes=5)
+    for minute in range(0, 4 * 60):
+        now = start + timedelta(minutes=minute, seconds=10)
+        fires = fires_between(trigger, now - grace, now)
+        assert all(now - grace < f <= now for f in fires), (now, fires)
+        assert fires == sorted(set(fires))
+        last = last_fire(trigger, now)
+        assert last is not None and last <= now
 
 
 @pytest.mark.skipif(not POSTGRES_URL, reason="replicas share a PostgreSQL server")
@@ -166,7 +191,9 @@ async def test_a_fire_skipped_while_the_last_still_ran_is_posted_by_the_next(
     if posted_before is not None:
         first: Bot = bot_factory(config, clock=clock)
         period = f"2026-12-03T{posted_before}+00:00"
-        assert digest.run_scheduled(first.app.db, make_config(config), clock.now, period)
+        fired = datetime.fromisoformat(period)
+        crew = make_config(config)
+        assert digest.run_scheduled(first.app.db, crew, clock.now, period, ending=fired)
     for _ in range(2):  # a second takeover
         bot: Bot = bot_factory(config, clock=clock)
         async with bot.app.running(schedule=True):
@@ -176,6 +203,12 @@ async def test_a_fire_skipped_while_the_last_still_ran_is_posted_by_the_next(
             await bot.app.wait_idle()
     assert _periods(bot) == [f"2026-12-03T{m}+00:00" for m in posted]
     assert len(digests(bot)) == len(posted)
+    with bot.app.db.read() as s:
+        queued = s.exec(select(models.Outbox).where(models.Outbox.channel == "ops")).all()
+    # each over the 24 hours up to its own fire, not all over the same window
+    assert sorted(row.context["since"] for row in queued) == [
+        f"2026-12-02T{m}+00:00" for m in posted
+    ]
 
 
 def _periods(bot: Bot) -> list[str]:
