@@ -19,12 +19,13 @@ commit, not for the background work queued behind it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import AbstractContextManager
 from enum import IntEnum
 from typing import Any
@@ -155,9 +156,11 @@ class RolledBack(BaseException):
 
 
 def _answer(future: Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # cancelled before it ran
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+    # cancelled before it ran (even while being answered): nobody waits for it
+    with contextlib.suppress(InvalidStateError):
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

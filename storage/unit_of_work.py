@@ -8,6 +8,7 @@ events after each handler).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,6 +21,8 @@ from sqlmodel import Session
 from storage.models import Outbox, Step, StepStatus
 
 Hooks = dict["Topic", list[Callable[[], None]]]
+
+log = logging.getLogger(__name__)
 
 _ARMED = "crewchief.armed"
 _HOOKS = "crewchief.hooks"
@@ -41,7 +44,7 @@ class Deferred:
 
     def fire(self, hooks: Hooks) -> None:
         for call in self.calls:
-            call()
+            _safely(call)
         fire(hooks, self.armed)
 
 
@@ -93,7 +96,16 @@ def _collect(session: Session, _context: Any) -> None:
 def fire(hooks: Hooks, armed: set[Topic]) -> None:
     for topic in armed:
         for hook in hooks.get(topic, ()):
-            hook()
+            _safely(hook)
+
+
+def _safely(call: Callable[[], None]) -> None:
+    """After a commit: what fails here must not read as a failed commit (say, a wake-up of
+    an event loop that is closing)."""
+    try:
+        call()
+    except Exception:
+        log.exception("after a commit: %r failed", call)
 
 
 @event.listens_for(UnitOfWork, "after_commit")
