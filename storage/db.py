@@ -66,8 +66,19 @@ class Database:
         """`work(*args, **kwargs)` on the database threads; the event loop goes on meanwhile.
         Inbound events pass `priority=Priority.INBOUND`: their acknowledgement waits."""
         job = functools.partial(work, *args, **kwargs)
+        if priority == Priority.INBOUND and self.is_sqlite:
+            job = functools.partial(self._isolated, job)
         result: T = await asyncio.wrap_future(self.threads.submit(priority, job))
         return result
+
+    def _isolated(self, work: Callable[[], T]) -> T:
+        """`work` with savepoints for its transactions in a group commit: an inbound event
+        fails on bad input often enough that it is rolled back alone, not with its group."""
+        self._group.isolated = True
+        try:
+            return work()
+        finally:
+            self._group.isolated = False
 
     def on_commit(self, topic: Topic, hook: Callable[[], None]) -> None:
         """Call `hook` after every commit whose writes armed `topic` (a wake-up, say)."""
@@ -137,7 +148,8 @@ class Database:
         """A unit of work: it commits on success, rolls back on any exception, and after the
         commit wakes whoever its writes concern (storage.unit_of_work). Inside a group commit
         it joins the group's transaction, and a failure rolls the group back
-        (storage.threads runs its jobs again one at a time)."""
+        (storage.threads runs its jobs again one at a time); an inbound event's is a savepoint
+        of it, rolled back alone."""
         conn = self._joined()
         if conn is None:
             with (
@@ -148,11 +160,12 @@ class Database:
             return
         if self._group.failed:
             raise RolledBack
+        isolated = getattr(self._group, "isolated", False)
         try:
             with (
                 UnitOfWork(
                     bind=conn,
-                    join_transaction_mode="rollback_only",
+                    join_transaction_mode="create_savepoint" if isolated else "rollback_only",
                     expire_on_commit=False,
                     hooks=self.hooks,
                     deferred=self._group.deferred,
@@ -161,7 +174,8 @@ class Database:
             ):
                 yield session
         except BaseException:
-            self._group.failed = True
+            if not isolated:  # the group's transaction went with it
+                self._group.failed = True
             raise
 
     @contextmanager

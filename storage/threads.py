@@ -11,7 +11,8 @@ then answers each job. One commit, and with `synchronous=FULL` one fsync, for al
 that was ready at once; nobody hears of a result before it is committed. A transaction that
 fails rolls the whole group back (a savepoint per job would cost two statements each, for a
 failure that is rare): its jobs then run again one at a time, each committing alone, so the
-others' work stands and the failing one gets its own answer. A group stops growing after
+others' work stands and the failing one gets its own answer. (An inbound event, which bad
+input fails, keeps savepoints: storage.db.) A group stops growing after
 `GROUP_SIZE` jobs or `GROUP_TIME` seconds, so the urgent work that arrives meanwhile still
 waits only briefly, and right after an inbound event's job: its acknowledgement waits for the
 commit, not for the background work queued behind it.

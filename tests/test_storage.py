@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -383,3 +385,43 @@ def test_a_message_is_remembered_only_once_its_transaction_has_committed(db_url:
     with db.read() as s:
         assert [m.id for m in s.exec(select(models.Message)).all()] == [posted.id]
     db.dispose()
+
+
+async def test_an_inbound_event_that_fails_in_a_group_commit_is_rolled_back_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad input fails an inbound event's transaction: the background work committed with it
+    is neither lost nor done again, and the event's own answer is the error."""
+    from storage import threads
+    from storage.threads import Priority
+
+    monkeypatch.setattr(threads, "GROUP_TIME", 30.0)  # the group's size is the test's
+    db = Database(f"sqlite:///{tmp_path / 'group.db'}")
+    db.upgrade()
+    loop = asyncio.get_running_loop()
+    runs: list[str] = []
+    inbound: list[concurrent.futures.Future[str]] = []
+
+    def add(key: str, fail: bool = False) -> str:
+        runs.append(key)
+        with db.transaction() as session:
+            rows.add(session, models.InboundEvent, key=key)
+            if fail:
+                raise ValueError(key)
+        return key
+
+    def background_then_a_bad_command() -> str:
+        bad = db.call(add, "bad", fail=True, priority=Priority.INBOUND)
+        inbound.append(asyncio.run_coroutine_threadsafe(bad, loop))
+        time.sleep(0.2)  # the command arrives while this group still runs
+        return add("a")
+
+    first = await db.call(background_then_a_bad_command)
+    with pytest.raises(ValueError, match="bad"):
+        await asyncio.wrap_future(inbound[0])
+    assert first == "a"
+    assert runs == ["a", "bad"]  # one group, and nothing in it ran twice
+    with db.read() as session:
+        stored = session.exec(select(models.InboundEvent.key)).all()
+    db.dispose()
+    assert stored == ["a"]
