@@ -37,7 +37,7 @@ BENCHMARKS: dict[str, str] = {
 # (py-spy record -f raw -- python -m bench engine --runs 500) and the engine's statement
 # count (its `sql_per_run`). Printed under the table for a missed figure.
 BOUNDS: dict[str, str] = {
-    "engine": "one core of CPython on the database thread: about 85 SQL statements per run "
+    "engine": "one core of CPython on the database thread: about 88 SQL statements per run "
     "(`sql_per_run`), and SQLAlchemy Core's execution layer around each of them is about "
     "48 % of that thread's samples, the ORM (loading runs and steps) 15 %, against 9 % for "
     "SQLite executing the statements and 6 % for its commits (py-spy --threads, `python -m "
