@@ -43,8 +43,10 @@ BOUNDS: dict[str, str] = {
     "SQLite executing the statements and 6 % for its commits (py-spy --threads, `python -m "
     "bench.engine --runs 500`); what is left is the hottest statements sent to the driver "
     "without SQLAlchemy's execution layer, and runs and steps read as rows rather than ORM "
-    "objects. This machine's speed varies within a sitting: LangGraph ran 103 runs/s in "
-    "this report and 66 runs/s three minutes later",
+    "objects. On PostgreSQL each statement is also a round trip: alone, right after this "
+    "report, 10.8, 11.3 and 12.0 runs/s, against 11.2 for the commit this work started "
+    "from. This machine's speed varies within a sitting: LangGraph ran 103 runs/s in the "
+    "report 40 minutes before this one, 66 three minutes after that, and 56.9 here",
     "ack": "the same database thread: an acknowledgement waits for the job it finds "
     "running and for its own group's commit (a group ends right after an inbound event's "
     "job); alone (`python -m bench.ack --requests 1000`), p99 was 22.0–51.0 ms in three "
@@ -53,7 +55,8 @@ BOUNDS: dict[str, str] = {
     "thread, so the last published post waits for about 100 runs' publishing work",
     "concurrency": "the database thread again: 100 workers each claim and complete their "
     "steps through it, so the model's 1 s is not the only wait; alone (`python -m "
-    "bench.concurrency`) it measured 1.51 earlier in this sitting",
+    "bench.concurrency`) it measured 1.51 earlier in this sitting, and 1.64 in the report "
+    "40 minutes before this one",
     "footprint": "imports: about 0.75 s under `python -X importtime` (which slows them): "
     "sqlalchemy about 160 ms, sqlmodel and the models' class definitions about 140 ms, "
     "typer about 130 ms (with the pydantic adapters it builds its parameters with), "
