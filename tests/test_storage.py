@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -251,41 +252,18 @@ def test_replicas_starting_together_migrate_once(db_url: str) -> None:
     db.dispose()
 
 
-def test_an_inbound_event_goes_ahead_of_queued_background_work() -> None:
+@contextlib.contextmanager
+def _one_group() -> Iterator[Callable[[], bool]]:
+    yield lambda: False  # no job fails
+
+
+@pytest.mark.parametrize("group", [None, _one_group], ids=["alone", "grouped"])
+def test_an_inbound_event_goes_ahead_of_queued_background_work(group: Any) -> None:
     """A command's acknowledgement waits for its transaction: it must not queue behind the
-    workers' claims and deliveries already waiting for the database thread."""
+    workers' claims and deliveries already waiting for the database thread, nor, where
+    group commit takes the work ready at once into one commit, wait for the work queued
+    behind it (the group ends right after its job)."""
     from storage.threads import DatabaseThreads, Priority
-
-    threads = DatabaseThreads(1)
-    started, release = threading.Event(), threading.Event()
-    ran: list[str] = []
-
-    def busy() -> None:
-        started.set()
-        release.wait(5)
-
-    threads.submit(Priority.BACKGROUND, busy)
-    assert started.wait(5)
-    queued = [
-        threads.submit(Priority.BACKGROUND, lambda i=i: ran.append(f"bg{i}")) for i in range(3)
-    ]
-    inbound = threads.submit(Priority.INBOUND, lambda: ran.append("ack"))
-    release.set()
-    inbound.result(5)
-    for future in queued:
-        future.result(5)
-    assert ran == ["ack", "bg0", "bg1", "bg2"]
-    threads.shutdown()
-
-
-def test_an_inbound_events_answer_does_not_wait_for_the_work_queued_behind_it() -> None:
-    """Group commit takes the work that is ready at once into one commit, but an inbound
-    event's acknowledgement waits for its commit: the group ends right after its job."""
-    from storage.threads import DatabaseThreads, Priority
-
-    @contextlib.contextmanager
-    def group() -> Iterator[Callable[[], bool]]:
-        yield lambda: False
 
     threads = DatabaseThreads(1, group=group)
     started, release = threading.Event(), threading.Event()
