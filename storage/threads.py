@@ -82,33 +82,31 @@ class DatabaseThreads:
                 self._run_group(job, self._group)
 
     def _run_group(self, first: Job, group: Group) -> None:
-        ran: list[Job] = []
-        done: list[tuple[Future[Any], bool, Any]] = []
+        done: list[tuple[Job, bool, Any]] = []  # each job that ran, and what came of it
         try:
             with group() as failed:
                 job: Job | None = first
                 started = time.monotonic()
                 while job is not None:
                     if job[3].set_running_or_notify_cancel():
-                        ran.append(job)
-                        done.append((job[3], *_call(job)))
+                        done.append((job, *_call(job)))
                         if failed():
                             raise RolledBack
                         if job[0] == Priority.INBOUND:
                             break  # commit now: someone waits for this answer
-                    job = self._next_in_group(len(ran), started)
+                    job = self._next_in_group(len(done), started)
         except RolledBack:
-            for job in ran:  # outside the group now: each in its own transactions
+            for job, _, _ in done:  # outside the group now: each in its own transactions
                 _answer(job[3], *_call(job))
             return
         except BaseException as exc:  # the commit failed: nothing of the group was stored
-            for future, ok, value in done:
-                _answer(future, False, exc if ok else value)
-            if not ran:
+            for job, ok, value in done:
+                _answer(job[3], False, exc if ok else value)
+            if not done:
                 _answer(first[3], False, exc)
             return
-        for future, ok, value in done:
-            _answer(future, ok, value)
+        for job, ok, value in done:
+            _answer(job[3], ok, value)
 
     def _next_in_group(self, size: int, started: float) -> Job | None:
         if size >= GROUP_SIZE or time.monotonic() - started >= GROUP_TIME:

@@ -24,9 +24,8 @@ Hooks = dict["Topic", list[Callable[[], None]]]
 
 log = logging.getLogger(__name__)
 
-_ARMED = "crewchief.armed"
+_PENDING = "crewchief.pending"  # the transaction's own wake-ups and after-commit calls
 _HOOKS = "crewchief.hooks"
-_CALLS = "crewchief.after_commit"
 _DEFERRED = "crewchief.deferred"  # a group commit's: wake-ups and calls wait for its commit
 
 
@@ -37,7 +36,8 @@ class Topic(StrEnum):
 
 @dataclass
 class Deferred:
-    """What the transactions of a group commit leave for once the group has committed."""
+    """What waits for a commit: the topics armed (wake-ups) and the after-commit calls, of one
+    transaction or of all those of a group commit."""
 
     armed: set[Topic] = field(default_factory=set)
     calls: list[Callable[[], None]] = field(default_factory=list)
@@ -45,7 +45,9 @@ class Deferred:
     def fire(self, hooks: Hooks) -> None:
         for call in self.calls:
             _safely(call)
-        fire(hooks, self.armed)
+        for topic in self.armed:
+            for hook in hooks.get(topic, ()):
+                _safely(hook)
 
 
 class UnitOfWork(Session):
@@ -65,13 +67,18 @@ class UnitOfWork(Session):
 
 def arm(session: Session, topic: Topic) -> None:
     """For writes the ORM does not see (Core UPDATE statements in storage/)."""
-    session.info.setdefault(_ARMED, set()).add(topic)
+    _pending(session).armed.add(topic)
 
 
 def after_commit(session: Session, call: Callable[[], None]) -> None:
     """Call `call` once the session's transaction has committed (never if it rolls back):
     for what may only be known of committed rows, such as a cache of them."""
-    session.info.setdefault(_CALLS, []).append(call)
+    _pending(session).calls.append(call)
+
+
+def _pending(session: Session) -> Deferred:
+    pending: Deferred = session.info.setdefault(_PENDING, Deferred())
+    return pending
 
 
 def collect(session: Session, obj: object) -> None:
@@ -93,12 +100,6 @@ def _collect(session: Session, _context: Any) -> None:
         collect(session, obj)
 
 
-def fire(hooks: Hooks, armed: set[Topic]) -> None:
-    for topic in armed:
-        for hook in hooks.get(topic, ()):
-            _safely(hook)
-
-
 def _safely(call: Callable[[], None]) -> None:
     """After a commit: what fails here must not read as a failed commit (say, a wake-up of
     an event loop that is closing)."""
@@ -110,17 +111,15 @@ def _safely(call: Callable[[], None]) -> None:
 
 @event.listens_for(UnitOfWork, "after_commit")
 def _fire(session: Session) -> None:
-    armed: set[Topic] = session.info.pop(_ARMED, set())
-    calls: list[Callable[[], None]] = session.info.pop(_CALLS, [])
+    pending: Deferred = session.info.pop(_PENDING, Deferred())
     deferred: Deferred | None = session.info.get(_DEFERRED)
     if deferred is not None:
-        deferred.armed |= armed
-        deferred.calls += calls
+        deferred.armed |= pending.armed
+        deferred.calls += pending.calls
     else:
-        Deferred(armed, calls).fire(session.info.get(_HOOKS, {}))
+        pending.fire(session.info.get(_HOOKS, {}))
 
 
 @event.listens_for(UnitOfWork, "after_rollback")
 def _disarm(session: Session) -> None:
-    session.info.pop(_ARMED, None)
-    session.info.pop(_CALLS, None)
+    session.info.pop(_PENDING, None)
