@@ -17,6 +17,7 @@ from sqlalchemy import (
     func,
     literal_column,
     or_,
+    union_all,
     update,
 )
 from sqlalchemy import select as sa_select
@@ -68,17 +69,32 @@ def _claim_step_query(skip_locked: bool) -> Select[Any]:
     """claim_step's SELECT, built once: parameter `now`."""
     t = table(Step)
     now = bindparam("now", type_=t.c.available_at.type)
-    claimable = or_(
-        and_(_is(t.c.status, StepStatus.PENDING), t.c.available_at <= now),
-        and_(_is(t.c.status, StepStatus.RUNNING), t.c.lease_until < now),
-    )
-    query = sa_select(t.c.id, t.c.run_id).where(claimable)
+    runnable = and_(_is(t.c.status, StepStatus.PENDING), t.c.available_at <= now)
+    lease_ran_out = and_(_is(t.c.status, StepStatus.RUNNING), t.c.lease_until < now)
     if skip_locked:
         # Lock the step and its run together, skipping any whose run is busy with a decision:
         # the next runnable step of another run is taken instead of waiting.
         r = table(Run)
-        query = query.join(r, r.c.id == t.c.run_id).with_for_update(skip_locked=True, of=[t, r])
-    return query.order_by(t.c.available_at, t.c.id).limit(1)
+        return (
+            sa_select(t.c.id, t.c.run_id)
+            .where(or_(runnable, lease_ran_out))
+            .join(r, r.c.id == t.c.run_id)
+            .with_for_update(skip_locked=True, of=[t, r])
+            .order_by(t.c.available_at, t.c.id)
+            .limit(1)
+        )
+    # The first of each kind, each read in order from its own partial index, then the older
+    # of the two: one condition with OR would sort every runnable step on every claim.
+    first = [
+        sa_select(t.c.id, t.c.run_id, t.c.available_at)
+        .where(condition)
+        .order_by(t.c.available_at, t.c.id)
+        .limit(1)
+        .subquery()
+        for condition in (runnable, lease_ran_out)
+    ]
+    both = union_all(*(sa_select(*sub.c) for sub in first)).subquery()
+    return sa_select(both.c.id, both.c.run_id).order_by(both.c.available_at, both.c.id).limit(1)
 
 
 def claim_step(

@@ -6,15 +6,26 @@ microseconds on the 2-core machine of docs/PERFORMANCE.md). Rows that are writte
 `add` and `add_once`; the status changes of runs and steps, which are read through ORM
 objects, are written with `change`, which leaves the ORM nothing to flush. The tables stay
 the SQLModel models, and the defaults a model declares still apply.
+
+These statements go to the driver directly: each is compiled once per dialect and set of
+columns, and its parameters pass through the same type conversions SQLAlchemy applies. What
+SQLAlchemy's execution layer adds around a statement (about half of the time of such an
+INSERT) is left out, but what users of it see stays: the `before_cursor_execute` and
+`after_cursor_execute` events, its exception classes, and a connection that dropped is
+invalidated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from pydantic_core import PydanticUndefined
 from sqlalchemy import Connection, Executable, Insert, Table, Update, bindparam, insert, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel
 
@@ -78,7 +89,7 @@ def values(model: type[SQLModel], given: dict[str, Any]) -> dict[str, Any]:
 
 def add(session: Session, model: type[SQLModel], /, **given: Any) -> None:
     """INSERT one row of `model`, with the model's defaults."""
-    connection(session).execute(_insert(model), values(model, given))
+    execute(session, _insert(model), [values(model, given)])
 
 
 def add_all(session: Session, model: type[SQLModel], given: list[dict[str, Any]]) -> None:
@@ -86,7 +97,7 @@ def add_all(session: Session, model: type[SQLModel], given: list[dict[str, Any]]
     call for (a runnable step wakes the workers once the transaction has committed)."""
     if not given:
         return
-    connection(session).execute(_insert(model), [values(model, row) for row in given])
+    execute(session, _insert(model), [values(model, row) for row in given])
     for row in given:
         collect_row(session, model, row.get("status"))
 
@@ -96,10 +107,10 @@ def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> Any:
     and no error: the transaction goes on). Returns the new row's primary key, or None when
     the row was there already; a concurrent insert of the same row is waited for, as with a
     plain INSERT."""
-    conn = connection(session)
-    statement = _insert_once(model, conn.dialect.name)
+    statement = _insert_once(model, connection(session).dialect.name)
     # a row comes back only when one was inserted (psycopg reports no rowcount here)
-    return conn.execute(statement, values(model, given)).scalar()
+    found = execute(session, statement, [values(model, given)], fetch=True).row
+    return None if found is None else found[0]
 
 
 def change(
@@ -113,7 +124,7 @@ def change(
     `obj` has for them (first writer wins); False when another transaction changed one."""
     params = {"row_id": obj.id, **changed}
     params.update({f"was_{name}": getattr(obj, name) for name in unless_changed})
-    result = connection(session).execute(_update_by_id(type(obj), unless_changed), params)
+    result = execute(session, _update_by_id(type(obj), unless_changed), [params])
     if unless_changed and result.rowcount != 1:
         return False
     for name, value in changed.items():
@@ -130,3 +141,78 @@ def _update_by_id(model: type[SQLModel], unless_changed: tuple[str, ...]) -> Upd
     where = [t.c.id == bindparam("row_id")]
     where += [t.c[name] == bindparam(f"was_{name}") for name in unless_changed]
     return update(t).where(*where)
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """What the driver said of a statement: rows it changed, and its first row returned."""
+
+    rowcount: int
+    row: Sequence[Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A statement compiled for one dialect and one set of parameter names."""
+
+    sql: str
+    order: tuple[str, ...] | None  # the parameters' order, for positional paramstyles
+    convert: tuple[tuple[str, Callable[[Any], Any]], ...]  # SQLAlchemy's type conversions
+
+    def parameters(self, given: dict[str, Any]) -> Any:
+        row = dict(given)
+        for name, process in self.convert:
+            row[name] = process(row[name])
+        return row if self.order is None else tuple(row[name] for name in self.order)
+
+
+@cache
+def _prepare(statement: Executable, dialect: Dialect, names: frozenset[str]) -> _Prepared:
+    compiled = statement.compile(dialect=dialect, column_keys=sorted(names))  # type: ignore[attr-defined]
+    binds = compiled.binds
+    convert = []
+    for name in names:
+        process = binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            convert.append((name, process))
+    order = compiled.positiontup
+    return _Prepared(compiled.string, None if order is None else tuple(order), tuple(convert))
+
+
+def execute(
+    session: Session, statement: Executable, rows: list[dict[str, Any]], *, fetch: bool = False
+) -> Executed:
+    """Run `statement` (an INSERT or UPDATE whose parameters are exactly the keys of each of
+    `rows`, all alike) on the session's connection, in its transaction, through the driver;
+    with `fetch`, the first row it returns (RETURNING)."""
+    conn = connection(session)
+    dialect = conn.dialect
+    prepared = _prepare(statement, dialect, frozenset(rows[0]))
+    many = len(rows) > 1
+    parameters: Any = [prepared.parameters(row) for row in rows]
+    if not many:
+        parameters = parameters[0]
+    dbapi_conn = conn.connection.dbapi_connection
+    assert dbapi_conn is not None
+    cursor = dbapi_conn.cursor()
+    events = conn.dispatch
+    if events.before_cursor_execute:
+        events.before_cursor_execute(conn, cursor, prepared.sql, parameters, None, many)
+    try:
+        if many:
+            cursor.executemany(prepared.sql, parameters)
+        else:
+            cursor.execute(prepared.sql, parameters)
+        found = cursor.fetchone() if fetch else None
+        rowcount = cursor.rowcount
+    except dialect.loaded_dbapi.Error as exc:
+        if dialect.is_disconnect(exc, dbapi_conn, cursor):
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            prepared.sql, parameters, exc, dialect.loaded_dbapi.Error, dialect=dialect
+        ) from exc
+    finally:
+        cursor.close()
+    if events.after_cursor_execute:
+        events.after_cursor_execute(conn, cursor, prepared.sql, parameters, None, many)
+    return Executed(rowcount, found)

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 
 from storage import models, outbox, rows
@@ -146,6 +148,28 @@ def test_an_expired_lease_is_claimed_again_and_a_live_one_is_not(db_url: str) ->
     db.dispose()
 
 
+@pytest.mark.empty_database
+def test_a_step_whose_lease_ran_out_goes_before_steps_that_became_runnable_after_it(
+    db_url: str,
+) -> None:
+    db = fresh(db_url)
+    add_runs(db, 3)
+    now = datetime.now(UTC)
+    lease = timedelta(seconds=30)
+
+    def claim(owner: str, at: datetime) -> int | None:
+        with db.transaction() as s:
+            step = claim_step(s, owner=owner, now=at, lease=lease, skip_locked=db.is_postgres)
+            return None if step is None else step.run_id
+
+    assert claim("a", now) == 1
+    assert claim("b", now + timedelta(seconds=20)) == 2  # run 1's step is leased to a
+    # a stopped renewing: its step is older than run 3's, which is still waiting
+    later = now + timedelta(seconds=31)
+    assert [claim("c", later) for _ in range(3)] == [1, 3, None]  # b's lease runs 19 s more
+    db.dispose()
+
+
 def test_outbox_delivers_one_thread_in_order_and_waits_behind_a_delayed_row(db_url: str) -> None:
     db = fresh(db_url)
     add_runs(db, 1)
@@ -202,6 +226,48 @@ def test_outbox_delivers_one_thread_in_order_and_waits_behind_a_delayed_row(db_u
     assert nxt is not None and nxt.key == "post:m1"
     with db.read() as s:
         assert pending_work(s) == 4  # the step, the notice and m1 (out for delivery), m2
+    db.dispose()
+
+
+def test_rows_written_past_the_orm_read_back_alike_and_fail_as_sqlalchemy_reports(
+    db_url: str,
+) -> None:
+    db = fresh(db_url)
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    created = datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=UTC)
+    context = {"text": "ünïcode <b>", "n": [1, 2.5, None]}
+    with db.transaction() as s:
+        rows.add(
+            s,
+            Outbox,
+            key="k1",
+            kind=models.OutboxKind.NOTICE,
+            platform="shell",
+            channel="c",
+            order_key="o",
+            template="notice",
+            context=context,
+            status=OutboxStatus.PENDING,
+            created_at=created,
+        )
+        assert rows.add_once(s, models.InboundEvent, key="e1") == "e1"
+        assert rows.add_once(s, models.InboundEvent, key="e1") is None
+    with db.read() as s:
+        stored = s.exec(select(Outbox)).one()
+    assert (stored.kind, stored.status, stored.context) == ("notice", "pending", context)
+    assert stored.created_at == created and stored.attempts == 0  # the model's default
+    assert sum("INSERT INTO inboundevent" in statement for statement in seen) == 2
+
+    with pytest.raises(IntegrityError), db.transaction() as s:
+        rows.add(s, models.InboundEvent, key="e2")
+        rows.add(s, models.InboundEvent, key="e1")
+    with db.read() as s:  # the failed transaction left nothing
+        assert [e.key for e in s.exec(select(models.InboundEvent)).all()] == ["e1"]
     db.dispose()
 
 
