@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
 from agents.config import AgentSpec
@@ -15,6 +15,7 @@ _builtin = Environment(
     loader=PackageLoader("agents", "prompts"),
     keep_trailing_newline=True,
     autoescape=False,  # prompts are plain text for a model, not markup
+    auto_reload=False,  # the package's files do not change: no stat of them per step
 )
 # Prompts written in crewchief.yml run sandboxed: a config file must not reach Python objects.
 _custom = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -30,6 +31,12 @@ def prompt_version(spec: AgentSpec) -> str:
         spec.model,
     ]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:8]
+
+
+@functools.lru_cache(maxsize=256)
+def _custom_template(source: str) -> Template:
+    """A prompt from crewchief.yml, compiled once rather than on every step."""
+    return _custom.from_string(source)
 
 
 @functools.cache
@@ -65,14 +72,14 @@ def build_request(
         "agent": name,
     }
     if spec.prompt:
-        prompt = _custom.from_string(spec.prompt).render(values)
+        prompt = _custom_template(spec.prompt).render(values)
     else:
         try:
             prompt = _builtin.get_template(f"{spec.role}.j2").render(values)
         except TemplateNotFound:
             prompt = f"Task for the {spec.role} agent.\n\nTopic: {topic}\n"
     if spec.system:
-        system = _custom.from_string(spec.system).render(values)
+        system = _custom_template(spec.system).render(values)
     else:
         system = _builtin.get_template("system.j2").render(values)
     return LLMRequest(

@@ -91,6 +91,7 @@ class Renderer:
             keep_trailing_newline=False,
             autoescape=False,
             bytecode_cache=_COMPILED,
+            auto_reload=False,  # the package's templates do not change while it runs
         )
         self._templates: frozenset[str] | None = None
         self.env.filters["duration"] = _duration
