@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from jinja2 import TemplateError
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import Session
 
 from agents import cards
@@ -48,6 +48,17 @@ from storage.queries import (
 )
 
 log = logging.getLogger(__name__)
+
+
+_RUNS = rows.table(Run)
+_ADD_SPENDING = (  # a call's cost and tokens, added to its run's
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("run_id"))
+    .values(
+        cost_usd=_RUNS.c.cost_usd + bindparam("added_cost", type_=_RUNS.c.cost_usd.type),
+        tokens=_RUNS.c.tokens + bindparam("added_tokens", type_=_RUNS.c.tokens.type),
+    )
+)
 
 
 class Call(NamedTuple):
@@ -300,15 +311,12 @@ class Workers:
             created_at=self.clock(),
         )
         if done is not None:
-            run = rows.table(Run)
-            rows.connection(session).execute(
-                update(run)
-                .where(run.c.id == claimed.run_id)
-                .values(
-                    cost_usd=run.c.cost_usd + done.cost_usd,
-                    tokens=run.c.tokens + done.input_tokens + done.output_tokens,
-                )
-            )
+            spent = {
+                "run_id": claimed.run_id,
+                "added_cost": done.cost_usd,
+                "added_tokens": done.input_tokens + done.output_tokens,
+            }
+            rows.execute(session, _ADD_SPENDING, [spent])
 
     @contextlib.contextmanager
     def _recording(self, claimed: Claimed, call: Call | None) -> Iterator[Session]:
