@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from pydantic_core import PydanticUndefined
@@ -166,7 +166,7 @@ class _Prepared:
         return row if self.order is None else tuple(row[name] for name in self.order)
 
 
-@cache
+@lru_cache(maxsize=1024)
 def _prepare(statement: Executable, dialect: Dialect, names: frozenset[str]) -> _Prepared:
     compiled = statement.compile(dialect=dialect, column_keys=sorted(names))  # type: ignore[attr-defined]
     binds = compiled.binds
@@ -203,16 +203,20 @@ def execute(
             cursor.executemany(prepared.sql, parameters)
         else:
             cursor.execute(prepared.sql, parameters)
-        found = cursor.fetchone() if fetch else None
-        rowcount = cursor.rowcount
+        if events.after_cursor_execute:
+            events.after_cursor_execute(conn, cursor, prepared.sql, parameters, None, many)
+        return Executed(cursor.rowcount, cursor.fetchone() if fetch else None)
     except dialect.loaded_dbapi.Error as exc:
-        if dialect.is_disconnect(exc, dbapi_conn, cursor):
+        dropped = dialect.is_disconnect(exc, dbapi_conn, cursor)
+        if dropped:
             conn.invalidate(exc)
         raise DBAPIError.instance(
-            prepared.sql, parameters, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            prepared.sql,
+            parameters,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=dropped,
+            dialect=dialect,
         ) from exc
     finally:
         cursor.close()
-    if events.after_cursor_execute:
-        events.after_cursor_execute(conn, cursor, prepared.sql, parameters, None, many)
-    return Executed(rowcount, found)

@@ -16,7 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, SQLModel, select
 
 from storage import models, outbox, rows
@@ -268,6 +268,30 @@ def test_rows_written_past_the_orm_read_back_alike_and_fail_as_sqlalchemy_report
         rows.add(s, models.InboundEvent, key="e1")
     with db.read() as s:  # the failed transaction left nothing
         assert [e.key for e in s.exec(select(models.InboundEvent)).all()] == ["e1"]
+    db.dispose()
+
+
+def test_a_connection_postgresql_dropped_is_replaced_after_a_row_written_past_the_orm_fails(
+    db_url: str,
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's connection is a file; it cannot be dropped from outside")
+    db = fresh(db_url)
+    failed: list[DBAPIError] = []
+    with contextlib.suppress(DBAPIError), db.transaction() as s:
+        pid = rows.connection(s).exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with db.engine.connect() as admin:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        try:
+            rows.add(s, models.InboundEvent, key="lost")
+        except DBAPIError as exc:
+            failed.append(exc)
+            raise
+    assert failed and failed[0].connection_invalidated
+    with db.transaction() as s:  # a new connection from the pool
+        rows.add(s, models.InboundEvent, key="kept")
+    with db.read() as s:
+        assert [e.key for e in s.exec(select(models.InboundEvent)).all()] == ["kept"]
     db.dispose()
 
 
