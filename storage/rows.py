@@ -62,7 +62,8 @@ def _defaults(model: type[SQLModel]) -> tuple[tuple[str, Any, bool], ...]:
 
 @cache
 def _insert(model: type[SQLModel]) -> Insert:
-    return insert(table(model))
+    # inline: no RETURNING of the new key, which nobody reads (PostgreSQL would send it)
+    return insert(table(model)).inline()
 
 
 @cache
@@ -170,6 +171,12 @@ class _Prepared:
 def _prepare(statement: Executable, dialect: Dialect, names: frozenset[str]) -> _Prepared:
     compiled = statement.compile(dialect=dialect, column_keys=sorted(names))  # type: ignore[attr-defined]
     binds = compiled.binds
+    if set(binds) != names or compiled.escaped_bind_names:
+        # Core would fill in fixed values and rename escaped names; this path does neither
+        raise ValueError(
+            f"rows.execute needs exactly the statement's parameters {sorted(binds)} "
+            f"under plain names; given {sorted(names)}"
+        )
     convert = []
     for name in names:
         process = binds[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -184,34 +191,39 @@ def execute(
 ) -> Executed:
     """Run `statement` (an INSERT or UPDATE whose parameters are exactly the keys of each of
     `rows`, all alike) on the session's connection, in its transaction, through the driver;
-    with `fetch`, the first row it returns (RETURNING)."""
+    with `fetch`, the first row it returns (RETURNING). Listeners of the cursor events get
+    no execution context (None)."""
     conn = connection(session)
     dialect = conn.dialect
     prepared = _prepare(statement, dialect, frozenset(rows[0]))
-    many = len(rows) > 1
-    parameters: Any = [prepared.parameters(row) for row in rows]
-    if not many:
-        parameters = parameters[0]
+    sql, many = prepared.sql, len(rows) > 1
+    try:
+        converted = [prepared.parameters(row) for row in rows]
+    except Exception as exc:  # a value its column's type cannot take: as Core reports it
+        raise DBAPIError.instance(sql, rows, exc, dialect.loaded_dbapi.Error) from exc
+    parameters: Any = converted if many else converted[0]
     dbapi_conn = conn.connection.dbapi_connection
     assert dbapi_conn is not None
     cursor = dbapi_conn.cursor()
     events = conn.dispatch
-    if events.before_cursor_execute:
-        events.before_cursor_execute(conn, cursor, prepared.sql, parameters, None, many)
     try:
+        for listener in events.before_cursor_execute:  # each may rewrite them (retval=True)
+            sql, parameters = listener(conn, cursor, sql, parameters, None, many)
         if many:
-            cursor.executemany(prepared.sql, parameters)
+            cursor.executemany(sql, parameters)
         else:
-            cursor.execute(prepared.sql, parameters)
-        if events.after_cursor_execute:
-            events.after_cursor_execute(conn, cursor, prepared.sql, parameters, None, many)
-        return Executed(cursor.rowcount, cursor.fetchone() if fetch else None)
-    except dialect.loaded_dbapi.Error as exc:
-        dropped = dialect.is_disconnect(exc, dbapi_conn, cursor)
+            cursor.execute(sql, parameters)
+        for after in events.after_cursor_execute:
+            after(conn, cursor, sql, parameters, None, many)
+        found = cursor.fetchone() if fetch else None
+        return Executed(cursor.rowcount, found)
+    except Exception as exc:  # wrapped as Core wraps it: a driver's error, or a value it refused
+        from_driver: Any = exc if isinstance(exc, dialect.loaded_dbapi.Error) else None
+        dropped = from_driver is not None and dialect.is_disconnect(from_driver, dbapi_conn, cursor)
         if dropped:
             conn.invalidate(exc)
         raise DBAPIError.instance(
-            prepared.sql,
+            sql,
             parameters,
             exc,
             dialect.loaded_dbapi.Error,

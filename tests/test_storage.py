@@ -16,7 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlmodel import Session, SQLModel, select
 
 from storage import models, outbox, rows
@@ -149,24 +149,34 @@ def test_an_expired_lease_is_claimed_again_and_a_live_one_is_not(db_url: str) ->
 
 
 @pytest.mark.empty_database
-def test_a_step_whose_lease_ran_out_goes_before_steps_that_became_runnable_after_it(
+def test_runnable_steps_and_steps_whose_lease_ran_out_are_claimed_oldest_first(
     db_url: str,
 ) -> None:
     db = fresh(db_url)
-    add_runs(db, 3)
+    add_runs(db, 4)
     now = datetime.now(UTC)
     lease = timedelta(seconds=30)
+    # (status, runnable since, lease until) of each run's step
+    steps = {
+        1: (StepStatus.RUNNING, now - timedelta(seconds=10), now - timedelta(seconds=1)),
+        2: (StepStatus.PENDING, now - timedelta(seconds=20), None),
+        3: (StepStatus.PENDING, now - timedelta(seconds=5), None),
+        4: (StepStatus.RUNNING, now - timedelta(seconds=30), now + timedelta(seconds=9)),
+    }
+    with db.transaction() as s:
+        for step in s.exec(select(Step)).all():
+            step.status, step.available_at, step.lease_until = steps[step.run_id]
+            step.lease_owner = "gone" if step.status == StepStatus.RUNNING else None
+            s.add(step)
 
-    def claim(owner: str, at: datetime) -> int | None:
+    def claim() -> int | None:
         with db.transaction() as s:
-            step = claim_step(s, owner=owner, now=at, lease=lease, skip_locked=db.is_postgres)
+            step = claim_step(s, owner="a", now=now, lease=lease, skip_locked=db.is_postgres)
             return None if step is None else step.run_id
 
-    assert claim("a", now) == 1
-    assert claim("b", now + timedelta(seconds=20)) == 2  # run 1's step is leased to a
-    # a stopped renewing: its step is older than run 3's, which is still waiting
-    later = now + timedelta(seconds=31)
-    assert [claim("c", later) for _ in range(3)] == [1, 3, None]  # b's lease runs 19 s more
+    # run 1's worker stopped renewing: its step goes after the older runnable one and
+    # before the newer; run 4's lease is still held
+    assert [claim() for _ in range(4)] == [2, 1, 3, None]
     db.dispose()
 
 
@@ -266,6 +276,10 @@ def test_rows_written_past_the_orm_read_back_alike_and_fail_as_sqlalchemy_report
     with pytest.raises(IntegrityError), db.transaction() as s:
         rows.add(s, models.InboundEvent, key="e2")
         rows.add(s, models.InboundEvent, key="e1")
+    with pytest.raises(StatementError) as unstorable, db.transaction() as s:
+        rows.add(s, models.InboundEvent, key="e3")
+        rows.add(s, models.AuditEntry, actor="a", action="x", detail={"not json": object()})
+    assert unstorable.type is StatementError and "auditentry" in str(unstorable.value)
     with db.read() as s:  # the failed transaction left nothing
         assert [e.key for e in s.exec(select(models.InboundEvent)).all()] == ["e1"]
     db.dispose()
@@ -281,7 +295,7 @@ def test_a_connection_postgresql_dropped_is_replaced_after_a_row_written_past_th
     with contextlib.suppress(DBAPIError), db.transaction() as s:
         pid = rows.connection(s).exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
         with db.engine.connect() as admin:
-            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)}, 5000)")
         try:
             rows.add(s, models.InboundEvent, key="lost")
         except DBAPIError as exc:
