@@ -37,32 +37,35 @@ BENCHMARKS: dict[str, str] = {
 # (py-spy record -f raw -- python -m bench engine --runs 500) and the engine's statement
 # count (its `sql_per_run`). Printed under the table for a missed figure.
 BOUNDS: dict[str, str] = {
-    "engine": "one core of CPython on the database thread: about 88 SQL statements per run "
-    "(`sql_per_run`), and SQLAlchemy Core's execution layer around each of them is about "
-    "48 % of that thread's samples, the ORM (loading runs and steps) 15 %, against 9 % for "
-    "SQLite executing the statements and 6 % for its commits (py-spy --threads, `python -m "
-    "bench.engine --runs 500`); what is left is the hottest statements sent to the driver "
-    "without SQLAlchemy's execution layer, and runs and steps read as rows rather than ORM "
-    "objects. On PostgreSQL each statement is also a round trip: alone, right after this "
-    "report, 10.8, 11.3 and 12.0 runs/s, against 11.2 for the commit this work started "
-    "from. This machine's speed varies within a sitting: LangGraph ran 103 runs/s in the "
-    "report 40 minutes before this one, 66 three minutes after that, and 56.9 here",
+    "engine": "one core of CPython, nearly all of it on the database thread (py-spy "
+    "--threads, `python -m bench.engine --runs 300`, at 9064ff7). Of that thread's samples, "
+    "what SQLAlchemy still does around statements costs more than SQLite: loading runs and "
+    "steps as ORM objects about 15 %, claiming outbox rows and marking them sent (statements "
+    "over lists of ids, still through Core) about 14 %, the session of each job 9 % and the "
+    "group commits' own work 9 %, against 12 % for SQLite executing the statements and 7 % "
+    "for its commits. The rows written past the ORM now go to the driver directly (an "
+    "outbox INSERT: 80 µs, from 130–190 µs) and a claim no longer sorts the backlog (at "
+    "5,000 runnable steps 50 µs, from 825 µs). What is left: runs and steps read as rows "
+    "rather than ORM objects, the outbox's claims on the driver path, fewer transactions per "
+    "run. This machine slowed during this report: the three 1,000-run engine runs measured "
+    "29.8, 27.3 and 23.0 runs/s, their CPU per run 31.1, 33.9 and 40.0 ms for the same work, "
+    "and LangGraph 28.0–51.2 runs/s. The 200-run runs came first, in the fastest part, which "
+    "is why 5,000 runs (24.1) read as less than 80 % of them (33.0), and PostgreSQL (10.7) "
+    "as just under 40 % of SQLite",
     "ack": "the same database thread: an acknowledgement waits for the job it finds "
     "running and for its own group's commit (a group ends right after an inbound event's "
-    "job); alone (`python -m bench.ack --requests 1000`), p99 was 22.0–51.0 ms in three "
-    "runs of the sitting that ended groups so, against 54.6–62.4 ms before",
+    "job); p99 was 44.5, 50.0 and 51.9 ms in the three runs of this report, in the slow "
+    "part of the sitting, and 38.3 ms in a faster one an hour earlier",
     "reaction": "throughput, not latency: 100 approvals at once queue on the database "
     "thread, so the last published post waits for about 100 runs' publishing work",
     "concurrency": "the database thread again: 100 workers each claim and complete their "
-    "steps through it, so the model's 1 s is not the only wait; alone (`python -m "
-    "bench.concurrency`) it measured 1.51 earlier in this sitting, and 1.64 in the report "
-    "40 minutes before this one",
-    "footprint": "imports: about 0.75 s under `python -X importtime` (which slows them): "
-    "sqlalchemy about 160 ms, sqlmodel and the models' class definitions about 140 ms, "
-    "typer about 130 ms (with the pydantic adapters it builds its parameters with), "
-    "pydantic-settings and the configuration models about 130 ms; run alone in this "
-    "sitting (`/usr/bin/time crewchief shell --script`), it answered in 1.04–1.08 s, and "
-    "the same code in 0.585 s in a faster sitting",
+    "steps through it, so the model's 1 s is not the only wait. 1,000 runs cost about 34 s "
+    "of CPU on this machine (`cpu_ms_per_run` above) against a 30 s critical path; the "
+    "same benchmark measured 2.04 an hour before this report, and 1.51 alone on another day",
+    "footprint": "imports, most of them of the database layer `/crew help` goes through: "
+    "`import storage.models` alone (sqlalchemy, sqlmodel and the models' classes) took "
+    "0.75–1.09 s in this sitting, and the whole answer 1.38–1.72 s; the same code answered "
+    "in 0.585 s in a faster sitting",
 }
 
 Result = Mapping[str, Any]
