@@ -157,8 +157,6 @@ class RolledBack(BaseException):
 def _answer(future: Future[Any], ok: bool, value: Any) -> None:
     # cancelled before it ran (even while being answered): nobody waits for it
     with contextlib.suppress(InvalidStateError):
-        if future.done():
-            return
         if ok:
             future.set_result(value)
         else:

@@ -42,6 +42,11 @@ class Deferred:
     armed: set[Topic] = field(default_factory=set)
     calls: list[Callable[[], None]] = field(default_factory=list)
 
+    def take(self, other: Deferred) -> None:
+        """Leave `other`'s wake-ups and calls for this one's commit."""
+        self.armed |= other.armed
+        self.calls += other.calls
+
     def fire(self, hooks: Hooks) -> None:
         for call in self.calls:
             _safely(call)
@@ -114,8 +119,7 @@ def _fire(session: Session) -> None:
     pending: Deferred = session.info.pop(_PENDING, Deferred())
     deferred: Deferred | None = session.info.get(_DEFERRED)
     if deferred is not None:
-        deferred.armed |= pending.armed
-        deferred.calls += pending.calls
+        deferred.take(pending)
     else:
         pending.fire(session.info.get(_HOOKS, {}))
 

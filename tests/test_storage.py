@@ -93,6 +93,15 @@ def add_runs(db: Database, n: int) -> None:
             )
 
 
+def add_event(db: Database, key: str, *, fail: bool = False) -> str:
+    """An inbound event's id in a transaction of its own, which raises after it when `fail`."""
+    with db.transaction() as session:
+        rows.add(session, models.InboundEvent, key=key)
+        if fail:
+            raise ValueError(key)
+    return key
+
+
 def test_concurrent_workers_claim_each_step_exactly_once(db_url: str) -> None:
     db = fresh(db_url)
     add_runs(db, 40)
@@ -406,11 +415,7 @@ async def test_a_failing_job_in_a_group_commit_leaves_the_others_work_stored_onc
         release.wait(5)
 
     def add(key: str, fail: bool = False) -> str:
-        with db.transaction() as session:
-            rows.add(session, models.InboundEvent, key=key)
-            if fail:
-                raise ValueError(key)
-        return key
+        return add_event(db, key, fail=fail)
 
     def recover(key: str) -> str:
         with contextlib.suppress(ValueError):
@@ -486,11 +491,7 @@ async def test_an_inbound_event_that_fails_in_a_group_commit_is_rolled_back_alon
 
     def add(key: str, fail: bool = False) -> str:
         runs.append(key)
-        with db.transaction() as session:
-            rows.add(session, models.InboundEvent, key=key)
-            if fail:
-                raise ValueError(key)
-        return key
+        return add_event(db, key, fail=fail)
 
     def background_then_a_bad_command() -> str:
         bad = db.call(add, "bad", fail=True, priority=Priority.INBOUND)
