@@ -24,11 +24,11 @@ from storage.models import Message, Outbox, OutboxKind, OutboxStatus, utcnow
 from storage.problems import Outage, report
 from storage.queries import (
     Leased,
+    Sent,
     claim_outbox,
     give_up,
     mark_sent,
     next_delivery_due,
-    platform_ids,
     renew_lease,
 )
 
@@ -69,8 +69,8 @@ class OutboxSender:
         self.concurrency = concurrency
         self.owner = process_owner("sender")
         # deliveries that end while their predecessors are being recorded are recorded together
-        self._sent: Batch[int, str | None] = Batch(
-            lambda done: self.db.call(self._mark_sent, dict(done))
+        self._sent: Batch[int, Sent] = Batch(
+            lambda done: self.db.call(self._mark_sent, [sent for _, sent in done])
         )
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -131,7 +131,8 @@ class OutboxSender:
             await self._record_failure(row_id, DeliveryError(f"{type(exc).__name__}: {exc}"))
         else:
             try:
-                await self._sent.add(row_id, platform_id)
+                posted = delivery.ref if delivery.kind == OutboxKind.POST else None
+                await self._sent.add(row_id, Sent(row_id, posted, platform_id))
             except Exception as exc:  # the lease runs out and the row is delivered again (same key)
                 report(log, exc, self.db.url, f"outbox row {row_id}: its delivery was not recorded")
 
@@ -141,7 +142,7 @@ class OutboxSender:
         except Exception as exc:  # the lease runs out and the row is delivered again (same key)
             report(log, exc, self.db.url, f"outbox row {row_id}: its failure was not recorded")
 
-    def _mark_sent(self, sent: dict[int, str | None]) -> None:
+    def _mark_sent(self, sent: list[Sent]) -> None:
         with self.db.transaction() as session:
             mark_sent(session, sent, self.clock())
 
@@ -161,12 +162,9 @@ class OutboxSender:
                 platforms=list(self.platforms),
                 limit=limit,
             )
-            posted = platform_ids(
-                session, {i for row in rows for i in (row.message_id, row.thread_of) if i}
-            )
             claimed: list[Claimed] = []
             for row in rows:
-                delivery = _delivery(row, posted)
+                delivery = _delivery(row)
                 orphan = _orphaned(row, delivery)
                 if orphan is not None:
                     # What it depends on failed for good (rows go out in order, so it was tried).
@@ -200,15 +198,15 @@ class OutboxSender:
             session.add(row)
 
 
-def _delivery(row: Leased, posted: Mapping[int, str | None]) -> Delivery:
+def _delivery(row: Leased) -> Delivery:
     return Delivery(
         kind=row.kind,
         channel=row.channel,
         template=row.template,
         context=dict(row.context),
         ref=row.message_id,
-        thread_platform_id=posted.get(row.thread_of) if row.thread_of else None,
-        platform_id=posted.get(row.message_id) if row.message_id else None,
+        thread_platform_id=row.thread_platform_id,
+        platform_id=row.platform_id,
         recipient=row.recipient,
         key=row.key,
         attempt=row.attempts,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Update,
     and_,
     bindparam,
     func,
@@ -36,7 +37,7 @@ from storage.models import (
     StepStatus,
     Vote,
 )
-from storage.rows import change, connection, table
+from storage.rows import change, connection, execute, table
 from storage.unit_of_work import Topic, arm
 
 
@@ -55,6 +56,17 @@ class Leased:
     template: str
     context: dict[str, Any]
     attempts: int
+    platform_id: str | None  # of the message it edits, once posted
+    thread_platform_id: str | None  # of its thread's first post, once posted
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A delivery done: its outbox row and, for a post, its message and the platform's id."""
+
+    row_id: int
+    message_id: int | None = None
+    posted_as: str | None = None
 
 
 def _is(column: Any, status: StrEnum) -> ColumnElement[bool]:
@@ -152,10 +164,11 @@ def lock_step(session: Session, run_id: int, step_id: int) -> Step | None:
 
 
 @cache
-def _claim_outbox_query(skip_locked: bool, by_platform: bool) -> Select[Any]:
-    """claim_outbox's SELECT, built once: parameters `now`, `limit` and, `by_platform`,
-    `platforms`."""
-    t = table(Outbox)
+def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]:
+    """claim_outbox's SELECT, built once: parameters `now`, `limit` and, with `platforms`,
+    `platform_0` .. one per platform served. Each row comes with the platform's ids of the
+    message it edits and of its thread's first post, when those are posted."""
+    t, m = table(Outbox), table(Message)
     now = bindparam("now", type_=t.c.created_at.type)
     earlier = t.alias("earlier")
     blocked = (
@@ -173,8 +186,9 @@ def _claim_outbox_query(skip_locked: bool, by_platform: bool) -> Select[Any]:
         or_(t.c.lease_until.is_(None), t.c.lease_until < now),
         ~blocked,
     )
-    if by_platform:
-        ready = and_(ready, t.c.platform.in_(bindparam("platforms", expanding=True)))
+    if platforms is not None:
+        served = [bindparam(f"platform_{i}", type_=t.c.platform.type) for i in range(platforms)]
+        ready = and_(ready, t.c.platform.in_(served))
     later = t.alias("later")
     newer_edit = (
         sa_select(later.c.id)
@@ -187,10 +201,33 @@ def _claim_outbox_query(skip_locked: bool, by_platform: bool) -> Select[Any]:
         .exists()
     )
     superseded = and_(_is(t.c.kind, OutboxKind.UPDATE), newer_edit).label("superseded")
-    query = sa_select(t, superseded).where(ready).order_by(t.c.id).limit(bindparam("limit"))
+    posted_as = [
+        sa_select(m.c.platform_id).where(m.c.id == of).scalar_subquery().label(label)
+        for of, label in ((t.c.message_id, "platform_id"), (t.c.thread_of, "thread_platform_id"))
+    ]
+    limit = bindparam("limit", type_=t.c.attempts.type)
+    query = sa_select(t, superseded, *posted_as).where(ready).order_by(t.c.id).limit(limit)
     if skip_locked:
         query = query.with_for_update(skip_locked=True, of=t)
     return query
+
+
+@cache
+def _outbox_update(*, leasing: bool = False) -> Update:
+    """UPDATE outbox .. WHERE id = :row_id; the SET clause comes from the other parameters,
+    and `leasing` counts an attempt."""
+    t = table(Outbox)
+    statement = update(t).where(t.c.id == bindparam("row_id"))
+    if leasing:
+        statement = statement.values(attempts=t.c.attempts + literal_column("1"))
+    return statement
+
+
+_POSTED = (  # a message's id on its platform, once its post is delivered
+    update(table(Message))
+    .where(table(Message).c.id == bindparam("message_id"))
+    .values(platform_id=bindparam("posted_as"))
+)
 
 
 def claim_outbox(
@@ -200,35 +237,28 @@ def claim_outbox(
     now: datetime,
     lease: timedelta,
     skip_locked: bool,
-    platforms: Collection[str] | None = None,
+    platforms: Sequence[str] | None = None,
     limit: int = 1,
 ) -> list[Leased]:
     """Up to `limit` deliverable rows, oldest first, among the platforms this process serves,
-    leased to `owner` in one statement. A row is deliverable when its earlier siblings (same
-    order_key) are all done, so a batch holds at most one row per thread. An edit with a newer
-    edit of the same message waiting behind it is superseded instead: only the latest goes
-    out (each platform call counts against a rate limit)."""
-    query = _claim_outbox_query(skip_locked, platforms is not None)
+    leased to `owner`. A row is deliverable when its earlier siblings (same order_key) are
+    all done, so a batch holds at most one row per thread. An edit with a newer edit of the
+    same message waiting behind it is superseded instead: only the latest goes out (each
+    platform call counts against a rate limit)."""
+    query = _claim_outbox_query(skip_locked, None if platforms is None else len(platforms))
     params: dict[str, Any] = {"now": now, "limit": limit}
-    if platforms is not None:
-        params["platforms"] = list(platforms)
-    t = table(Outbox)
-    rows = connection(session).execute(query, params).all()
-    stale = [row.id for row in rows if row.superseded]
+    params.update({f"platform_{i}": name for i, name in enumerate(platforms or ())})
+    found = execute(session, query, [params], fetch=True).rows
+    stale = [row.id for row in found if row.superseded]
     if stale:
-        connection(session).execute(
-            update(t).where(t.c.id.in_(stale)).values(status=OutboxStatus.SUPERSEDED)
-        )
+        superseded = {"status": OutboxStatus.SUPERSEDED}
+        execute(session, _outbox_update(), [{"row_id": i, **superseded} for i in stale])
         arm(session, Topic.OUTBOX)  # the newer edits behind them are deliverable now
-    found = [row for row in rows if not row.superseded]
-    if not found:
-        return []
+    leased = [row for row in found if not row.superseded]
     until = now + lease
-    connection(session).execute(
-        update(t)
-        .where(t.c.id.in_([row.id for row in found]))
-        .values(lease_owner=owner, lease_until=until, attempts=t.c.attempts + 1)
-    )
+    if leased:
+        leases = [{"row_id": row.id, "lease_owner": owner, "lease_until": until} for row in leased]
+        execute(session, _outbox_update(leasing=True), leases)
     return [
         Leased(
             id=row.id,
@@ -242,50 +272,27 @@ def claim_outbox(
             template=row.template,
             context=row.context,
             attempts=row.attempts + 1,
+            platform_id=row.platform_id,
+            thread_platform_id=row.thread_platform_id,
         )
-        for row in found
+        for row in leased
     ]
 
 
-def platform_ids(session: Session, message_ids: Collection[int]) -> dict[int, str | None]:
-    """The platform's id of each message (None while it is not posted yet)."""
-    if not message_ids:
-        return {}
-    t = table(Message)
-    rows = (
-        connection(session)
-        .execute(sa_select(t.c.id, t.c.platform_id).where(t.c.id.in_(list(message_ids))))
-        .all()
-    )
-    return {row.id: row.platform_id for row in rows}
-
-
-def mark_sent(session: Session, sent: Mapping[int, str | None], now: datetime) -> None:
-    """Deliveries done (outbox row id → the platform's id of a post): the rows are sent, and
-    each post's message learns its platform id. Their threads' next rows become deliverable."""
+def mark_sent(session: Session, sent: Collection[Sent], now: datetime) -> None:
+    """Deliveries done: the rows are sent, and each post's message learns its platform id.
+    Their threads' next rows become deliverable."""
     if not sent:
         return
-    t, m = table(Outbox), table(Message)
-    rows = (
-        connection(session)
-        .execute(
-            update(t)
-            .where(t.c.id.in_(list(sent)))
-            .values(status=OutboxStatus.SENT, sent_at=now, lease_owner=None, error=None)
-            .returning(t.c.id, t.c.kind, t.c.message_id)
-        )
-        .all()
-    )
+    done = {"status": OutboxStatus.SENT, "sent_at": now, "lease_owner": None, "error": None}
+    execute(session, _outbox_update(), [{"row_id": s.row_id, **done} for s in sent])
     posted = [
-        {"mid": row.message_id, "pid": sent[row.id]}
-        for row in rows
-        if row.kind == OutboxKind.POST and row.message_id and sent[row.id]
+        {"message_id": s.message_id, "posted_as": s.posted_as}
+        for s in sent
+        if s.message_id is not None and s.posted_as
     ]
     if posted:
-        connection(session).execute(
-            update(m).where(m.c.id == bindparam("mid")).values(platform_id=bindparam("pid")),
-            posted,
-        )
+        execute(session, _POSTED, posted)
     arm(session, Topic.OUTBOX)
 
 

@@ -7,18 +7,20 @@ microseconds on the 2-core machine of docs/PERFORMANCE.md). Rows that are writte
 objects, are written with `change`, which leaves the ORM nothing to flush. The tables stay
 the SQLModel models, and the defaults a model declares still apply.
 
-These statements go to the driver directly: each is compiled once per dialect and set of
-columns, and its parameters pass through the same type conversions SQLAlchemy applies. What
-SQLAlchemy's execution layer adds around a statement (about half of the time of such an
-INSERT) is left out, but what users of it see stays: the `before_cursor_execute` and
-`after_cursor_execute` events, its exception classes, and a connection that dropped is
-invalidated.
+These statements, and the few hot reads that `execute` runs with `fetch` (the outbox's
+claim), go to the driver directly: each is compiled once per dialect and set of parameters,
+its parameters pass through the same type conversions SQLAlchemy applies, and so do the
+values it reads. What SQLAlchemy's execution layer adds around a statement (about half of
+the time of such an INSERT) is left out, but what users of it see stays: the
+`before_cursor_execute` and `after_cursor_execute` events, its exception classes, and a
+connection that dropped is invalidated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import namedtuple
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Any
 
@@ -27,6 +29,7 @@ from sqlalchemy import Connection, Executable, Insert, Table, Update, bindparam,
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.types import TypeEngine
 from sqlmodel import Session, SQLModel
 
 from storage.models import Run, Step
@@ -50,13 +53,13 @@ def _defaults(model: type[SQLModel]) -> tuple[tuple[str, Any, bool], ...]:
     """(column, default, is a factory) for each column whose model field has a default."""
     columns = table(model).c
     found = []
-    for name, field in model.model_fields.items():
+    for name, info in model.model_fields.items():
         if name not in columns or columns[name].primary_key:
             continue
-        if field.default_factory is not None:
-            found.append((name, field.default_factory, True))
-        elif field.default is not PydanticUndefined:
-            found.append((name, field.default, False))
+        if info.default_factory is not None:
+            found.append((name, info.default_factory, True))
+        elif info.default is not PydanticUndefined:
+            found.append((name, info.default, False))
     return tuple(found)
 
 
@@ -110,8 +113,8 @@ def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> Any:
     plain INSERT."""
     statement = _insert_once(model, connection(session).dialect.name)
     # a row comes back only when one was inserted (psycopg reports no rowcount here)
-    found = execute(session, statement, [values(model, given)], fetch=True).row
-    return None if found is None else found[0]
+    found = execute(session, statement, [values(model, given)], fetch=True).rows
+    return found[0][0] if found else None
 
 
 def change(
@@ -146,10 +149,14 @@ def _update_by_id(model: type[SQLModel], unless_changed: tuple[str, ...]) -> Upd
 
 @dataclass(frozen=True, slots=True)
 class Executed:
-    """What the driver said of a statement: rows it changed, and its first row returned."""
+    """What the driver said of a statement: rows it changed, and the rows it returned (a
+    named tuple each, its fields the statement's column keys)."""
 
     rowcount: int
-    row: Sequence[Any] | None
+    rows: list[Any]
+
+
+_Reader = tuple[Any, tuple[Callable[[Any], Any] | None, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,40 +166,75 @@ class _Prepared:
     sql: str
     order: tuple[str, ...] | None  # the parameters' order, for positional paramstyles
     convert: tuple[tuple[str, Callable[[Any], Any]], ...]  # SQLAlchemy's type conversions
+    fixed: dict[str, Any]  # the values the statement itself holds (an OFFSET 0 SQLite adds)
+    returns: tuple[tuple[str, TypeEngine[Any]], ...]  # each returned column's key and type
+    # a row class and its converters, per set of column type codes the driver describes
+    readers: dict[tuple[Any, ...], _Reader] = field(default_factory=dict)
 
     def parameters(self, given: dict[str, Any]) -> Any:
-        row = dict(given)
+        row = {**self.fixed, **given} if self.fixed else dict(given)
         for name, process in self.convert:
             row[name] = process(row[name])
         return row if self.order is None else tuple(row[name] for name in self.order)
+
+    def read(self, cursor: Any, dialect: Dialect) -> list[Any]:
+        """The cursor's rows, each value converted as SQLAlchemy converts what it reads."""
+        codes = tuple(column[1] for column in cursor.description)
+        reader = self.readers.get(codes)
+        if reader is None:
+            reader = self.readers[codes] = (
+                namedtuple("Row", [key for key, _ in self.returns], rename=True),  # type: ignore[misc]
+                tuple(
+                    type_.dialect_impl(dialect).result_processor(dialect, code)
+                    for (_, type_), code in zip(self.returns, codes, strict=True)
+                ),
+            )
+        row_of, convert = reader
+        found = cursor.fetchall()
+        if not any(convert):
+            return [row_of(*row) for row in found]
+        return [
+            row_of(*(v if p is None else p(v) for p, v in zip(convert, row, strict=True)))
+            for row in found
+        ]
 
 
 @lru_cache(maxsize=1024)
 def _prepare(statement: Executable, dialect: Dialect, names: frozenset[str]) -> _Prepared:
     compiled = statement.compile(dialect=dialect, column_keys=sorted(names))  # type: ignore[attr-defined]
     binds = compiled.binds
-    if set(binds) != names or compiled.escaped_bind_names:
-        # Core would fill in fixed values and rename escaped names; this path does neither
+    required = {name for name, bind in binds.items() if bind.required}
+    # every parameter the statement sends, with the values of those it holds itself
+    sent = compiled.construct_params({name: None for name in required & names})
+    if required - names or names - sent.keys() or compiled.escaped_bind_names:
+        # Core would rename escaped names; this path does not
         raise ValueError(
-            f"rows.execute needs exactly the statement's parameters {sorted(binds)} "
+            f"rows.execute needs the statement's parameters {sorted(required)} "
             f"under plain names; given {sorted(names)}"
         )
     convert = []
-    for name in names:
+    for name in sent:
         process = binds[name].type.dialect_impl(dialect).bind_processor(dialect)
         if process is not None:
             convert.append((name, process))
     order = compiled.positiontup
-    return _Prepared(compiled.string, None if order is None else tuple(order), tuple(convert))
+    return _Prepared(
+        sql=compiled.string,
+        order=None if order is None else tuple(order),
+        convert=tuple(convert),
+        fixed={name: value for name, value in sent.items() if name not in names},
+        returns=tuple((column[0], column[3]) for column in compiled._result_columns),
+    )
 
 
 def execute(
     session: Session, statement: Executable, rows: list[dict[str, Any]], *, fetch: bool = False
 ) -> Executed:
-    """Run `statement` (an INSERT or UPDATE whose parameters are exactly the keys of each of
-    `rows`, all alike) on the session's connection, in its transaction, through the driver;
-    with `fetch`, the first row it returns (RETURNING). Listeners of the cursor events get
-    no execution context (None)."""
+    """Run `statement` (an INSERT, UPDATE or SELECT whose parameters are exactly the keys of
+    each of `rows`, all alike; several rows make an executemany) on the session's connection,
+    in its transaction, through the driver; with `fetch`, the rows it returns (a SELECT's, or
+    RETURNING's), read as SQLAlchemy would. Listeners of the cursor events get no execution
+    context (None)."""
     conn = connection(session)
     dialect = conn.dialect
     prepared = _prepare(statement, dialect, frozenset(rows[0]))
@@ -215,7 +257,7 @@ def execute(
             cursor.execute(sql, parameters)
         for after in events.after_cursor_execute:
             after(conn, cursor, sql, parameters, None, many)
-        found = cursor.fetchone() if fetch else None
+        found = prepared.read(cursor, dialect) if fetch else []
         return Executed(cursor.rowcount, found)
     except Exception as exc:  # wrapped as Core wraps it: a driver's error, or a value it refused
         from_driver: Any = exc if isinstance(exc, dialect.loaded_dbapi.Error) else None

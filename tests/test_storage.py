@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import event
+from sqlalchemy import bindparam, event
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlmodel import Session, SQLModel, select
 
@@ -281,6 +282,16 @@ def test_rows_written_past_the_orm_read_back_alike_and_fail_as_sqlalchemy_report
     assert (stored.kind, stored.status, stored.context) == ("notice", "pending", context)
     assert stored.created_at == created and stored.attempts == 0  # the model's default
     assert sum("INSERT INTO inboundevent" in statement for statement in seen) == 2
+    t = rows.table(Outbox)  # read past the ORM (a LIMIT SQLite sends with an OFFSET 0 of its own)
+    query = sa_select(t).where(t.c.key == bindparam("key")).limit(bindparam("n"))
+    with db.transaction() as s:
+        (read,) = rows.execute(s, query, [{"key": "k1", "n": 5}], fetch=True).rows
+    assert (read.kind, read.status, read.context, read.created_at) == (
+        "notice",
+        "pending",
+        context,
+        created,
+    )
 
     with pytest.raises(IntegrityError), db.transaction() as s:
         rows.add(s, models.InboundEvent, key="e2")
