@@ -232,7 +232,7 @@ class Workers:
         )
         if step is None:
             return None
-        run = session.get(Run, step.run_id)  # locked by claim_step on PostgreSQL
+        run = lock_run(session, step.run_id)  # claim_step locked it already on PostgreSQL
         assert run is not None and run.id is not None and step.id is not None
         if RunStatus(run.status).finished:
             self.lifecycle.drop_step(session, step)

@@ -37,7 +37,7 @@ from storage.models import (
     StepStatus,
     Vote,
 )
-from storage.rows import change, connection, execute, table
+from storage.rows import change, connection, execute, load, table
 from storage.unit_of_work import Topic, arm
 
 
@@ -114,10 +114,10 @@ def claim_step(
 ) -> Step | None:
     """Take the oldest runnable step (or one whose worker's lease ran out) for `owner`.
     With skip_locked (PostgreSQL) its run is row-locked too, in the same statement."""
-    found = connection(session).execute(_claim_step_query(skip_locked), {"now": now}).first()
-    if found is None:
+    found = execute(session, _claim_step_query(skip_locked), [{"now": now}], fetch=True).rows
+    if not found:
         return None
-    step = lock_step(session, found.run_id, found.id)
+    step = lock_step(session, found[0].run_id, found[0].id)
     assert step is not None  # the claim found it a moment ago, in this transaction
     # A step taken from a worker that died re-runs the attempt the crash cut short: a bot
     # killed three times mid-call must not fail a run that never failed. Only a fresh claim
@@ -146,14 +146,15 @@ def steps_of(session: Session, run_id: int, *, lock: bool = False) -> list[Step]
     known: dict[int, list[Step]] = session.info.setdefault(_STEPS, {})
     locked: set[int] = session.info.setdefault(_LOCKED, set())
     if run_id not in known or (lock and run_id not in locked):
-        known[run_id] = list(session.exec(_STEPS_OF[lock], params={"run_id": run_id}).all())
+        known[run_id] = load(session, Step, _STEPS_OF[lock], {"run_id": run_id})
         if lock:
             locked.add(run_id)
     return list(known[run_id])
 
 
+_STEP = table(Step)
 _STEPS_OF = {
-    False: select(Step).where(col(Step.run_id) == bindparam("run_id")).order_by(col(Step.position))
+    False: sa_select(_STEP).where(_STEP.c.run_id == bindparam("run_id")).order_by(_STEP.c.position)
 }
 _STEPS_OF[True] = _STEPS_OF[False].with_for_update()
 
@@ -385,11 +386,13 @@ def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run
     """The run, row-locked on PostgreSQL. Every transaction that changes a run locks it
     first (then its steps), so decisions on one run are serialized and never deadlock.
     With skip_locked, None means another transaction holds it right now."""
-    return session.exec(_LOCK_RUN[skip_locked], params={"run_id": run_id}).first()
+    found = load(session, Run, _LOCK_RUN[skip_locked], {"run_id": run_id})
+    return found[0] if found else None
 
 
+_RUN = table(Run)
 _LOCK_RUN = {
-    skip: select(Run).where(col(Run.id) == bindparam("run_id")).with_for_update(skip_locked=skip)
+    skip: sa_select(_RUN).where(_RUN.c.id == bindparam("run_id")).with_for_update(skip_locked=skip)
     for skip in (False, True)
 }
 

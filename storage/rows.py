@@ -22,13 +22,24 @@ from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic_core import PydanticUndefined
-from sqlalchemy import Connection, Executable, Insert, Table, Update, bindparam, insert, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    Insert,
+    Table,
+    Update,
+    bindparam,
+    insert,
+    inspect,
+    update,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from sqlalchemy.types import TypeEngine
 from sqlmodel import Session, SQLModel
 
@@ -115,6 +126,30 @@ def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> Any:
     # a row comes back only when one was inserted (psycopg reports no rowcount here)
     found = execute(session, statement, [values(model, given)], fetch=True).rows
     return found[0][0] if found else None
+
+
+M = TypeVar("M", bound=SQLModel)
+
+
+def load(session: Session, model: type[M], query: Executable, params: dict[str, Any]) -> list[M]:
+    """The objects of `model` whose rows `query` (a SELECT of all of its table's columns)
+    reads, as the ORM would load them: each is in the session, its stored state the row's.
+    Where the session holds a row's object already, that object is returned unchanged, as a
+    query does; what the session has pending is flushed first, as a query's autoflush does."""
+    session.flush()
+    found = execute(session, query, [params], fetch=True).rows
+    mapper = inspect(model)
+    held = session.identity_map
+    loaded: list[M] = []
+    for row in found:
+        obj = held.get(mapper.identity_key_from_primary_key([row.id]))
+        if obj is None:
+            obj = mapper.class_manager.new_instance()
+            instance_dict(obj).update(zip(row._fields, row, strict=True))
+            make_transient_to_detached(obj)  # persistent once added, as if loaded: no SQL
+            session.add(obj)
+        loaded.append(obj)
+    return loaded
 
 
 def change(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import bindparam, event
+from sqlalchemy import bindparam, event, inspect
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlmodel import Session, SQLModel, select
@@ -23,7 +24,7 @@ from sqlmodel import Session, SQLModel, select
 from storage import models, outbox, rows
 from storage.db import Database
 from storage.models import Outbox, OutboxStatus, Run, Step, StepStatus
-from storage.queries import claim_outbox, claim_step, pending_work
+from storage.queries import claim_outbox, claim_step, lock_run, pending_work, steps_of
 
 
 def fresh(db_url: str) -> Database:
@@ -302,6 +303,33 @@ def test_rows_written_past_the_orm_read_back_alike_and_fail_as_sqlalchemy_report
     assert unstorable.type is StatementError and "auditentry" in str(unstorable.value)
     with db.read() as s:  # the failed transaction left nothing
         assert [e.key for e in s.exec(select(models.InboundEvent)).all()] == ["e1"]
+    db.dispose()
+
+
+def test_runs_and_steps_read_past_the_orm_are_the_objects_the_orm_would_load(db_url: str) -> None:
+    db = fresh(db_url)
+    add_runs(db, 2)
+
+    def stored(obj: SQLModel) -> str:
+        return f"{type(obj).__name__} " + json.dumps(obj.model_dump(mode="json"), sort_keys=True)
+
+    with db.read() as s:  # through the ORM
+        expected = {stored(r) for r in s.exec(select(Run)).all()}
+        expected |= {stored(st) for st in s.exec(select(Step)).all()}
+    with db.transaction() as s:
+        run = lock_run(s, 1)
+        assert run is not None and lock_run(s, 1) is run  # the session's object, as a query's
+        s.add(Step(run_id=1, position=1, name="pending", agent="a", status=StepStatus.WAITING))
+        steps = steps_of(s, 1)  # what the session had pending was flushed first
+        assert [st.name for st in steps] == ["s", "pending"]
+        loaded = [run, steps[0], lock_run(s, 2)]
+        assert all(inspect(obj).persistent for obj in loaded) and not s.dirty
+        assert {stored(obj) for obj in loaded} <= expected
+        assert run.created_at.tzinfo is not None  # as the ORM reads it: in UTC
+        rows.change(s, run, current_step=1)  # written through the object loaded
+    with db.read() as s:
+        assert s.get(Run, 1).current_step == 1  # type: ignore[union-attr]
+        assert [st.name for st in steps_of(s, 1)] == ["s", "pending"]
     db.dispose()
 
 
