@@ -63,7 +63,9 @@ class Lifecycle:
         channel: str,
     ) -> Run:
         now = self.clock()
-        run = Run(
+        run = rows.create(
+            session,
+            Run,
             workflow=workflow,
             text=text,
             requester=requester,
@@ -72,8 +74,6 @@ class Lifecycle:
             created_at=now,
             updated_at=now,
         )
-        session.add(run)
-        session.flush()
         assert run.id is not None
         steps = [
             {

@@ -36,7 +36,7 @@ from storage import models, rows
 from storage.audit import audit
 from storage.db import Database
 from storage.problems import describe
-from storage.queries import post_in_flight
+from storage.queries import message_posted_as, post_in_flight
 from storage.threads import Priority
 
 log = logging.getLogger(__name__)
@@ -236,13 +236,7 @@ class Dispatcher:
         self, session: Session, platform: str, channel: str, platform_id: str
     ) -> models.Message | None:
         """A bot message by the platform's id for it (a Slack ts is unique per channel)."""
-        return session.exec(
-            select(models.Message).where(
-                models.Message.platform == platform,
-                models.Message.channel == channel,
-                models.Message.platform_id == platform_id,
-            )
-        ).first()
+        return message_posted_as(session, platform, channel, platform_id)
 
 
 def usage_reply(exc: UsageError) -> Reply:

@@ -382,6 +382,23 @@ def renew_lease(
     return bool(getattr(result, "rowcount", 0))
 
 
+def message_posted_as(
+    session: Session, platform: str, channel: str, platform_id: str
+) -> Message | None:
+    """The bot's message that the platform knows by `platform_id` in `channel`."""
+    params = {"platform": platform, "channel": channel, "platform_id": platform_id}
+    found = load(session, Message, _POSTED_AS, params)
+    return found[0] if found else None
+
+
+_MESSAGE = table(Message)
+_POSTED_AS = (
+    sa_select(_MESSAGE)
+    .where(*(_MESSAGE.c[key] == bindparam(key) for key in ("platform", "channel", "platform_id")))
+    .limit(1)
+)
+
+
 def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run | None:
     """The run, row-locked on PostgreSQL. Every transaction that changes a run locks it
     first (then its steps), so decisions on one run are serialized and never deadlock.

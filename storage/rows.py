@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import Mapper, configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from sqlalchemy.types import TypeEngine
 from sqlmodel import Session, SQLModel
@@ -138,18 +138,43 @@ def load(session: Session, model: type[M], query: Executable, params: dict[str, 
     query does; what the session has pending is flushed first, as a query's autoflush does."""
     session.flush()
     found = execute(session, query, [params], fetch=True).rows
-    mapper = inspect(model)
+    mapper = _mapper(model)
     held = session.identity_map
     loaded: list[M] = []
     for row in found:
-        obj = held.get(mapper.identity_key_from_primary_key([row.id]))
-        if obj is None:
-            obj = mapper.class_manager.new_instance()
-            instance_dict(obj).update(zip(row._fields, row, strict=True))
-            make_transient_to_detached(obj)  # persistent once added, as if loaded: no SQL
-            session.add(obj)
-        loaded.append(obj)
+        obj = held.get(mapper.identity_key_from_primary_key((row.id,)))
+        loaded.append(_attach(session, model, row._asdict()) if obj is None else obj)
     return loaded
+
+
+def create(session: Session, model: type[M], /, **given: Any) -> M:
+    """INSERT one row of `model`, with the model's defaults, and its object: in the session
+    as the ORM would load it, the new key filled in, nothing left to flush."""
+    row = values(model, given)
+    found = execute(session, _insert_returning(model), [row], fetch=True).rows
+    row.update(found[0]._asdict())
+    return _attach(session, model, row)
+
+
+def _attach(session: Session, model: type[M], row: dict[str, Any]) -> M:
+    """The object of a stored row, made persistent in `session` without SQL; the columns
+    `row` leaves out are expired (read when first used)."""
+    obj: M = _mapper(model).class_manager.new_instance()
+    instance_dict(obj).update(row)
+    make_transient_to_detached(obj)
+    session.add(obj)
+    return obj
+
+
+@cache
+def _mapper(model: type[SQLModel]) -> Mapper[Any]:
+    configure_mappers()  # as the ORM's first query in a process would
+    return inspect(model)
+
+
+@cache
+def _insert_returning(model: type[SQLModel]) -> Insert:
+    return insert(table(model)).returning(*table(model).primary_key)
 
 
 def change(

@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -306,7 +308,9 @@ def test_rows_written_past_the_orm_read_back_alike_and_fail_as_sqlalchemy_report
     db.dispose()
 
 
-def test_runs_and_steps_read_past_the_orm_are_the_objects_the_orm_would_load(db_url: str) -> None:
+def test_runs_and_steps_read_or_made_past_the_orm_are_the_objects_the_orm_loads(
+    db_url: str,
+) -> None:
     db = fresh(db_url)
     add_runs(db, 2)
 
@@ -327,10 +331,43 @@ def test_runs_and_steps_read_past_the_orm_are_the_objects_the_orm_would_load(db_
         assert {stored(obj) for obj in loaded} <= expected
         assert run.created_at.tzinfo is not None  # as the ORM reads it: in UTC
         rows.change(s, run, current_step=1)  # written through the object loaded
+        made = rows.create(s, Run, workflow="w", text="t", requester="a", platform="p", channel="c")
+        assert inspect(made).persistent and made.id == 3 and not s.dirty
+        made_as = stored(made)
     with db.read() as s:
         assert s.get(Run, 1).current_step == 1  # type: ignore[union-attr]
         assert [st.name for st in steps_of(s, 1)] == ["s", "pending"]
+        assert stored(s.get(Run, 3)) == made_as  # type: ignore[arg-type]
     db.dispose()
+
+
+def test_a_run_made_past_the_orm_before_the_process_has_used_the_orm_at_all(
+    tmp_path: Path,
+) -> None:
+    # the ORM configures its mappers on first use: a process whose first use is this one
+    made = subprocess.run(
+        [sys.executable, "-c", _MADE_FIRST, f"sqlite:///{tmp_path / 'first.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.split() == ["1", "blog-post"]
+
+
+_MADE_FIRST = """
+import sys
+from storage import rows
+from storage.db import Database
+from storage.models import Run
+db = Database(sys.argv[1])
+db.upgrade()
+with db.transaction() as s:
+    run = rows.create(s, Run, workflow="blog-post", text="t", requester="a", platform="p",
+                      channel="c")
+print(run.id, run.workflow)
+"""
 
 
 def test_a_connection_postgresql_dropped_is_replaced_after_a_row_written_past_the_orm_fails(
