@@ -14,8 +14,9 @@ failure that is rare): its jobs then run again one at a time, each committing al
 others' work stands and the failing one gets its own answer. (An inbound event, which bad
 input fails, keeps savepoints: storage.db.) A group stops growing after
 `GROUP_SIZE` jobs or `GROUP_TIME` seconds, so the urgent work that arrives meanwhile still
-waits only briefly, and right after an inbound event's job: its acknowledgement waits for the
-commit, not for the background work queued behind it.
+waits only briefly. After an inbound event's job it takes only another inbound event's (they
+wait at the head of the queue): a burst of commands or reactions commits together, and no
+acknowledgement waits for the background work queued behind it.
 """
 
 from __future__ import annotations
@@ -92,9 +93,9 @@ class DatabaseThreads:
                         done.append((job, *_call(job)))
                         if failed():
                             raise RolledBack
-                        if job[0] == Priority.INBOUND:
-                            break  # commit now: someone waits for this answer
-                    job = self._next_in_group(len(done), started)
+                    # after an inbound event's, only another's: someone waits for the commit
+                    urgent = job[0] == Priority.INBOUND
+                    job = self._next_in_group(len(done), started, urgent=urgent)
         except RolledBack:
             for job, _, _ in done:  # outside the group now: each in its own transactions
                 _answer(job[3], *_call(job))
@@ -108,15 +109,15 @@ class DatabaseThreads:
         for job, ok, value in done:
             _answer(job[3], ok, value)
 
-    def _next_in_group(self, size: int, started: float) -> Job | None:
+    def _next_in_group(self, size: int, started: float, *, urgent: bool) -> Job | None:
         if size >= GROUP_SIZE or time.monotonic() - started >= GROUP_TIME:
             return None
         try:
             job = self._queue.get_nowait()
         except queue.Empty:
             return None
-        if job[2] is _STOP:
-            self._queue.put(job)  # after this group
+        if job[2] is _STOP or (urgent and job[0] != Priority.INBOUND):
+            self._queue.put(job)  # after this group, in its place
             return None
         return job
 
