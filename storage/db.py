@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session, create_engine
 
+from storage import rows
 from storage.threads import DatabaseThreads, Priority, RolledBack
 from storage.unit_of_work import Deferred, Hooks, Topic, UnitOfWork
 
@@ -121,7 +122,7 @@ class Database:
         def _on_begin(conn: Any) -> None:
             # Readers take no write lock: they see a snapshot and never wait for a writer.
             reading = conn.get_execution_options().get("crewchief_read")
-            conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+            rows.send(conn, "BEGIN" if reading else "BEGIN IMMEDIATE")
 
         return engine
 

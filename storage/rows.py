@@ -304,6 +304,21 @@ def execute(
     except Exception as exc:  # a value its column's type cannot take: as Core reports it
         raise DBAPIError.instance(sql, rows, exc, dialect.loaded_dbapi.Error) from exc
     parameters: Any = converted if many else converted[0]
+    return send(conn, sql, parameters, many=many, read=prepared.read if fetch else None)
+
+
+def send(
+    conn: Connection,
+    sql: str,
+    parameters: Any = (),
+    *,
+    many: bool = False,
+    read: Callable[[Any, Dialect], list[Any]] | None = None,
+) -> Executed:
+    """`sql` with `parameters` as the driver takes them, sent on `conn` past SQLAlchemy's
+    execution layer as `execute` sends its statements; also a statement of crewchief's own,
+    such as SQLite's BEGIN IMMEDIATE. `read` reads what it returns."""
+    dialect = conn.dialect
     dbapi_conn = conn.connection.dbapi_connection
     assert dbapi_conn is not None
     cursor = dbapi_conn.cursor()
@@ -317,8 +332,7 @@ def execute(
             cursor.execute(sql, parameters)
         for after in events.after_cursor_execute:
             after(conn, cursor, sql, parameters, None, many)
-        found = prepared.read(cursor, dialect) if fetch else []
-        return Executed(cursor.rowcount, found)
+        return Executed(cursor.rowcount, read(cursor, dialect) if read else [])
     except Exception as exc:  # wrapped as Core wraps it: a driver's error, or a value it refused
         from_driver: Any = exc if isinstance(exc, dialect.loaded_dbapi.Error) else None
         dropped = from_driver is not None and dialect.is_disconnect(from_driver, dbapi_conn, cursor)
