@@ -134,16 +134,16 @@ class ApprovalService:
         now = self.clock()
         deadline = now + policy.timeout if policy.timeout else None
         self.lifecycle.await_approval(session, run, step, text, deadline)
-        session.add(
-            DraftVersion(
-                run_id=run.id,
-                step_id=step.id,
-                version=step.version,
-                content=text,
-                feedback=step.feedback,
-                prompt_version=prompt_version,
-                created_at=now,
-            )
+        rows.add(
+            session,
+            DraftVersion,
+            run_id=run.id,
+            step_id=step.id,
+            version=step.version,
+            content=text,
+            feedback=step.feedback,
+            prompt_version=prompt_version,
+            created_at=now,
         )
         cards.post_in_thread(
             session,

@@ -55,8 +55,20 @@ def table(model: type[SQLModel]) -> Table:
 
 def connection(session: Session) -> Connection:
     """The session's connection, in its transaction: Core statements skip the ORM (and its
-    autoflush), so rows the session has pending must be flushed first by whoever needs them."""
-    return session.connection()
+    autoflush), so rows the session has pending must be flushed first by whoever needs them.
+    Looked up once per transaction of the session (a lookup costs about a statement's
+    conversions)."""
+    transaction = session.get_transaction()
+    known = session.info.get(_CONNECTION)
+    if transaction is not None and known is not None and known[0] is transaction:
+        found: Connection = known[1]
+        return found
+    found = session.connection()
+    session.info[_CONNECTION] = (session.get_transaction(), found)
+    return found
+
+
+_CONNECTION = "crewchief.connection"  # session.info: (its transaction, that one's connection)
 
 
 @cache
