@@ -223,20 +223,15 @@ class Dispatcher:
         """The bot message a reaction or reply is about; None when it is not the bot's.
         Raises NotYetDelivered while one of the bot's posts to that channel is in flight: it
         may be that message, its id not recorded yet."""
-        message = self._message(session, platform, channel, platform_id)
+        # a Slack ts is unique per channel
+        message = message_posted_as(session, platform, channel, platform_id)
         if message is None:
             if post_in_flight(session, platform, channel):
                 raise NotYetDelivered(platform_id)
             # Each statement sees what was committed before it (PostgreSQL's read committed):
             # a post recorded between the two reads above is there now.
-            message = self._message(session, platform, channel, platform_id)
+            message = message_posted_as(session, platform, channel, platform_id)
         return message
-
-    def _message(
-        self, session: Session, platform: str, channel: str, platform_id: str
-    ) -> models.Message | None:
-        """A bot message by the platform's id for it (a Slack ts is unique per channel)."""
-        return message_posted_as(session, platform, channel, platform_id)
 
 
 def usage_reply(exc: UsageError) -> Reply:

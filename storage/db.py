@@ -175,7 +175,9 @@ class Database:
             ):
                 yield session
         except BaseException:
-            if not isolated:  # the group's transaction went with it
+            # The group's transaction went with it, unless it was a savepoint rolled back
+            # alone; SQLite ends the whole transaction on some errors of its own (a full disk).
+            if not isolated or not getattr(conn.connection.dbapi_connection, "in_transaction", 1):
                 self._group.failed = True
             raise
 

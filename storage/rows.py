@@ -3,17 +3,18 @@
 The ORM costs about six times a Core statement per row (a SELECT by key: 196 against 33
 microseconds on the 2-core machine of docs/PERFORMANCE.md). Rows that are written once
 (audit entries, LLM calls, messages, outbox rows, votes, inbound event ids) go in with
-`add` and `add_once`; the status changes of runs and steps, which are read through ORM
-objects, are written with `change`, which leaves the ORM nothing to flush. The tables stay
-the SQLModel models, and the defaults a model declares still apply.
+`add` and `add_once`; the status changes of runs and steps are written with `change`, which
+leaves the ORM nothing to flush. Runs and steps are read with `load` and a new run is made
+with `create`: each gives ORM objects, put in the session as the ORM would have loaded them,
+without its loading or its flush. The tables stay the SQLModel models, and the defaults a
+model declares still apply.
 
-These statements, and the few hot reads that `execute` runs with `fetch` (the outbox's
-claim), go to the driver directly: each is compiled once per dialect and set of parameters,
-its parameters pass through the same type conversions SQLAlchemy applies, and so do the
-values it reads. What SQLAlchemy's execution layer adds around a statement (about half of
-the time of such an INSERT) is left out, but what users of it see stays: the
-`before_cursor_execute` and `after_cursor_execute` events, its exception classes, and a
-connection that dropped is invalidated.
+All of these, and the claims' SELECTs, go to the driver directly (`execute`, `send`): each
+statement is compiled once per dialect and set of parameters, its parameters pass through the
+same type conversions SQLAlchemy applies, and so do the values it reads. What SQLAlchemy's
+execution layer adds around a statement (about half of the time of such an INSERT) is left
+out, but what users of it see stays: the `before_cursor_execute` and `after_cursor_execute`
+events, its exception classes, and a connection that dropped is invalidated.
 """
 
 from __future__ import annotations
@@ -146,8 +147,9 @@ M = TypeVar("M", bound=SQLModel)
 def load(session: Session, model: type[M], query: Executable, params: dict[str, Any]) -> list[M]:
     """The objects of `model` whose rows `query` (a SELECT of all of its table's columns)
     reads, as the ORM would load them: each is in the session, its stored state the row's.
-    Where the session holds a row's object already, that object is returned unchanged, as a
-    query does; what the session has pending is flushed first, as a query's autoflush does."""
+    Where the session holds a row's object already, that object is returned as it is (as a
+    query without populate_existing does); what the session has pending is flushed first, as
+    a query's autoflush does."""
     session.flush()
     found = execute(session, query, [params], fetch=True).rows
     mapper = _mapper(model)
@@ -278,11 +280,13 @@ def _prepare(statement: Executable, dialect: Dialect, names: frozenset[str]) -> 
     required = {name for name, bind in binds.items() if bind.required}
     # every parameter the statement sends, with the values of those it holds itself
     sent = compiled.construct_params({name: None for name in required & names})
-    if required - names or names - sent.keys() or compiled.escaped_bind_names:
-        # Core would rename escaped names; this path does not
+    rendered_late = compiled.post_compile_params or compiled.literal_execute_params
+    if required - names or names - sent.keys() or compiled.escaped_bind_names or rendered_late:
+        # Core would rename escaped names and render lists (IN) per execution; this path does
+        # neither
         raise ValueError(
-            f"rows.execute needs the statement's parameters {sorted(required)} "
-            f"under plain names; given {sorted(names)}"
+            f"rows.execute needs the statement's parameters {sorted(required)} under plain "
+            f"names, none of them a list; given {sorted(names)}"
         )
     convert = []
     for name in sent:
@@ -329,7 +333,8 @@ def send(
 ) -> Executed:
     """`sql` with `parameters` as the driver takes them, sent on `conn` past SQLAlchemy's
     execution layer as `execute` sends its statements; also a statement of crewchief's own,
-    such as SQLite's BEGIN IMMEDIATE. `read` reads what it returns."""
+    such as SQLite's BEGIN IMMEDIATE. `read` reads what it returns. A failure raises
+    SQLAlchemy's exception for it (the engine's handle_error listeners are not called)."""
     dialect = conn.dialect
     dbapi_conn = conn.connection.dbapi_connection
     assert dbapi_conn is not None
@@ -345,7 +350,7 @@ def send(
         for after in events.after_cursor_execute:
             after(conn, cursor, sql, parameters, None, many)
         return Executed(cursor.rowcount, read(cursor, dialect) if read else [])
-    except Exception as exc:  # wrapped as Core wraps it: a driver's error, or a value it refused
+    except Exception as exc:  # in SQLAlchemy's classes: a driver's error, or a value it refused
         from_driver: Any = exc if isinstance(exc, dialect.loaded_dbapi.Error) else None
         dropped = from_driver is not None and dialect.is_disconnect(from_driver, dbapi_conn, cursor)
         if dropped:

@@ -295,6 +295,8 @@ def test_rows_written_past_the_orm_read_back_alike_and_fail_as_sqlalchemy_report
         context,
         created,
     )
+    with pytest.raises(ValueError, match="list"), db.transaction() as s:  # IN (...) is Core's
+        rows.execute(s, sa_select(t).where(t.c.id.in_([1, 2])), [{}], fetch=True)
 
     with pytest.raises(IntegrityError), db.transaction() as s:
         rows.add(s, models.InboundEvent, key="e2")
@@ -419,8 +421,6 @@ def test_posting_the_same_key_twice_makes_one_message(db_url: str) -> None:
 def test_replicas_starting_together_migrate_once(db_url: str) -> None:
     """Several processes upgrading a fresh database at once: all succeed, the schema is right."""
     import os
-    import subprocess
-    import sys
 
     env = {**os.environ, "CREWCHIEF_DATABASE_URL": db_url}
     procs = [
@@ -588,3 +588,55 @@ async def test_an_inbound_event_that_fails_in_a_group_commit_is_rolled_back_alon
         stored = session.exec(select(models.InboundEvent.key)).all()
     db.dispose()
     assert stored == ["a"]
+
+
+async def test_a_burst_of_inbound_events_is_answered_as_it_was_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands that arrive together commit together. One of them fails with an error after
+    which SQLite ends the whole transaction, not only its savepoint (a full disk): the work it
+    took with it runs again, each event is stored once, and what each was told is what was
+    stored."""
+    import sqlite3
+
+    from storage import threads
+    from storage.threads import Priority
+
+    monkeypatch.setattr(threads, "GROUP_TIME", 30.0)  # the group's size is the test's
+    db = Database(f"sqlite:///{tmp_path / 'burst.db'}")
+    db.upgrade()
+    ran: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def add(key: str) -> str:
+        ran.append(key)
+        return add_event(db, key)
+
+    def disk_full(key: str) -> str:
+        ran.append(key)
+        with db.transaction() as session:
+            rows.add(session, models.InboundEvent, key=key)
+            rows.send(rows.connection(session), "ROLLBACK")  # what SQLite does on SQLITE_FULL
+            raise sqlite3.OperationalError("database or disk is full")
+
+    def background() -> str:
+        started.set()
+        release.wait(5)  # the commands arrive while its group runs
+        return add("a")
+
+    first = asyncio.ensure_future(db.call(background))
+    assert await asyncio.to_thread(started.wait, 5)
+    works = {"ok1": add, "full": disk_full, "ok2": add}
+    inbound = Priority.INBOUND
+    told = [asyncio.ensure_future(db.call(w, key, priority=inbound)) for key, w in works.items()]
+    await asyncio.sleep(0)  # each has queued its job
+    release.set()
+    answers = await asyncio.gather(first, *told, return_exceptions=True)
+    with db.read() as session:
+        stored = session.exec(select(models.InboundEvent.key)).all()
+    db.dispose()
+    assert (answers[0], answers[1], answers[3]) == ("a", "ok1", "ok2")
+    assert isinstance(answers[2], sqlite3.OperationalError)
+    assert sorted(stored) == ["a", "ok1", "ok2"]
+    assert ran[:3] == ["a", "ok1", "full"]  # one group, then each of its jobs again alone
+    assert ran[3:] == ["a", "ok1", "full", "ok2"]
