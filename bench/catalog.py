@@ -38,34 +38,33 @@ BENCHMARKS: dict[str, str] = {
 # count (its `sql_per_run`). Printed under the table for a missed figure.
 BOUNDS: dict[str, str] = {
     "engine": "one core of CPython, nearly all of it on the database thread (py-spy "
-    "--threads, `python -m bench.engine --runs 300`, at 9064ff7). Of that thread's samples, "
-    "what SQLAlchemy still does around statements costs more than SQLite: loading runs and "
-    "steps as ORM objects about 15 %, claiming outbox rows and marking them sent (statements "
-    "over lists of ids, still through Core) about 14 %, the session of each job 9 % and the "
-    "group commits' own work 9 %, against 12 % for SQLite executing the statements and 7 % "
-    "for its commits. The rows written past the ORM now go to the driver directly (an "
-    "outbox INSERT: 80 µs, from 130–190 µs) and a claim no longer sorts the backlog (at "
-    "5,000 runnable steps 50 µs, from 825 µs). What is left: runs and steps read as rows "
-    "rather than ORM objects, the outbox's claims on the driver path, fewer transactions per "
-    "run. This machine slowed during this report: the three 1,000-run engine runs measured "
-    "29.8, 27.3 and 23.0 runs/s, their CPU per run 31.1, 33.9 and 40.0 ms for the same work, "
-    "and LangGraph 28.0–51.2 runs/s. The 200-run runs came first, in the fastest part, which "
-    "is why 5,000 runs (24.1) read as less than 80 % of them (33.0), and PostgreSQL (10.7) "
-    "as just under 40 % of SQLite",
+    "--threads, `python -m bench.engine --runs 500`, at 702e7e3). Of that thread's samples, "
+    "SQLite executing the statements takes about 17 % and its commits 7 %; converting "
+    "parameters and rows by SQLAlchemy's types about 16 %, the session of each job 11 %, the "
+    "group commits' own work 10 %, and the engine's logic the rest, around 84 statements per "
+    "run. Since the report before this one (CPU 33.9 ms per run): the outbox's claims and "
+    "marks, the reads of runs and steps and the making of a run go to the driver, not "
+    "through the ORM (rows.load, rows.create), and a burst of inbound events commits "
+    "together. 5× LangGraph needs about 2.3 ms per run, which per-statement savings cannot "
+    "reach: each job reloads its run and steps, 13 outbox rows are written per run (4 of "
+    "them run-card edits that a later edit supersedes), and each step is claimed and "
+    "completed on its own rather than many in one statement. PostgreSQL waits on the "
+    "server: 80 statements per run, each a round trip to a server on the same two cores, and "
+    "a commit per job (PostgreSQL's transactions are not grouped); its database threads "
+    "spend about half of their busy samples waiting in psycopg for the server",
     "ack": "the same database thread: an acknowledgement waits for the job it finds "
-    "running and for its own group's commit (a group ends right after an inbound event's "
-    "job); p99 was 44.5, 50.0 and 51.9 ms in the three runs of this report, in the slow "
-    "part of the sitting, and 38.3 ms in a faster one an hour earlier",
+    "running and for its own group's commit, which holds the other inbound events that "
+    "arrived with it (in same-sitting pairs this raised p99 by 4–6 ms and halved p50)",
     "reaction": "throughput, not latency: 100 approvals at once queue on the database "
-    "thread, so the last published post waits for about 100 runs' publishing work",
+    "thread, so the last published post waits for about 100 runs' publishing work "
+    "(1,000 runs' approve-to-published phase took 6.2–7.0 s in this report)",
     "concurrency": "the database thread again: 100 workers each claim and complete their "
-    "steps through it, so the model's 1 s is not the only wait. 1,000 runs cost about 34 s "
-    "of CPU on this machine (`cpu_ms_per_run` above) against a 30 s critical path; the "
-    "same benchmark measured 2.04 an hour before this report, and 1.51 alone on another day",
-    "footprint": "imports, most of them of the database layer `/crew help` goes through: "
-    "`import storage.models` alone (sqlalchemy, sqlmodel and the models' classes) took "
-    "0.75–1.09 s in this sitting, and the whole answer 1.38–1.72 s; the same code answered "
-    "in 0.585 s in a faster sitting",
+    "steps through it, so the model's 1 s is not the only wait; 1,000 runs cost about 14 s "
+    "of CPU (`cpu_ms_per_run` above) against a 30 s critical path",
+    "footprint": "imports, most of them of the database layer `/crew help` goes through "
+    "(its de-duplication and who may see what): `python -c 'import commands.dispatch'` "
+    "alone (sqlalchemy, sqlmodel, pydantic and the models' and configuration's classes) "
+    "took 0.59–0.76 s in this sitting, and typer's parameter types about 0.1 s",
 }
 
 Result = Mapping[str, Any]
