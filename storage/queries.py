@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
-    Update,
     and_,
     bindparam,
     func,
@@ -37,7 +36,7 @@ from storage.models import (
     StepStatus,
     Vote,
 )
-from storage.rows import change, connection, execute, load, table
+from storage.rows import change, change_by_id, connection, execute, load, table
 from storage.unit_of_work import Topic, arm
 
 
@@ -213,24 +212,6 @@ def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]
     return query
 
 
-@cache
-def _outbox_update(*, leasing: bool = False) -> Update:
-    """UPDATE outbox .. WHERE id = :row_id; the SET clause comes from the other parameters,
-    and `leasing` counts an attempt."""
-    t = table(Outbox)
-    statement = update(t).where(t.c.id == bindparam("row_id"))
-    if leasing:
-        statement = statement.values(attempts=t.c.attempts + literal_column("1"))
-    return statement
-
-
-_POSTED = (  # a message's id on its platform, once its post is delivered
-    update(table(Message))
-    .where(table(Message).c.id == bindparam("message_id"))
-    .values(platform_id=bindparam("posted_as"))
-)
-
-
 def claim_outbox(
     session: Session,
     *,
@@ -250,16 +231,20 @@ def claim_outbox(
     params: dict[str, Any] = {"now": now, "limit": limit}
     params.update({f"platform_{i}": name for i, name in enumerate(platforms or ())})
     found = execute(session, query, [params], fetch=True).rows
-    stale = [row.id for row in found if row.superseded]
+    stale = [
+        {"row_id": row.id, "status": OutboxStatus.SUPERSEDED} for row in found if row.superseded
+    ]
     if stale:
-        superseded = {"status": OutboxStatus.SUPERSEDED}
-        execute(session, _outbox_update(), [{"row_id": i, **superseded} for i in stale])
+        change_by_id(session, Outbox, stale)
         arm(session, Topic.OUTBOX)  # the newer edits behind them are deliverable now
     leased = [row for row in found if not row.superseded]
     until = now + lease
-    if leased:
-        leases = [{"row_id": row.id, "lease_owner": owner, "lease_until": until} for row in leased]
-        execute(session, _outbox_update(leasing=True), leases)
+    # attempts counted from the row as read: it is locked (SQLite's write lock, FOR UPDATE)
+    leases = [
+        {"row_id": row.id, "lease_owner": owner, "lease_until": until, "attempts": row.attempts + 1}
+        for row in leased
+    ]
+    change_by_id(session, Outbox, leases)
     return [
         Leased(
             id=row.id,
@@ -286,25 +271,20 @@ def mark_sent(session: Session, sent: Collection[Sent], now: datetime) -> None:
     if not sent:
         return
     done = {"status": OutboxStatus.SENT, "sent_at": now, "lease_owner": None, "error": None}
-    execute(session, _outbox_update(), [{"row_id": s.row_id, **done} for s in sent])
+    change_by_id(session, Outbox, [{"row_id": s.row_id, **done} for s in sent])
     posted = [
-        {"message_id": s.message_id, "posted_as": s.posted_as}
+        {"row_id": s.message_id, "platform_id": s.posted_as}
         for s in sent
         if s.message_id is not None and s.posted_as
     ]
-    if posted:
-        execute(session, _POSTED, posted)
+    change_by_id(session, Message, posted)
     arm(session, Topic.OUTBOX)
 
 
 def give_up(session: Session, row_id: int, error: str) -> None:
     """A row that can never be delivered: failed for good, with why."""
-    t = table(Outbox)
-    connection(session).execute(
-        update(t)
-        .where(t.c.id == row_id)
-        .values(status=OutboxStatus.FAILED, error=error, lease_owner=None)
-    )
+    failed = {"row_id": row_id, "status": OutboxStatus.FAILED, "error": error, "lease_owner": None}
+    change_by_id(session, Outbox, [failed])
     arm(session, Topic.OUTBOX)
 
 

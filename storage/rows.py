@@ -211,6 +211,13 @@ def change(
     return True
 
 
+def change_by_id(session: Session, model: type[SQLModel], changes: list[dict[str, Any]]) -> None:
+    """UPDATE rows of `model` by key, in one executemany: each of `changes` names its row by
+    `row_id` and gives its new values (all alike). For rows nobody holds as ORM objects."""
+    if changes:
+        execute(session, _update_by_id(model, ()), changes)
+
+
 @cache
 def _update_by_id(model: type[SQLModel], unless_changed: tuple[str, ...]) -> Update:
     """UPDATE .. WHERE id = :row_id (AND name = :was_name ...); the SET clause comes from the
