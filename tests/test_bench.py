@@ -6,12 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 import bench.__main__ as entry
+from agents import digest
 from bench import catalog, suite
+from bench.digest import seed
+from storage.db import Database
+from storage.models import AuditEntry, DraftVersion, LLMCall, Run, Step
+from tests.conftest import make_config
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINE_KEYS = {
@@ -94,3 +101,36 @@ def test_the_suite_writes_the_report_and_goes_on_after_a_crash(
     assert "| engine, broken: runs/s | — | failed: exit 2" in report
     assert "Machine: " in report and "cores" in report and "Python" in report
     assert "Quick run" in report
+
+
+def test_the_digest_benchmark_seeds_the_history_it_says_and_the_digest_reads_it(
+    db_url: str,
+) -> None:
+    db = Database(db_url)
+    now = datetime.now(UTC)
+    seed(db, 9_000, now)
+    with db.read() as session:
+        counted = {
+            table.__name__: session.scalar(sa.select(sa.func.count()).select_from(table))
+            for table in (Run, Step, LLMCall, DraftVersion, AuditEntry)
+        }
+        first, last = session.execute(
+            sa.select(sa.func.min(Run.created_at), sa.func.max(Run.created_at))
+        ).one()
+        built = digest.build(session, make_config(), now, timedelta(hours=24))
+    db.dispose()
+    assert counted == {
+        "Run": 3_000,
+        "Step": 9_000,
+        "LLMCall": 9_000,
+        "DraftVersion": 3_000,
+        "AuditEntry": 3_000,
+    }
+    assert timedelta(days=89) < last - first <= timedelta(days=90)
+    assert abs(last - now) < timedelta(minutes=1)
+    # one day of 90: about 33 runs, some of each outcome, 3 model calls each, decisions
+    window = built["totals"]["now"]
+    assert 30 <= window["started"] <= 36
+    assert window["succeeded"] > window["failed"] > 0
+    assert abs(built["llm"]["calls"] - 3 * window["started"]) <= 3  # calls at the window's edge
+    assert built["approvals"]["decided"] > 0
