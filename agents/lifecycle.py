@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session
@@ -28,7 +28,7 @@ from storage.models import (
     StepStatus,
     utcnow,
 )
-from storage.queries import lock_run, steps_of
+from storage.queries import lease_step, lock_run, steps_of
 
 Clock = Callable[[], datetime]
 
@@ -216,24 +216,34 @@ class Lifecycle:
         step: Step,
         *,
         output: str | None = None,
+        lease: tuple[str, timedelta] | None = None,
         **run_changes: Any,
-    ) -> None:
+    ) -> Step | None:
         """Mark `step` done (with its `output`, when it has a new one) and make the next one
-        runnable, or finish the run (with `run_changes` written to the run as well)."""
+        runnable, or finish the run (with `run_changes` written to the run as well). With
+        `lease` (an owner and a lease), the next step runs at once for that owner, as if it had
+        claimed it. The next step, if there is one."""
         now = self.clock()
         done: dict[str, Any] = {"output": output} if output is not None else {}
         rows.change(
             session, step, status=StepStatus.SUCCEEDED, finished_at=now, lease_owner=None, **done
         )
-        later = (s for s in steps_of(session, run.id or 0) if s.position > step.position)
-        nxt = next(later, None)
+        nxt = self.next_step(session, run, step)
         if nxt is None:
             run_changes.update(status=RunStatus.SUCCEEDED, finished_at=now)
+        elif lease is not None:
+            lease_step(session, nxt, owner=lease[0], now=now, lease=lease[1])
+            run_changes.update(status=RunStatus.RUNNING, current_step=nxt.position)
         else:
             rows.change(session, nxt, status=StepStatus.PENDING, available_at=now)
             run_changes.update(status=RunStatus.RUNNING, current_step=nxt.position)
         rows.change(session, run, updated_at=now, **run_changes)
         self.refresh(session, run)
+        return nxt
+
+    def next_step(self, session: Session, run: Run, step: Step) -> Step | None:
+        """The step of `run` after `step`, if any."""
+        return next((s for s in steps_of(session, run.id or 0) if s.position > step.position), None)
 
     def await_approval(
         self, session: Session, run: Run, step: Step, text: str, deadline: datetime | None

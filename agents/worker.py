@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ from sqlmodel import Session
 from agents import cards
 from agents.approvals import ApprovalService
 from agents.budgets import BudgetExceeded, check_budget
-from agents.config import CrewConfig, StepSpec
+from agents.config import AgentSpec, CrewConfig, StepSpec
 from agents.heartbeat import heartbeat, interval
 from agents.lifecycle import Lifecycle
 from agents.llm import Completion, LLMError, LLMProvider
@@ -153,26 +154,37 @@ class Workers:
             return next_step_due(session)
 
     async def work_once(self) -> bool:
-        """Claim one step and take it to its next state. False when nothing was runnable."""
-        claiming = asyncio.ensure_future(self.db.call(self._claim))
+        """Claim one step and take it to its next state, then go on with each next step of its
+        run that this worker took at once. False when nothing was runnable."""
+        claimed = await self._committed(self._claim)
+        if claimed is None:
+            return False
+        while claimed is not None:
+            claimed = await self._run(claimed)
+        return True
+
+    async def _committed(self, call: Callable[[], Claimed | None]) -> Claimed | None:
+        """`call` (a transaction that may lease a step to this worker) in its thread. Stopped
+        while it runs, it may still commit: a step it leased is handed back rather than left
+        leased to a worker that is gone."""
+        running = asyncio.ensure_future(self.db.call(call))
         try:
-            claimed = await asyncio.shield(claiming)
+            return await asyncio.shield(running)
         except asyncio.CancelledError:
-            # Stopped while the claim ran in its thread: it may still commit, and its step
-            # must be handed back rather than left leased to a worker that is gone.
-            late = await claiming
+            late = await running
             if late is not None:
                 self._release(late)
             raise
-        if claimed is None:
-            return False
+
+    async def _run(self, claimed: Claimed) -> Claimed | None:
+        """Run a leased step, under a heartbeat; the next step, if this worker took it."""
         try:
             async with heartbeat(
                 lambda: self.db.call(self._renew, claimed.step_id),
                 interval(self.config.engine.lease),
                 f"step {claimed.step_id} of run {claimed.run_id}",
             ):
-                await self._execute(claimed)
+                return await self._execute(claimed)
         except asyncio.CancelledError:
             self._release(claimed)  # a graceful stop: another worker takes it at once
             raise
@@ -181,21 +193,21 @@ class Workers:
             await self.db.call(
                 self._fail, claimed, f"internal error ({type(exc).__name__}); see the bot's log"
             )
-        return True
+        return None
 
-    async def _execute(self, claimed: Claimed) -> None:
+    async def _execute(self, claimed: Claimed) -> Claimed | None:
         try:
             request = build_request(**claimed.request_kwargs)
         except TemplateError as exc:
             error = f"the prompt of agent {claimed.agent!r} failed to render: {exc}"
             await self.db.call(self._fail, claimed, error)
-            return
+            return None
         try:
             async with self._llm_slots:
                 completion = await self.llm.complete(request)
         except LLMError as exc:
             await self.db.call(self._fail, claimed, str(exc), call=Call(None, str(exc)))
-            return
+            return None
         publication: Publication | None = None
         if claimed.spec.publish is not None:
             publication = Publication(
@@ -208,8 +220,10 @@ class Workers:
                 await self.publisher.perform(claimed.spec.publish, claimed.run, publication)
             except PublishError as exc:
                 await self.db.call(self._fail, claimed, str(exc), call=Call(completion, None))
-                return
-        await self.db.call(self._complete, claimed, completion, publication)
+                return None
+        return await self._committed(
+            functools.partial(self._complete, claimed, completion, publication)
+        )
 
     # -- transactions (each runs in a thread) -----------------------------------------------
 
@@ -258,10 +272,32 @@ class Workers:
         except BudgetExceeded as exc:
             self.lifecycle.fail_step(session, run, step, str(exc))
             return None
+        self.lifecycle.begin_step(session, run, step)
+        return self._claimed(session, run, step, spec, agent)
+
+    def _takes_next(self, session: Session, run: Run, step: Step) -> bool:
+        """Whether this worker goes on with the step after `step` at once, in the transaction
+        that finishes `step`, instead of leaving it to the next claim: when the step is
+        configured and within the budget (otherwise its claim fails it, as it says why)."""
+        nxt = self.lifecycle.next_step(session, run, step)
+        if nxt is None or self.lifecycle.spec_for(run, nxt) is None:
+            return False
+        if nxt.agent not in self.config.agents:
+            return False
+        try:
+            check_budget(session, self.config.budgets, run, self.clock())
+        except BudgetExceeded:
+            return False
+        return True
+
+    def _claimed(
+        self, session: Session, run: Run, step: Step, spec: StepSpec, agent: AgentSpec
+    ) -> Claimed:
+        """What running `step` (leased to this worker) needs, read in its transaction."""
+        assert run.id is not None and step.id is not None
         steps = steps_of(session, run.id)
         earlier = [s for s in steps if s.position < step.position]
         approvals = [s for s in earlier if (sp := self.lifecycle.spec_for(run, s)) and sp.approval]
-        self.lifecycle.begin_step(session, run, step)
         return Claimed(
             step_id=step.id,
             run_id=run.id,
@@ -354,12 +390,14 @@ class Workers:
 
     def _complete(
         self, claimed: Claimed, completion: Completion, publication: Publication | None
-    ) -> None:
+    ) -> Claimed | None:
+        """Record what the step made and take the run on; when the next step can run at once,
+        this worker takes it (its lease is in this transaction) and it is returned."""
         spec = claimed.spec
         with self._recording(claimed, Call(completion, None)) as session:
             owned = self._own(session, claimed)
             if owned is None:
-                return
+                return None
             run, step = owned
             if spec.approval is not None:
                 self.approvals.await_approval(
@@ -370,7 +408,7 @@ class Workers:
                     completion.text,
                     prompt_version=prompt_version(claimed.request_kwargs["spec"]),
                 )
-                return
+                return None
             offline = self.lifecycle.offline
             if spec.publish is not None and publication is not None:
                 record(session, run, step, spec.publish, publication, offline=offline)
@@ -388,4 +426,13 @@ class Workers:
                         "offline": offline,
                     },
                 )
-            self.lifecycle.advance(session, run, step, output=completion.text)
+            lease = (self.owner, self.config.engine.lease)
+            takes = self._takes_next(session, run, step)
+            nxt = self.lifecycle.advance(
+                session, run, step, output=completion.text, lease=lease if takes else None
+            )
+            if not takes or nxt is None:
+                return None
+            spec_of_next = self.lifecycle.spec_for(run, nxt)
+            assert spec_of_next is not None  # _takes_next saw it
+            return self._claimed(session, run, nxt, spec_of_next, self.config.agents[nxt.agent])

@@ -118,6 +118,14 @@ def claim_step(
         return None
     step = lock_step(session, found[0].run_id, found[0].id)
     assert step is not None  # the claim found it a moment ago, in this transaction
+    lease_step(session, step, owner=owner, now=now, lease=lease)
+    return step
+
+
+def lease_step(
+    session: Session, step: Step, *, owner: str, now: datetime, lease: timedelta
+) -> None:
+    """`step` (locked) runs now, for `owner`, until `lease` has passed unrenewed."""
     # A step taken from a worker that died re-runs the attempt the crash cut short: a bot
     # killed three times mid-call must not fail a run that never failed. Only a fresh claim
     # of a pending step (after a recorded failure, or the first) counts as a new attempt.
@@ -130,7 +138,6 @@ def claim_step(
         lease_until=now + lease,
         started_at=step.started_at or now,
     )
-    return step
 
 
 _STEPS = "crewchief.steps"  # session.info keys: the steps this transaction has read (locked)

@@ -375,6 +375,38 @@ async def test_a_lease_whose_holder_cannot_be_proven_dead_is_waited_out(bot_fact
     await bot.app.aclose()
 
 
+async def test_a_worker_goes_on_with_its_runs_next_step_before_other_runs(bot_factory) -> None:
+    """The worker that finishes a step runs the next one of that run at once, under its own
+    lease, instead of leaving it to the queue: earlier runs reach their drafts first."""
+    bot: Bot = bot_factory()
+    await bot.type("/crew run blog-post first", "/crew run blog-post second")
+    assert await bot.app.workers.work_once()
+    research, draft, publish = bot.steps(1)
+    assert research.status == models.StepStatus.SUCCEEDED
+    assert draft.status == models.StepStatus.AWAITING_APPROVAL and draft.attempts == 1
+    assert draft.started_at is not None and draft.lease_owner is None
+    assert publish.status == models.StepStatus.WAITING
+    assert bot.run(1).status == models.RunStatus.AWAITING_APPROVAL
+    assert bot.steps(2)[0].status == models.StepStatus.PENDING  # not yet begun
+    assert len(bot.messages("draft", run_id=1)) == 1
+    await bot.app.aclose()
+
+
+async def test_a_next_step_over_the_budget_is_left_to_a_claim_that_says_why(
+    bot_factory,
+) -> None:
+    bot: Bot = bot_factory({"budgets": {"per_run_tokens": 10}})
+    await bot.type("/crew run blog-post heat pumps")
+    assert await bot.app.workers.work_once()  # research: its tokens pass the budget
+    research, draft, _ = bot.steps()
+    assert research.status == models.StepStatus.SUCCEEDED
+    assert draft.status == models.StepStatus.PENDING and draft.attempts == 0
+    await bot.app.workers.work_once()  # the claim fails it
+    assert bot.steps()[1].status == models.StepStatus.FAILED
+    assert "budget: this run has used" in (bot.run().error or "")
+    await bot.app.aclose()
+
+
 @pytest.mark.slow
 async def test_a_call_slower_than_the_lease_keeps_its_step(
     bot_factory, openai_server: FakeOpenAIServer
