@@ -48,14 +48,12 @@ class Database:
         self.engine = self._create_engine()
         self.reader = self.engine.execution_options(crewchief_read=True)
         self.hooks: Hooks = {topic: [] for topic in Topic}
-        # SQLite has one writer at a time: its thread commits the work that is ready together.
-        # PostgreSQL's transactions stay one per job: grouped, two groups locking runs in
-        # different orders could deadlock.
+        # Each thread commits together the work that is ready at once. SQLite has one writer
+        # at a time, so one thread. PostgreSQL gets a few: while one waits for the server,
+        # another works. Two of its groups that lock two runs in opposite orders deadlock;
+        # the server then fails one of them, whose jobs run again one at a time.
         self._group = threading.local()
-        if self.is_sqlite:
-            self.threads = DatabaseThreads(1, group=self._grouped)
-        else:
-            self.threads = DatabaseThreads(8)
+        self.threads = DatabaseThreads(1 if self.is_sqlite else 3, group=self._grouped)
 
     async def call(
         self,
@@ -67,7 +65,7 @@ class Database:
         """`work(*args, **kwargs)` on the database threads; the event loop goes on meanwhile.
         Inbound events pass `priority=Priority.INBOUND`: their acknowledgement waits."""
         job = functools.partial(work, *args, **kwargs)
-        if priority == Priority.INBOUND and self.is_sqlite:
+        if priority == Priority.INBOUND:
             job = functools.partial(self._isolated, job)
         result: T = await asyncio.wrap_future(self.threads.submit(priority, job))
         return result

@@ -3,7 +3,7 @@
 An acknowledgement waits for its transaction, so an inbound event goes ahead of the
 background work (claims, results, deliveries) already queued; among equals, first come, first
 served. SQLite gets one thread (one writer at a time: no lock contention, no busy waiting),
-PostgreSQL one per pooled connection.
+PostgreSQL a few (storage.db).
 
 Group commit: given a `group`, a thread runs the jobs waiting in the queue one after the other
 inside one outer transaction (each job's own transactions join it) and commits them together,

@@ -640,3 +640,51 @@ async def test_a_burst_of_inbound_events_is_answered_as_it_was_stored(
     assert sorted(stored) == ["a", "ok1", "ok2"]
     assert ran[:3] == ["a", "ok1", "full"]  # one group, then each of its jobs again alone
     assert ran[3:] == ["a", "ok1", "full", "ok2"]
+
+
+async def test_two_postgresql_groups_that_deadlock_store_each_jobs_work_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two database threads' groups each lock a run, then want the other's: the server fails
+    one group (a deadlock), its jobs run again one at a time after the other has committed,
+    and every job's work is stored once."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one database thread: its groups never wait for each other")
+    from storage import threads
+
+    monkeypatch.setattr(threads, "GROUP_TIME", 30.0)  # each group takes both of its jobs
+    db = fresh(db_url)
+    db.threads = threads.DatabaseThreads(2, group=db._grouped)
+    with db.transaction() as s:
+        x, y = (
+            rows.create(s, Run, workflow="w", text="t", requester="a", platform="p", channel="c")
+            for _ in range(2)
+        )
+    go = {"a1": threading.Event(), "b1": threading.Event()}
+    ran: list[str] = []
+
+    def lock(run_id: int, name: str) -> str:
+        ran.append(name)
+        with db.transaction() as s:
+            assert lock_run(s, run_id) is not None
+            rows.add(s, models.AuditEntry, actor="test", action=name, run_id=run_id)
+        if name in go:
+            go[name].wait(10)  # its group holds the run until the test lets it go on
+        return name
+
+    first = [asyncio.ensure_future(db.call(lock, run.id, n)) for run, n in ((x, "a1"), (y, "b1"))]
+    await asyncio.sleep(0.2)  # each thread's group holds its run
+    then = [asyncio.ensure_future(db.call(lock, run.id, n)) for run, n in ((y, "a2"), (x, "b2"))]
+    await asyncio.sleep(0)
+    go["a1"].set()  # a1's group takes a2, and waits for y
+    await asyncio.sleep(0.2)
+    go["b1"].set()  # b1's group takes b2, and waits for x: a deadlock
+    answers = await asyncio.gather(*first, *then)
+    with db.read() as s:
+        stored = sorted(s.exec(select(models.AuditEntry.action)).all())
+    db.dispose()
+    assert answers == ["a1", "b1", "a2", "b2"]
+    assert stored == ["a1", "a2", "b1", "b2"]
+    # one group failed and its two jobs ran again, one at a time
+    again = sorted(name for name in set(ran) if ran.count(name) == 2)
+    assert again in (["a1", "a2"], ["b1", "b2"]) and len(ran) == 6
