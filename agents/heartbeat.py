@@ -42,5 +42,9 @@ async def heartbeat(renew: Renew, every: float, what: str) -> AsyncIterator[None
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller was cancelled meanwhile, not only the heartbeat

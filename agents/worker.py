@@ -178,22 +178,29 @@ class Workers:
 
     async def _run(self, claimed: Claimed) -> Claimed | None:
         """Run a leased step, under a heartbeat; the next step, if this worker took it."""
+        nxt: Claimed | None = None
         try:
             async with heartbeat(
                 lambda: self.db.call(self._renew, claimed.step_id),
                 interval(self.config.engine.lease),
                 f"step {claimed.step_id} of run {claimed.run_id}",
             ):
-                return await self._execute(claimed)
+                nxt = await self._execute(claimed)
         except asyncio.CancelledError:
-            self._release(claimed)  # a graceful stop: another worker takes it at once
+            # a graceful stop: another worker takes them at once
+            for leased in (claimed, nxt):
+                if leased is not None:
+                    self._release(leased)
             raise
         except Exception as exc:
             log.exception("step %s of run %s failed unexpectedly", claimed.step_id, claimed.run_id)
             await self.db.call(
                 self._fail, claimed, f"internal error ({type(exc).__name__}); see the bot's log"
             )
-        return None
+            if nxt is not None:
+                await self.db.call(self._release, nxt)
+            return None
+        return nxt
 
     async def _execute(self, claimed: Claimed) -> Claimed | None:
         try:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,34 @@ T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SCHEMA_HEAD = "0009"  # the newest revision in migrations/versions (a test keeps them equal)
+
+
+_LOST_A_LOCK_RACE = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+def _broken(conn: Connection) -> bool:
+    """Whether the database has ended or aborted the connection's transaction by itself:
+    SQLite rolls the whole transaction back on some errors (a full disk); PostgreSQL refuses
+    everything but a rollback after an error outside a savepoint, and would answer a COMMIT
+    by rolling back."""
+    dbapi = conn.connection.dbapi_connection
+    if isinstance(dbapi, sqlite3.Connection):
+        return not dbapi.in_transaction
+    status = getattr(getattr(dbapi, "info", None), "transaction_status", None)  # psycopg
+    return getattr(status, "name", None) == "INERROR"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of the driver error `exc` wraps or was raised from, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        code = getattr(getattr(seen, "orig", None), "sqlstate", None) or getattr(
+            seen, "sqlstate", None
+        )
+        if isinstance(code, str):
+            return code
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class Database:
@@ -134,7 +163,7 @@ class Database:
         with self.engine.connect() as conn, conn.begin():
             group.conn, group.deferred, group.failed = conn, deferred, False
             try:
-                yield lambda: bool(group.failed)
+                yield lambda: bool(group.failed) or _broken(conn)
             finally:
                 group.conn = None
         deferred.fire(self.hooks)
@@ -172,10 +201,11 @@ class Database:
                 session.begin(),
             ):
                 yield session
-        except BaseException:
+        except BaseException as exc:
             # The group's transaction went with it, unless it was a savepoint rolled back
-            # alone; SQLite ends the whole transaction on some errors of its own (a full disk).
-            if not isolated or not getattr(conn.connection.dbapi_connection, "in_transaction", 1):
+            # alone. A savepoint that lost a race for a lock (a deadlock PostgreSQL broke)
+            # fails the group too: run again alone, its job will not meet that race.
+            if not isolated or _broken(conn) or _sqlstate(exc) in _LOST_A_LOCK_RACE:
                 self._group.failed = True
             raise
 

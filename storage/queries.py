@@ -388,7 +388,8 @@ _POSTED_AS = (
 
 def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run | None:
     """The run, row-locked on PostgreSQL. Every transaction that changes a run locks it
-    first (then its steps), so decisions on one run are serialized and never deadlock.
+    first (then its steps), so decisions on one run are serialized and two of them never
+    deadlock (two groups of them can: storage.threads).
     With skip_locked, None means another transaction holds it right now."""
     found = load(session, Run, _LOCK_RUN[skip_locked], {"run_id": run_id})
     return found[0] if found else None

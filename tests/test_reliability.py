@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from sqlmodel import select
 
+from agents.heartbeat import heartbeat
 from agents.openai_provider import OpenAIProvider
 from storage import models
 from storage.db import Database
@@ -405,6 +406,25 @@ async def test_a_next_step_over_the_budget_is_left_to_a_claim_that_says_why(
     assert bot.steps()[1].status == models.StepStatus.FAILED
     assert "budget: this run has used" in (bot.run().error or "")
     await bot.app.aclose()
+
+
+async def test_a_worker_stopped_while_its_heartbeat_stops_is_stopped() -> None:
+    """A stop that arrives just as a step's heartbeat is being stopped is not lost: the
+    worker does not go on to the next step of its run."""
+
+    async def renew() -> bool:
+        return True
+
+    async def step() -> None:
+        async with heartbeat(renew, 10.0, "step"):
+            pass  # done: the heartbeat stops, and waits for its task to end
+
+    worker = asyncio.create_task(step())
+    await asyncio.sleep(0)  # the worker now waits for its heartbeat's task
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    assert worker.cancelled()
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import bindparam, event, inspect
 from sqlalchemy import select as sa_select
+from sqlalchemy import text as sa_text
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlmodel import Session, SQLModel, select
 
@@ -642,15 +643,19 @@ async def test_a_burst_of_inbound_events_is_answered_as_it_was_stored(
     assert ran[3:] == ["a", "ok1", "full", "ok2"]
 
 
+@pytest.mark.parametrize("second", ["background", "inbound"])
 async def test_two_postgresql_groups_that_deadlock_store_each_jobs_work_once(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch, second: str
 ) -> None:
     """Two database threads' groups each lock a run, then want the other's: the server fails
-    one group (a deadlock), its jobs run again one at a time after the other has committed,
-    and every job's work is stored once."""
+    one of them (a deadlock), the jobs of that group run again one at a time after the other
+    has committed, and every job's work is stored once. The job the server fails may be an
+    inbound event's, in a savepoint of its own: it runs again too, and is not told of an
+    error."""
     if not db_url.startswith("postgresql"):
         pytest.skip("SQLite has one database thread: its groups never wait for each other")
     from storage import threads
+    from storage.threads import Priority
 
     monkeypatch.setattr(threads, "GROUP_TIME", 30.0)  # each group takes both of its jobs
     db = fresh(db_url)
@@ -674,7 +679,11 @@ async def test_two_postgresql_groups_that_deadlock_store_each_jobs_work_once(
 
     first = [asyncio.ensure_future(db.call(lock, run.id, n)) for run, n in ((x, "a1"), (y, "b1"))]
     await asyncio.sleep(0.2)  # each thread's group holds its run
-    then = [asyncio.ensure_future(db.call(lock, run.id, n)) for run, n in ((y, "a2"), (x, "b2"))]
+    priority = Priority.INBOUND if second == "inbound" else Priority.BACKGROUND
+    then = [
+        asyncio.ensure_future(db.call(lock, run.id, n, priority=priority))
+        for run, n in ((y, "a2"), (x, "b2"))
+    ]
     await asyncio.sleep(0)
     go["a1"].set()  # a1's group takes a2, and waits for y
     await asyncio.sleep(0.2)
@@ -688,3 +697,40 @@ async def test_two_postgresql_groups_that_deadlock_store_each_jobs_work_once(
     # one group failed and its two jobs ran again, one at a time
     again = sorted(name for name in set(ran) if ran.count(name) == 2)
     assert again in (["a1", "a2"], ["b1", "b2"]) and len(ran) == 6
+
+
+async def test_a_job_that_swallows_a_database_error_does_not_lose_its_groups_work(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last job of a group reads, fails and carries on. PostgreSQL has aborted the
+    group's transaction, and would answer its COMMIT by rolling back: the group runs again one
+    job at a time, and what the others were told was done is stored."""
+    from storage import threads
+
+    monkeypatch.setattr(threads, "GROUP_TIME", 30.0)  # the group's size is the test's
+    db = fresh(db_url)
+    db.threads = threads.DatabaseThreads(1, group=db._grouped)  # all three in one group
+    started, release = threading.Event(), threading.Event()
+
+    def first() -> str:
+        started.set()
+        release.wait(5)  # the others queue meanwhile, and join this group
+        return add_event(db, "first")
+
+    def careless() -> str:
+        with contextlib.suppress(DBAPIError), db.read() as s:
+            s.execute(sa_text("SELECT missing FROM nowhere"))
+        return "carried on"
+
+    jobs = [asyncio.ensure_future(db.call(first))]
+    assert await asyncio.to_thread(started.wait, 5)
+    jobs += [asyncio.ensure_future(db.call(add_event, db, "second"))]
+    jobs += [asyncio.ensure_future(db.call(careless))]
+    await asyncio.sleep(0)
+    release.set()
+    answers = await asyncio.gather(*jobs)
+    with db.read() as s:
+        stored = sorted(s.exec(select(models.InboundEvent.key)).all())
+    db.dispose()
+    assert answers == ["first", "second", "carried on"]
+    assert stored == ["first", "second"]
