@@ -36,7 +36,7 @@ from storage.models import (
     StepStatus,
     Vote,
 )
-from storage.rows import change, change_by_id, connection, execute, load, table
+from storage.rows import change, change_by_id, connection, execute, load, load_joined, table
 from storage.unit_of_work import Topic, arm
 
 
@@ -116,6 +116,7 @@ def claim_step(
     found = execute(session, _claim_step_query(skip_locked), [{"now": now}], fetch=True).rows
     if not found:
         return None
+    lock_run(session, found[0].run_id)  # and its steps, in one statement
     step = lock_step(session, found[0].run_id, found[0].id)
     assert step is not None  # the claim found it a moment ago, in this transaction
     lease_step(session, step, owner=owner, now=now, lease=lease)
@@ -386,20 +387,37 @@ _POSTED_AS = (
 )
 
 
-def lock_run(session: Session, run_id: int, *, skip_locked: bool = False) -> Run | None:
+def lock_run(session: Session, run_id: int) -> Run | None:
     """The run, row-locked on PostgreSQL. Every transaction that changes a run locks it
     first (then its steps), so decisions on one run are serialized and two of them never
-    deadlock (two groups of them can: storage.threads).
-    With skip_locked, None means another transaction holds it right now."""
-    found = load(session, Run, _LOCK_RUN[skip_locked], {"run_id": run_id})
-    return found[0] if found else None
+    deadlock (two groups of them can: storage.threads). Its steps are read and locked in the
+    same statement, for steps_of and lock_step; locked once, the run is not read again in
+    this transaction (the object itself stays current)."""
+    runs: dict[int, Run] = session.info.setdefault(_RUNS, {})
+    if run_id in runs:
+        return runs[run_id]
+    found, steps = load_joined(session, (Run, Step), _LOCK_RUN_AND_STEPS, {"run_id": run_id})
+    if not found:  # no such run, or (never, as runs are made) one without steps
+        found = load(session, Run, _LOCK_RUN, {"run_id": run_id})
+    else:
+        session.info.setdefault(_STEPS, {})[run_id] = steps
+        session.info.setdefault(_LOCKED, set()).add(run_id)
+    if not found:
+        return None
+    runs[run_id] = found[0]
+    return found[0]
 
 
+_RUNS = "crewchief.runs.locked"  # session.info: the runs this transaction has locked
 _RUN = table(Run)
-_LOCK_RUN = {
-    skip: sa_select(_RUN).where(_RUN.c.id == bindparam("run_id")).with_for_update(skip_locked=skip)
-    for skip in (False, True)
-}
+_LOCK_RUN = sa_select(_RUN).where(_RUN.c.id == bindparam("run_id")).with_for_update()
+_LOCK_RUN_AND_STEPS = (
+    sa_select(*_RUN.c, *_STEP.c)
+    .join_from(_RUN, _STEP, _STEP.c.run_id == _RUN.c.id)
+    .where(_RUN.c.id == bindparam("run_id"))
+    .order_by(_STEP.c.position)
+    .with_for_update()
+)
 
 
 def approvals_of(session: Session, step_id: int, version: int) -> int:

@@ -150,15 +150,44 @@ def load(session: Session, model: type[M], query: Executable, params: dict[str, 
     Where the session holds a row's object already, that object is returned as it is (as a
     query without populate_existing does); what the session has pending is flushed first, as
     a query's autoflush does."""
+    found: list[M] = load_joined(session, (model,), query, params)[0]
+    return found
+
+
+def load_joined(
+    session: Session,
+    models: tuple[type[SQLModel], ...],
+    query: Executable,
+    params: dict[str, Any],
+) -> list[list[Any]]:
+    """`load` for a SELECT of all the columns of each of `models`' tables, one table after the
+    other (a join): for each model, its objects in the order the rows first name them."""
     session.flush()
     found = execute(session, query, [params], fetch=True).rows
-    mapper = _mapper(model)
     held = session.identity_map
-    loaded: list[M] = []
-    for row in found:
-        obj = held.get(mapper.identity_key_from_primary_key((row.id,)))
-        loaded.append(_attach(session, model, row._asdict()) if obj is None else obj)
+    loaded: list[list[Any]] = []
+    start = 0
+    for model in models:
+        mapper, keys = _mapper(model), _keys(model)
+        end = start + len(keys)
+        objects: dict[Any, Any] = {}
+        for row in found:
+            key = row[start]  # the table's first column: its primary key
+            if key not in objects:
+                obj = held.get(mapper.identity_key_from_primary_key((key,)))
+                if obj is None:
+                    obj = _attach(session, model, dict(zip(keys, row[start:end], strict=True)))
+                objects[key] = obj
+        loaded.append(list(objects.values()))
+        start = end
     return loaded
+
+
+@cache
+def _keys(model: type[SQLModel]) -> tuple[str, ...]:
+    columns = table(model).c
+    assert columns[0].primary_key, model  # load_joined tells rows apart by it
+    return tuple(column.key for column in columns)
 
 
 def create(session: Session, model: type[M], /, **given: Any) -> M:

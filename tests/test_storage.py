@@ -324,10 +324,10 @@ def test_runs_and_steps_read_or_made_past_the_orm_are_the_objects_the_orm_loads(
         expected = {stored(r) for r in s.exec(select(Run)).all()}
         expected |= {stored(st) for st in s.exec(select(Step)).all()}
     with db.transaction() as s:
-        run = lock_run(s, 1)
-        assert run is not None and lock_run(s, 1) is run  # the session's object, as a query's
         s.add(Step(run_id=1, position=1, name="pending", agent="a", status=StepStatus.WAITING))
-        steps = steps_of(s, 1)  # what the session had pending was flushed first
+        run = lock_run(s, 1)  # with its steps: what the session had pending was flushed first
+        assert run is not None and lock_run(s, 1) is run  # the session's object, as a query's
+        steps = steps_of(s, 1)
         assert [st.name for st in steps] == ["s", "pending"]
         loaded = [run, steps[0], lock_run(s, 2)]
         assert all(inspect(obj).persistent for obj in loaded) and not s.dirty
@@ -734,3 +734,23 @@ async def test_a_job_that_swallows_a_database_error_does_not_lose_its_groups_wor
     db.dispose()
     assert answers == ["first", "second", "carried on"]
     assert stored == ["first", "second"]
+
+
+def test_locking_a_run_on_postgresql_locks_its_steps_too(db_url: str) -> None:
+    """A decision locks the run and its steps in one statement: another transaction can
+    take neither until it ends."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite locks the whole database for a writer, not rows")
+    db = fresh(db_url)
+    add_runs(db, 1)
+    with db.transaction() as s:
+        assert lock_run(s, 1) is not None
+        with db.engine.connect() as other:
+            for table in ("run", "step"):
+                column = "id" if table == "run" else "run_id"
+                with pytest.raises(DBAPIError, match="could not obtain lock"):
+                    other.exec_driver_sql(
+                        f"SELECT id FROM {table} WHERE {column} = 1 FOR UPDATE NOWAIT"
+                    )
+                other.rollback()
+    db.dispose()
