@@ -37,34 +37,35 @@ BENCHMARKS: dict[str, str] = {
 # (py-spy record -f raw -- python -m bench engine --runs 500) and the engine's statement
 # count (its `sql_per_run`). Printed under the table for a missed figure.
 BOUNDS: dict[str, str] = {
-    "engine": "one core of CPython, nearly all of it on the database thread (py-spy "
-    "--threads, `python -m bench.engine --runs 500`, at 702e7e3). Of that thread's samples, "
-    "SQLite executing the statements takes about 17 % and its commits 7 %; converting "
-    "parameters and rows by SQLAlchemy's types about 16 %, the session of each job 11 %, the "
-    "group commits' own work 10 %, and the engine's logic the rest, around 84 statements per "
-    "run. Since the report before this one (CPU 33.9 ms per run): the outbox's claims and "
-    "marks, the reads of runs and steps and the making of a run go to the driver, not "
-    "through the ORM (rows.load, rows.create), and a burst of inbound events commits "
-    "together. 5× LangGraph needs about 2.3 ms per run, which per-statement savings cannot "
-    "reach: each job reloads its run and steps, 13 outbox rows are written per run (4 of "
-    "them run-card edits that a later edit supersedes), and each step is claimed and "
-    "completed on its own rather than many in one statement. PostgreSQL waits on the "
-    "server: 80 statements per run, each a round trip to a server on the same two cores, and "
-    "a commit per job (PostgreSQL's transactions are not grouped); its database threads "
-    "spend about half of their busy samples waiting in psycopg for the server",
+    "engine": "one core of CPython: four fifths of the process's samples are its database "
+    "thread's (py-spy --threads, `python -m bench.engine --runs 1000`, at 104638c: 7.8 ms "
+    "of it per run). Of that thread's samples, SQLite executing the statements takes about "
+    "18 % and its commits 8 %, converting the rows read 9 % and the parameters sent 7 % "
+    "(SQLAlchemy's types), making objects of the rows read 9 %, and the engine's logic the "
+    "rest, around 70 statements per run (12 outbox rows, 5 messages, 4 "
+    "audit entries, 3 model calls among them). Since the report before this one: a worker "
+    "goes on with its run's next step in the transaction that finishes the one before, a run "
+    "is locked with its steps in one statement, and PostgreSQL commits in groups too, on "
+    "three threads. 5× LangGraph needs about 1.8 ms per run, about half of what SQLite and "
+    "the type conversions alone take now (3.3 ms); what is left is structural: claiming and "
+    "completing many steps per statement, and a run card written once per state rather than "
+    "once per change (5 card posts and edits per run). PostgreSQL waits on the server: 69 "
+    "statements per run, each a round trip to a server on the same two cores",
     "ack": "the same database thread: an acknowledgement waits for the job it finds "
     "running and for its own group's commit, which holds the other inbound events that "
-    "arrived with it (in same-sitting pairs this raised p99 by 4–6 ms and halved p50)",
-    "reaction": "throughput, not latency: 100 approvals at once queue on the database "
-    "thread, so the last published post waits for about 100 runs' publishing work "
-    "(1,000 runs' approve-to-published phase took 6.2–7.0 s in this report)",
+    "arrived with it",
+    "reaction": "throughput, not latency: a ✅ on 100 drafts at once queues 100 approvals' "
+    "work (the vote, the publish step's claim and completion, the posts and card edits) on "
+    "the database thread, so the last published post comes after about 100 runs' "
+    "publishing work; the signed requests, Bolt and the fake Slack share the process's "
+    "interpreter with it",
     "concurrency": "the database thread again: 100 workers each claim and complete their "
-    "steps through it, so the model's 1 s is not the only wait; 1,000 runs cost about 14 s "
+    "steps through it, so the model's 1 s is not the only wait; 1,000 runs cost about 7 s "
     "of CPU (`cpu_ms_per_run` above) against a 30 s critical path",
     "footprint": "imports, most of them of the database layer `/crew help` goes through "
-    "(its de-duplication and who may see what): `python -c 'import commands.dispatch'` "
-    "alone (sqlalchemy, sqlmodel, pydantic and the models' and configuration's classes) "
-    "took 0.59–0.76 s in this sitting, and typer's parameter types about 0.1 s",
+    "(its de-duplication and who may see what): `python -X importtime -c 'import "
+    "commands.dispatch'` took 0.38 s in a sitting where the whole answer took 0.65 s "
+    "(sqlalchemy alone 0.13 s, sqlmodel 0.11 s), so a machine half as fast misses the target",
 }
 
 Result = Mapping[str, Any]
