@@ -110,7 +110,11 @@ def markdown(
     runs = "one run" if repeat == 1 else f"the median of {repeat} runs"
     lines = ["# Performance", ""]
     lines.append(f"Written by `{invocation}`. Each figure is {runs} of its benchmark,")
-    lines.append("each run in a fresh process.")
+    lines.append(
+        "each run in a fresh process."
+        if repeat == 1
+        else f"each run in a fresh process, in {repeat} rounds of every benchmark."
+    )
     if quick:
         lines += [
             "",

@@ -1,7 +1,7 @@
-"""Running the suite: every sample K times, each time in a fresh `python -m bench.<name> ...
---json` process whose last stdout line is its result; a crash, a timeout or an unreadable
-result is recorded and the suite goes on. The figures' medians, minima and maxima, and whether
-each met its target, are then worked out from the results."""
+"""Running the suite: every sample K times, in K rounds, each time in a fresh `python -m
+bench.<name> ... --json` process whose last stdout line is its result; a crash, a timeout or
+an unreadable result is recorded and the suite goes on. The figures' medians, minima and
+maxima, and whether each met its target, are then worked out from the results."""
 
 from __future__ import annotations
 
@@ -219,8 +219,13 @@ def run(
                 outcome.skipped = no_postgres
                 _say(progress.console, "–", f"{outcome.label}: skipped: {no_postgres}", "yellow")
                 progress.advance(task, repeat)
-                continue
-            for k in range(repeat):
+        # In rounds, each sample once per round: a machine whose speed drifts during the suite
+        # weighs on every figure alike, and a target relative to another figure compares
+        # runs spread over the same minutes.
+        for k in range(repeat):
+            for outcome in outcomes:
+                if outcome.skipped:
+                    continue
                 progress.update(task, description=f"{outcome.label} ({k + 1}/{repeat})")
                 done = attempt(outcome.command, outcome.sample, timeout)
                 outcome.attempts.append(done)
@@ -230,8 +235,7 @@ def run(
                     outcome.skipped = str(done.result["skipped"])
                     _say(progress.console, "–", f"{name}: skipped: {outcome.skipped}", "yellow")
                     progress.advance(task, repeat - k - 1)
-                    break
-                if done.error:
+                elif done.error:
                     _say(progress.console, "✗", f"{name} failed: {done.error}", "red")
                 elif done.problem:
                     _say(progress.console, "!", f"{name}: {done.problem}", "yellow")

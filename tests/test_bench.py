@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from rich.console import Console
 
 import bench.__main__ as entry
 from agents import digest
@@ -134,3 +135,21 @@ def test_the_digest_benchmark_seeds_the_history_it_says_and_the_digest_reads_it(
     assert window["succeeded"] > window["failed"] > 0
     assert abs(built["llm"]["calls"] - 3 * window["started"]) <= 3  # calls at the window's edge
     assert built["approvals"]["decided"] > 0
+
+
+def test_the_suite_runs_every_benchmark_once_per_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three runs of each in three rounds, not three in a row: a machine whose speed drifts
+    during the suite weighs on every figure alike."""
+    order: list[str] = []
+
+    def measured(cmd: list[str], sample: catalog.Sample, timeout: float) -> suite.Attempt:
+        order.append(sample.id)
+        return suite.Attempt(0, 0.1, 50.0, 0.1, result={"runs_per_s": 1.0})
+
+    monkeypatch.setattr(suite, "attempt", measured)
+    samples = [catalog.Sample(n, "engine", n, "--runs", 2, 1) for n in ("small", "large")]
+    outcomes = suite.run(
+        samples, repeat=3, quick=True, postgres_url="", timeout=60, console=Console(quiet=True)
+    )
+    assert order == ["small", "large"] * 3
+    assert [len(o.attempts) for o in outcomes] == [3, 3]
