@@ -173,7 +173,7 @@ def load_joined(
         objects: dict[Any, Any] = {}
         for row in found:
             key = row[start]  # the table's first column: its primary key
-            if key not in objects:
+            if key is not None and key not in objects:  # None: an outer join found no row
                 obj = held.get(mapper.identity_key_from_primary_key((key,)))
                 if obj is None:
                     obj = _attach(session, model, dict(zip(keys, row[start:end], strict=True)))
