@@ -218,11 +218,11 @@ class Lifecycle:
         output: str | None = None,
         lease: tuple[str, timedelta] | None = None,
         **run_changes: Any,
-    ) -> Step | None:
+    ) -> None:
         """Mark `step` done (with its `output`, when it has a new one) and make the next one
         runnable, or finish the run (with `run_changes` written to the run as well). With
         `lease` (an owner and a lease), the next step runs at once for that owner, as if it had
-        claimed it. The next step, if there is one."""
+        claimed it."""
         now = self.clock()
         done: dict[str, Any] = {"output": output} if output is not None else {}
         rows.change(
@@ -239,7 +239,6 @@ class Lifecycle:
             run_changes.update(status=RunStatus.RUNNING, current_step=nxt.position)
         rows.change(session, run, updated_at=now, **run_changes)
         self.refresh(session, run)
-        return nxt
 
     def next_step(self, session: Session, run: Run, step: Step) -> Step | None:
         """The step of `run` after `step`, if any."""

@@ -258,44 +258,30 @@ class Workers:
         if RunStatus(run.status).finished:
             self.lifecycle.drop_step(session, step)
             return None
+        ready = self._ready(session, run, step)
+        if isinstance(ready, str):
+            self.lifecycle.fail_step(session, run, step, ready)
+            return None
+        self.lifecycle.begin_step(session, run, step)
+        return self._claimed(session, run, step, *ready)
+
+    def _ready(self, session: Session, run: Run, step: Step) -> tuple[StepSpec, AgentSpec] | str:
+        """What running `step` needs (its spec, its agent), or why it may not run: no longer
+        configured, out of attempts, over the budget."""
         spec = self.lifecycle.spec_for(run, step)
         agent = self.config.agents.get(step.agent)
         if spec is None or agent is None:
-            self.lifecycle.fail_step(
-                session,
-                run,
-                step,
+            return (
                 f"workflow {run.workflow!r} (step {step.name}, agent {step.agent}) is no longer "
-                "configured in crewchief.yml",
+                "configured in crewchief.yml"
             )
-            return None
         if step.attempts > self.config.engine.max_attempts:
-            self.lifecycle.fail_step(
-                session, run, step, f"gave up after {step.attempts - 1} attempts"
-            )
-            return None
+            return f"gave up after {step.attempts - 1} attempts"
         try:
             check_budget(session, self.config.budgets, run, self.clock())
         except BudgetExceeded as exc:
-            self.lifecycle.fail_step(session, run, step, str(exc))
-            return None
-        self.lifecycle.begin_step(session, run, step)
-        return self._claimed(session, run, step, spec, agent)
-
-    def _takes_next(self, session: Session, run: Run, step: Step) -> bool:
-        """Whether this worker goes on with the step after `step` at once, in the transaction
-        that finishes `step`, instead of leaving it to the next claim: when the step is
-        configured and within the budget (otherwise its claim fails it, as it says why)."""
-        nxt = self.lifecycle.next_step(session, run, step)
-        if nxt is None or self.lifecycle.spec_for(run, nxt) is None:
-            return False
-        if nxt.agent not in self.config.agents:
-            return False
-        try:
-            check_budget(session, self.config.budgets, run, self.clock())
-        except BudgetExceeded:
-            return False
-        return True
+            return str(exc)
+        return spec, agent
 
     def _claimed(
         self, session: Session, run: Run, step: Step, spec: StepSpec, agent: AgentSpec
@@ -433,13 +419,12 @@ class Workers:
                         "offline": offline,
                     },
                 )
-            lease = (self.owner, self.config.engine.lease)
-            takes = self._takes_next(session, run, step)
-            nxt = self.lifecycle.advance(
-                session, run, step, output=completion.text, lease=lease if takes else None
-            )
-            if not takes or nxt is None:
+            # This worker goes on with the next step at once when it may run; otherwise the
+            # step's claim fails it, saying why.
+            nxt = self.lifecycle.next_step(session, run, step)
+            ready = self._ready(session, run, nxt) if nxt is not None else None
+            lease = (self.owner, self.config.engine.lease) if isinstance(ready, tuple) else None
+            self.lifecycle.advance(session, run, step, output=completion.text, lease=lease)
+            if nxt is None or not isinstance(ready, tuple):
                 return None
-            spec_of_next = self.lifecycle.spec_for(run, nxt)
-            assert spec_of_next is not None  # _takes_next saw it
-            return self._claimed(session, run, nxt, spec_of_next, self.config.agents[nxt.agent])
+            return self._claimed(session, run, nxt, *ready)

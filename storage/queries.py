@@ -153,10 +153,17 @@ def steps_of(session: Session, run_id: int, *, lock: bool = False) -> list[Step]
     known: dict[int, list[Step]] = session.info.setdefault(_STEPS, {})
     locked: set[int] = session.info.setdefault(_LOCKED, set())
     if run_id not in known or (lock and run_id not in locked):
-        known[run_id] = load(session, Step, _STEPS_OF[lock], {"run_id": run_id})
-        if lock:
-            locked.add(run_id)
+        _remember_steps(
+            session, run_id, load(session, Step, _STEPS_OF[lock], {"run_id": run_id}), locked=lock
+        )
     return list(known[run_id])
+
+
+def _remember_steps(session: Session, run_id: int, steps: list[Step], *, locked: bool) -> None:
+    """The run's steps, as read (and locked) in this transaction, for steps_of."""
+    session.info.setdefault(_STEPS, {})[run_id] = steps
+    if locked:
+        session.info.setdefault(_LOCKED, set()).add(run_id)
 
 
 _STEP = table(Step)
@@ -400,8 +407,7 @@ def lock_run(session: Session, run_id: int) -> Run | None:
     if not found:  # no such run, or (never, as runs are made) one without steps
         found = load(session, Run, _LOCK_RUN, {"run_id": run_id})
     else:
-        session.info.setdefault(_STEPS, {})[run_id] = steps
-        session.info.setdefault(_LOCKED, set()).add(run_id)
+        _remember_steps(session, run_id, steps, locked=True)
     if not found:
         return None
     runs[run_id] = found[0]
