@@ -1,13 +1,20 @@
-"""How soon a ✅ shows as published: N blog-post runs launched with really signed `/crew run`
-commands through Slack HTTP mode and taken to their drafts, then a really signed
-`reaction_added` ✅ on every draft at once (N runs in flight), timing for each run the moment
-the reaction was sent until the fake Slack Web API received the run's "published" post (the
-:large_green_circle: *published* message in the run's thread, which is what people see).
+"""How soon a ✅ shows as published, timed for each run from the moment a really signed
+`reaction_added` ✅ on its draft was sent until the fake Slack Web API received the run's
+"published" post (the :large_green_circle: *published* message in the run's thread, which is
+what people see). Runs are blog-posts launched with really signed `/crew run` commands through
+Slack HTTP mode.
 
-    python -m bench reaction [--runs 100] [--interval-ms 0] [--database-url URL] [--json]
+    python -m bench reaction [--runs 100] [--rounds 3] [--think-ms 100] [--database-url URL]
+                             [--json]
+    python -m bench reaction --burst [--runs 100] [--interval-ms 0] [--database-url URL] [--json]
 
-`--interval-ms` spaces the reactions out instead of sending them all at once. The target is
-p95 under 200 ms. The fake Slack runs in this process; it stamps each call on arrival.
+By default N runs are kept in flight: N are launched, each draft is approved `--think-ms`
+after it reached Slack, and each published run is followed by a new launch, until N × rounds
+runs were published; a reaction answered with anything but 200 (its draft's `ts` not yet
+recorded) is sent again after the same pause, its time counted from the first. `--burst`
+instead takes N runs to their drafts and then puts a ✅ on every draft at once (or one every
+`--interval-ms`). The target is p95 under 200 ms with 100 runs in flight. The fake Slack runs
+in this process; it stamps each call on arrival.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from tests.fakes.slack_signing import reaction_added
 
 TIMEOUT_S = 600.0
 PUBLISHED_KEY = re.compile(r"\brun:(\d+):published$")
+DRAFT_KEY = re.compile(r"\brun:(\d+):step:\d+:v\d+$")
+LAUNCHERS = 4  # concurrent senders of the first N commands
 
 
 class _Stamped(list[Call]):
@@ -44,20 +53,32 @@ class _Stamped(list[Call]):
 
 
 class PublishWatch(FakeSlack):
-    """The fake Slack, noting when each run's "published" post arrives (by the outbox key the
-    bot puts in every post's metadata, e.g. `post:run:12:published`)."""
+    """The fake Slack, noting when each run's draft and "published" posts arrive (by the outbox
+    key the bot puts in every post's metadata, e.g. `post:run:12:published`), and calling
+    `on_draft(run, ts)` and `on_published(run)` when one does."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = _Stamped(self)
         self.published_at: dict[int, float] = {}
+        self.drafts: dict[int, str] = {}
+        self.on_draft = lambda run, ts: None
+        self.on_published = lambda run: None
 
     def seen(self, call: Call) -> None:
         if call.method != "chat.postMessage" or not call.ok:
             return
-        published = PUBLISHED_KEY.search(_outbox_key(call.args.get("metadata")))
-        if published is not None:
-            self.published_at.setdefault(int(published[1]), time.perf_counter())
+        key = _outbox_key(call.args.get("metadata"))
+        if (published := PUBLISHED_KEY.search(key)) is not None:
+            run = int(published[1])
+            if run not in self.published_at:
+                self.published_at[run] = time.perf_counter()
+                self.on_published(run)
+        elif (draft := DRAFT_KEY.search(key)) is not None:
+            run, ts = int(draft[1]), str(call.response.get("ts", ""))
+            if run not in self.drafts and ts:
+                self.drafts[run] = ts
+                self.on_draft(run, ts)
 
 
 def _outbox_key(metadata: Any) -> str:
@@ -72,34 +93,111 @@ def _outbox_key(metadata: Any) -> str:
     return str(payload.get("key", "")) if isinstance(payload, dict) else ""
 
 
-async def measure(runs: int, interval_ms: float, database_url: str | None) -> common.Result:
+class _Reactions:
+    """The ✅ sent on each run's draft: when, how many runs were in flight then, how many
+    answers were not 200."""
+
+    def __init__(self, bot: SlackBot) -> None:
+        self.bot = bot
+        self.sent_at: dict[int, float] = {}
+        self.in_flight: list[int] = []
+        self.refused = 0
+
+    async def approve(self, run: int, ts: str, in_flight: int, retry_s: float | None) -> None:
+        self.sent_at[run] = time.perf_counter()
+        self.in_flight.append(in_flight)
+        event = reaction_added(user=EDITOR, reaction="white_check_mark", channel=CHANNEL, ts=ts)
+        while await self.bot.event(event) != 200:
+            self.refused += 1
+            if retry_s is None:
+                return
+            await asyncio.sleep(retry_s)
+
+
+async def measure(
+    runs: int,
+    rounds: int,
+    think_ms: float,
+    burst: bool,
+    interval_ms: float,
+    database_url: str | None,
+) -> common.Result:
     slack = PublishWatch()
     with common.scratch() as tmp, common.fresh_database(database_url, tmp) as url:
         async with serving(url, tmp, slack) as bot:
-            launched = await _launch(bot, runs)
-            await bot.app.wait_idle(timeout=TIMEOUT_S)
-            drafts = await bot.app.db.call(_drafts, bot)
-            sent_at, refused = await _react(bot, drafts, interval_ms)
-            await _until_published(slack, len(drafts))
+            reactions = _Reactions(bot)
+            if burst:
+                launched = await _burst(bot, reactions, runs, interval_ms)
+            else:
+                launched = await _steady(bot, slack, reactions, runs, runs * rounds, think_ms)
+            await _until_published(slack, len(reactions.sent_at))
             await bot.app.wait_idle(timeout=TIMEOUT_S)
     latencies = [
         (slack.published_at[run] - sent) * 1000
-        for run, sent in sent_at.items()
+        for run, sent in reactions.sent_at.items()
         if run in slack.published_at
     ]
     return {
         "database": common.backend(url),
-        "runs": runs,
+        "mode": "burst" if burst else "steady",
+        "runs": launched,
         "launched": launched,
-        "drafts": len(drafts),
-        "reactions_not_200": refused,
+        "drafts": len(reactions.sent_at),
+        "reactions_not_200": reactions.refused,
         "published": len(latencies),
+        "in_flight_median": common.percentile(reactions.in_flight, 50),
+        "in_flight_min": min(reactions.in_flight, default=0),
         **common.latency_summary(latencies),
         "peak_rss_mb": common.peak_rss_mb(),
     }
 
 
-async def _launch(bot: SlackBot, runs: int) -> int:
+async def _steady(
+    bot: SlackBot,
+    slack: PublishWatch,
+    reactions: _Reactions,
+    in_flight: int,
+    total: int,
+    think_ms: float,
+) -> int:
+    """`in_flight` runs launched, then one more for each published run until `total` were
+    launched; each draft approved `think_ms` after it reached Slack. Returns the runs
+    acknowledged."""
+    launched = 0
+    acknowledged = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def launch(_: int = 0) -> None:
+        nonlocal launched, acknowledged
+        launched += 1
+        if await bot.command(f"run blog-post topic number {launched}") == 200:
+            acknowledged += 1
+
+    async def approve(run: int, ts: str) -> None:
+        await asyncio.sleep(think_ms / 1000)
+        await reactions.approve(run, ts, launched - len(slack.published_at), think_ms / 1000)
+
+    def published(run: int) -> None:
+        if launched < total:
+            spawn(launch())
+
+    slack.on_draft = lambda run, ts: spawn(approve(run, ts))
+    slack.on_published = published
+    await in_turns(LAUNCHERS, in_flight, launch)
+    deadline = time.perf_counter() + TIMEOUT_S
+    while (len(slack.published_at) < total or tasks) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    return acknowledged
+
+
+async def _burst(bot: SlackBot, reactions: _Reactions, runs: int, interval_ms: float) -> int:
+    """`runs` runs taken to their drafts, then a ✅ on every draft at once (or one every
+    `interval_ms`). Returns the runs acknowledged."""
     acknowledged = 0
 
     async def send(i: int) -> None:
@@ -107,7 +205,17 @@ async def _launch(bot: SlackBot, runs: int) -> int:
         if await bot.command(f"run blog-post topic number {i}") == 200:
             acknowledged += 1
 
-    await in_turns(4, runs, send)
+    await in_turns(LAUNCHERS, runs, send)
+    await bot.app.wait_idle(timeout=TIMEOUT_S)
+    drafts = await bot.app.db.call(_drafts, bot)
+
+    async def approve(order: int, run: int, ts: str) -> None:
+        await asyncio.sleep(order * interval_ms / 1000)
+        await reactions.approve(run, ts, len(drafts), None)
+
+    await asyncio.gather(
+        *(approve(order, run, ts) for order, (run, ts) in enumerate(sorted(drafts.items())))
+    )
     return acknowledged
 
 
@@ -120,26 +228,6 @@ def _drafts(bot: SlackBot) -> dict[int, str]:
     return {run: ts for run, ts in rows if run is not None and ts}
 
 
-async def _react(
-    bot: SlackBot, drafts: dict[int, str], interval_ms: float
-) -> tuple[dict[int, float], int]:
-    sent_at: dict[int, float] = {}
-    refused = 0
-
-    async def approve(order: int, run: int, ts: str) -> None:
-        nonlocal refused
-        await asyncio.sleep(order * interval_ms / 1000)
-        event = reaction_added(user=EDITOR, reaction="white_check_mark", channel=CHANNEL, ts=ts)
-        sent_at[run] = time.perf_counter()
-        if await bot.event(event) != 200:
-            refused += 1
-
-    await asyncio.gather(
-        *(approve(order, run, ts) for order, (run, ts) in enumerate(sorted(drafts.items())))
-    )
-    return sent_at, refused
-
-
 async def _until_published(slack: PublishWatch, expected: int) -> None:
     deadline = time.perf_counter() + TIMEOUT_S
     while len(slack.published_at) < expected and time.perf_counter() < deadline:
@@ -148,8 +236,11 @@ async def _until_published(slack: PublishWatch, expected: int) -> None:
 
 def report(result: common.Result) -> list[str]:
     return [
-        f"database: {result['database']}  runs: {result['runs']}  drafts: {result['drafts']}  "
-        f"published: {result['published']}  reactions not 200: {result['reactions_not_200']}",
+        f"database: {result['database']}  mode: {result['mode']}  runs: {result['runs']}  "
+        f"drafts: {result['drafts']}  published: {result['published']}  "
+        f"reactions not 200: {result['reactions_not_200']}",
+        f"runs in flight at each reaction: median {result['in_flight_median']}  "
+        f"min {result['in_flight_min']}",
         f"✅ -> published post at Slack, ms  p50 {result['p50_ms']}  p95 {result['p95_ms']}  "
         f"p99 {result['p99_ms']}  max {result['max_ms']}",
     ]
@@ -159,11 +250,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = common.parser(__doc__)
     parser.add_argument("--runs", type=int, default=100, help="runs in flight")
     parser.add_argument(
-        "--interval-ms", type=float, default=0.0, help="time between two reactions (0: at once)"
+        "--rounds", type=int, default=3, help="runs published in all, as a multiple of --runs"
+    )
+    parser.add_argument(
+        "--think-ms", type=float, default=100.0, help="from a draft reaching Slack to its ✅"
+    )
+    parser.add_argument(
+        "--burst", action="store_true", help="take the runs to their drafts, then approve all"
+    )
+    parser.add_argument(
+        "--interval-ms", type=float, default=0.0, help="with --burst: between two reactions"
     )
     common.add_database_option(parser)
     args = parser.parse_args(argv)
-    result = asyncio.run(measure(args.runs, args.interval_ms, args.database_url))
+    result = asyncio.run(
+        measure(
+            args.runs, args.rounds, args.think_ms, args.burst, args.interval_ms, args.database_url
+        )
+    )
     common.emit(result, args.json, report(result))
 
 

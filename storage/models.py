@@ -145,7 +145,7 @@ class Step(SQLModel, table=True):
         UniqueConstraint("run_id", "position"),
         # The claim's two halves: runnable steps, and leases that may have run out. Partial,
         # so they hold only the few rows in play however long the history grows.
-        _partial("ix_step_pending", "available_at", "id", where="status = 'pending'"),
+        _partial("ix_step_pending", "run_id", "id", where="status = 'pending'"),
         _partial("ix_step_leased", "lease_until", where="status = 'running'"),
         # Drafts waiting for people, for the approval-timeout check (every second).
         _partial("ix_step_awaiting", "deadline_at", where="status = 'awaiting_approval'"),
@@ -262,7 +262,7 @@ class Message(SQLModel, table=True):
 class Outbox(SQLModel, table=True):
     __table_args__ = (
         # What is left to deliver, in order, and each thread's earlier rows still pending.
-        _partial("ix_outbox_pending", "id", where="status = 'pending'"),
+        _partial("ix_outbox_pending", "rank", "id", where="status = 'pending'"),
         _partial("ix_outbox_pending_order", "order_key", "id", where="status = 'pending'"),
     )
 
@@ -272,6 +272,9 @@ class Outbox(SQLModel, table=True):
     platform: str
     channel: str
     order_key: str  # rows sharing it are delivered strictly in id order
+    # Which rows go first when many are ready: the run's id (older runs first), 0 for what
+    # belongs to no run (alerts, digests, private answers), which goes before them all.
+    rank: int = 0
     message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
     thread_of: int | None = None  # Message.id of the thread it shows in (a run's card)
     recipient: str | None = None  # NOTICE: platform-qualified user id

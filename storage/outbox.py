@@ -144,6 +144,7 @@ def post(
         platform=platform,
         channel=channel,
         order_key=order_key or _order_key(run_id),
+        rank=run_id or 0,
         message_id=message.id,
         thread_of=thread_of,
         template=template,
@@ -169,6 +170,7 @@ def update(
         platform=message.platform,
         channel=message.channel,
         order_key=order_key or _order_key(message.run_id),
+        rank=message.run_id or 0,
         message_id=message.id,
         thread_of=message.thread_of,  # where the message lives, for platforms that need it
         template=template,

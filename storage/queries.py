@@ -91,21 +91,21 @@ def _claim_step_query(skip_locked: bool) -> Select[Any]:
             .where(or_(runnable, lease_ran_out))
             .join(r, r.c.id == t.c.run_id)
             .with_for_update(skip_locked=True, of=[t, r])
-            .order_by(t.c.available_at, t.c.id)
+            .order_by(t.c.run_id, t.c.id)
             .limit(1)
         )
-    # The first of each kind, each read in order from its own partial index, then the older
-    # of the two: one condition with OR would sort every runnable step on every claim.
+    # The first of each kind, each read in order from its own partial index (a lease that
+    # ran out first is taken over first), then the one of the older run: one condition with
+    # OR would sort every runnable step on every claim.
     first = [
-        sa_select(t.c.id, t.c.run_id, t.c.available_at)
-        .where(condition)
-        .order_by(t.c.available_at, t.c.id)
-        .limit(1)
-        .subquery()
-        for condition in (runnable, lease_ran_out)
+        sa_select(t.c.id, t.c.run_id).where(condition).order_by(*order).limit(1).subquery()
+        for condition, order in (
+            (runnable, (t.c.run_id, t.c.id)),
+            (lease_ran_out, (t.c.lease_until, t.c.id)),
+        )
     ]
     both = union_all(*(sa_select(*sub.c) for sub in first)).subquery()
-    return sa_select(both.c.id, both.c.run_id).order_by(both.c.available_at, both.c.id).limit(1)
+    return sa_select(both.c.id, both.c.run_id).order_by(both.c.run_id, both.c.id).limit(1)
 
 
 def claim_step(
@@ -221,7 +221,9 @@ def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]
         for of, label in ((t.c.message_id, "platform_id"), (t.c.thread_of, "thread_platform_id"))
     ]
     limit = bindparam("limit", type_=t.c.attempts.type)
-    query = sa_select(t, superseded, *posted_as).where(ready).order_by(t.c.id).limit(limit)
+    query = (
+        sa_select(t, superseded, *posted_as).where(ready).order_by(t.c.rank, t.c.id).limit(limit)
+    )
     if skip_locked:
         query = query.with_for_update(skip_locked=True, of=t)
     return query

@@ -50,6 +50,25 @@ def test_engine_prints_its_figures_as_json_on_the_last_line() -> None:
     assert result["messages"] > 0
 
 
+@pytest.mark.slow
+def test_the_reaction_benchmark_keeps_its_runs_in_flight_and_times_every_approval() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "reaction", "--runs", "4", "--rounds", "3", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # a new run launched for each one published, until 3 rounds of 4 were
+    assert result["mode"] == "steady"
+    assert result["launched"] == result["drafts"] == result["published"] == 12
+    assert result["reactions_not_200"] == 0
+    assert result["in_flight_median"] >= 3
+    assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["max_ms"]
+
+
 def test_a_name_with_its_own_options_runs_that_benchmark_alone() -> None:
     assert entry.single(["engine", "--runs", "5", "--json"]) == "engine"
     assert entry.single(["engine", "--database-url=postgresql://x/y"]) == "engine"

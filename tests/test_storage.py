@@ -163,9 +163,7 @@ def test_an_expired_lease_is_claimed_again_and_a_live_one_is_not(db_url: str) ->
 
 
 @pytest.mark.empty_database
-def test_runnable_steps_and_steps_whose_lease_ran_out_are_claimed_oldest_first(
-    db_url: str,
-) -> None:
+def test_steps_are_claimed_oldest_run_first_runnable_or_taken_over(db_url: str) -> None:
     db = fresh(db_url)
     add_runs(db, 4)
     now = datetime.now(UTC)
@@ -173,8 +171,8 @@ def test_runnable_steps_and_steps_whose_lease_ran_out_are_claimed_oldest_first(
     # (status, runnable since, lease until) of each run's step
     steps = {
         1: (StepStatus.RUNNING, now - timedelta(seconds=10), now - timedelta(seconds=1)),
-        2: (StepStatus.PENDING, now - timedelta(seconds=20), None),
-        3: (StepStatus.PENDING, now - timedelta(seconds=5), None),
+        2: (StepStatus.PENDING, now - timedelta(seconds=1), None),
+        3: (StepStatus.PENDING, now - timedelta(seconds=20), None),
         4: (StepStatus.RUNNING, now - timedelta(seconds=30), now + timedelta(seconds=9)),
     }
     with db.transaction() as s:
@@ -188,9 +186,10 @@ def test_runnable_steps_and_steps_whose_lease_ran_out_are_claimed_oldest_first(
             step = claim_step(s, owner="a", now=now, lease=lease, skip_locked=db.is_postgres)
             return None if step is None else step.run_id
 
-    # run 1's worker stopped renewing: its step goes after the older runnable one and
-    # before the newer; run 4's lease is still held
-    assert [claim() for _ in range(4)] == [2, 1, 3, None]
+    # run 1's worker stopped renewing: its step is taken over first; run 2's step became
+    # runnable after run 3's (a draft approved a moment ago) and still goes before it, the
+    # older run first; run 4's lease is still held
+    assert [claim() for _ in range(4)] == [1, 2, 3, None]
     db.dispose()
 
 
@@ -225,11 +224,12 @@ def test_outbox_delivers_one_thread_in_order_and_waits_behind_a_delayed_row(db_u
             rows = claim_outbox(s, owner="o", now=at, lease=lease, skip_locked=db.is_postgres)
             return rows[0] if rows else None
 
-    first = claim(now)
-    assert first is not None and first.key == "post:m0"
-    # m0 is out for delivery: m1 must wait for it; the unrelated notice may go
+    # the notice belongs to no run and goes first
     other = claim(now)
     assert other is not None and other.kind == "notice"
+    first = claim(now)
+    assert first is not None and first.key == "post:m0"
+    # m0 is out for delivery: m1 must wait for it
     assert claim(now) is None
     # the platform said "retry in 5 s" for m0: m1 still waits behind it
     with db.transaction() as s:
@@ -250,6 +250,58 @@ def test_outbox_delivers_one_thread_in_order_and_waits_behind_a_delayed_row(db_u
     assert nxt is not None and nxt.key == "post:m1"
     with db.read() as s:
         assert pending_work(s) == 4  # the step, the notice and m1 (out for delivery), m2
+    db.dispose()
+
+
+def test_outbox_delivers_older_runs_first_and_what_belongs_to_no_run_before_them(
+    db_url: str,
+) -> None:
+    db = fresh(db_url)
+    add_runs(db, 3)
+
+    def queue(run_id: int, key: str) -> None:
+        with db.transaction() as s:
+            outbox.post(
+                s,
+                key=key,
+                kind="notes",
+                platform="shell",
+                channel="c",
+                run_id=run_id,
+                template="notice",
+                context={"text": key},
+            )
+
+    # newer runs' posts queued first, then the oldest run's post (its draft approved just
+    # now), then a private answer that belongs to no run
+    queue(3, "run3-notes")
+    queue(2, "run2-notes")
+    queue(1, "run1-published")
+    with db.transaction() as s:
+        outbox.notice(
+            s,
+            platform="shell",
+            channel="c",
+            recipient="shell:x",
+            template="notice",
+            context={"text": "not yours to approve"},
+        )
+    with db.transaction() as s:
+        rows = claim_outbox(
+            s,
+            owner="o",
+            now=datetime.now(UTC),
+            lease=timedelta(minutes=1),
+            skip_locked=db.is_postgres,
+            limit=4,
+        )
+    assert [row.key for row in rows] == [
+        rows[0].key,
+        "post:run1-published",
+        "post:run2-notes",
+        "post:run3-notes",
+    ]
+    assert rows[0].kind == "notice"
     db.dispose()
 
 

@@ -1,0 +1,58 @@
+"""work of older runs first: steps are claimed and deliveries made oldest run first
+
+A step or message of a run that has been waiting longest (a draft just approved) no longer
+queues behind the work of every run launched since.
+
+Revision ID: 0010
+Revises: 0009
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0010"
+down_revision: str | None = "0009"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+PENDING = sa.text("status = 'pending'")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("outbox") as batch:
+        batch.add_column(sa.Column("rank", sa.Integer(), nullable=False, server_default="0"))
+    # the run of each row queued before: a run's rows share the order key "run:<id>"
+    run_rows = sa.text("order_key LIKE 'run:%'")
+    run_id = sa.cast(sa.func.substr(sa.column("order_key"), 5), sa.Integer)
+    op.execute(sa.table("outbox", sa.column("rank")).update().where(run_rows).values(rank=run_id))
+    op.drop_index("ix_step_pending", table_name="step")
+    op.create_index(
+        "ix_step_pending", "step", ["run_id", "id"], sqlite_where=PENDING, postgresql_where=PENDING
+    )
+    op.drop_index("ix_outbox_pending", table_name="outbox")
+    op.create_index(
+        "ix_outbox_pending",
+        "outbox",
+        ["rank", "id"],
+        sqlite_where=PENDING,
+        postgresql_where=PENDING,
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_outbox_pending", table_name="outbox")
+    op.create_index(
+        "ix_outbox_pending", "outbox", ["id"], sqlite_where=PENDING, postgresql_where=PENDING
+    )
+    op.drop_index("ix_step_pending", table_name="step")
+    op.create_index(
+        "ix_step_pending",
+        "step",
+        ["available_at", "id"],
+        sqlite_where=PENDING,
+        postgresql_where=PENDING,
+    )
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("rank")
