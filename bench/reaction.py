@@ -163,7 +163,7 @@ async def _steady(
     """`in_flight` runs launched, then one more for each published run until `total` were
     launched; each draft approved `think_ms` after it reached Slack. Returns the runs
     acknowledged."""
-    launched = 0
+    launched = 0  # counted when a launch is decided on, before its command is sent
     acknowledged = 0
     tasks: set[asyncio.Task[None]] = set()
 
@@ -172,23 +172,29 @@ async def _steady(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def launch(_: int = 0) -> None:
-        nonlocal launched, acknowledged
-        launched += 1
-        if await bot.command(f"run blog-post topic number {launched}") == 200:
+    async def launch(i: int) -> None:
+        nonlocal acknowledged
+        if await bot.command(f"run blog-post topic number {i}") == 200:
             acknowledged += 1
+
+    async def first(i: int) -> None:
+        nonlocal launched
+        launched += 1
+        await launch(i)
 
     async def approve(run: int, ts: str) -> None:
         await asyncio.sleep(think_ms / 1000)
         await reactions.approve(run, ts, launched - len(slack.published_at), think_ms / 1000)
 
     def published(run: int) -> None:
+        nonlocal launched
         if launched < total:
-            spawn(launch())
+            launched += 1
+            spawn(launch(launched))
 
     slack.on_draft = lambda run, ts: spawn(approve(run, ts))
     slack.on_published = published
-    await in_turns(LAUNCHERS, in_flight, launch)
+    await in_turns(LAUNCHERS, in_flight, first)
     deadline = time.perf_counter() + TIMEOUT_S
     while (len(slack.published_at) < total or tasks) and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
