@@ -1,7 +1,8 @@
 """The outbox sender: claims rows in order, hands them to their platform, records the result.
 
-Rows sharing an order key (one run's thread) go out strictly one after the other; a row the
-platform refuses for a while (429, 5xx, network) waits and is tried again, never dropped.
+Rows sharing an order key (the posts of one run's thread, the edits of one message) go out
+strictly one after the other, and an edit only once its message is posted; a row the platform
+refuses for a while (429, 5xx, network) waits and is tried again, never dropped.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def backoff(attempts: int) -> timedelta:
 
 class OutboxSender:
     """One loop that claims deliverable rows in batches, as many as it has free delivery
-    slots (`concurrency`), and delivers them concurrently: rows of one thread never share a
-    batch, so each thread still goes out strictly in order. The transaction that records
-    deliveries done also claims as many rows as they free slots (a thread's next row among
-    them), so a thread's rows follow one another without waiting for the loop."""
+    slots (`concurrency`), and delivers them concurrently: rows of one order key never share
+    a batch, so each thread's posts and each message's edits still go out strictly in order.
+    The transaction that records deliveries done also claims as many rows as they free slots
+    (a thread's next row among them), so a thread's rows follow one another without waiting
+    for the loop."""
 
     def __init__(
         self,

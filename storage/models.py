@@ -271,7 +271,7 @@ class Outbox(SQLModel, table=True):
     kind: str
     platform: str
     channel: str
-    order_key: str  # rows sharing it are delivered strictly in id order
+    order_key: str  # rows sharing it are delivered strictly in id order (a thread, a message)
     # Which rows go first when many are ready: the run's id (older runs first), 0 for what
     # belongs to no run (alerts, digests, private answers), which goes before them all.
     rank: int = 0

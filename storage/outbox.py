@@ -161,15 +161,17 @@ def update(
     context: dict[str, Any],
     order_key: str | None = None,
 ) -> None:
-    """Edit a posted message. An older edit of it still waiting when this one is queued is
-    superseded when it is claimed (storage.queries.claim_outbox): only the latest goes out."""
+    """Edit a posted message, once its post has gone out; a message's edits go out in order,
+    apart from the posts of its thread (`order_key`, default: the message's own). An older
+    edit still waiting when this one is queued is superseded when it is claimed
+    (storage.queries.claim_outbox): only the latest goes out."""
     _queue(
         session,
         key=f"update:{message.key}:{uuid.uuid4().hex}",
         kind=OutboxKind.UPDATE,
         platform=message.platform,
         channel=message.channel,
-        order_key=order_key or _order_key(message.run_id),
+        order_key=order_key or f"edit:{message.id}",
         rank=message.run_id or 0,
         message_id=message.id,
         thread_of=message.thread_of,  # where the message lives, for platforms that need it

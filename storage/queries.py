@@ -185,15 +185,22 @@ def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]
     message it edits and of its thread's first post, when those are posted."""
     t, m = table(Outbox), table(Message)
     now = bindparam("now", type_=t.c.created_at.type)
-    earlier = t.alias("earlier")
-    blocked = (
-        sa_select(earlier.c.id)
-        .where(
-            earlier.c.order_key == t.c.order_key,
-            earlier.c.id < t.c.id,
-            _is(earlier.c.status, OutboxStatus.PENDING),
+    # A row waits for the earlier rows of its order key still pending, and an edit for its
+    # message's post and earlier edits (edits have an order key of their own).
+    blocked = or_(
+        *(
+            sa_select(earlier.c.id)
+            .where(
+                earlier.c[column] == t.c[column],
+                earlier.c.id < t.c.id,
+                _is(earlier.c.status, OutboxStatus.PENDING),
+            )
+            .exists()
+            for column, earlier in (
+                ("order_key", t.alias("earlier")),
+                ("message_id", t.alias("earlier_of_message")),
+            )
         )
-        .exists()
     )
     ready = and_(
         _is(t.c.status, OutboxStatus.PENDING),
@@ -239,11 +246,12 @@ def claim_outbox(
     platforms: Sequence[str] | None = None,
     limit: int = 1,
 ) -> list[Leased]:
-    """Up to `limit` deliverable rows, oldest first, among the platforms this process serves,
-    leased to `owner`. A row is deliverable when its earlier siblings (same order_key) are
-    all done, so a batch holds at most one row per thread. An edit with a newer edit of the
-    same message waiting behind it is superseded instead: only the latest goes out (each
-    platform call counts against a rate limit)."""
+    """Up to `limit` deliverable rows, oldest run first (what belongs to no run before them
+    all), among the platforms this process serves, leased to `owner`. A row is deliverable
+    when its earlier siblings (same order_key) are all done, and an edit when its message's
+    post is, so a batch holds at most one row per thread or message. An edit with a newer
+    edit of the same message waiting behind it is superseded instead: only the latest goes
+    out (each platform call counts against a rate limit)."""
     query = _claim_outbox_query(skip_locked, None if platforms is None else len(platforms))
     params: dict[str, Any] = {"now": now, "limit": limit}
     params.update({f"platform_{i}": name for i, name in enumerate(platforms or ())})

@@ -27,7 +27,15 @@ from sqlmodel import Session, SQLModel, select
 from storage import models, outbox, rows
 from storage.db import Database
 from storage.models import Outbox, OutboxStatus, Run, Step, StepStatus
-from storage.queries import claim_outbox, claim_step, lock_run, pending_work, steps_of
+from storage.queries import (
+    Sent,
+    claim_outbox,
+    claim_step,
+    lock_run,
+    mark_sent,
+    pending_work,
+    steps_of,
+)
 
 
 def fresh(db_url: str) -> Database:
@@ -302,6 +310,57 @@ def test_outbox_delivers_older_runs_first_and_what_belongs_to_no_run_before_them
         "post:run3-notes",
     ]
     assert rows[0].kind == "notice"
+    db.dispose()
+
+
+def test_an_edit_waits_for_its_messages_post_but_not_for_the_threads_other_posts(
+    db_url: str,
+) -> None:
+    db = fresh(db_url)
+    add_runs(db, 1)
+    with db.transaction() as s:
+        card = outbox.post(
+            s,
+            key="card",
+            kind="run_card",
+            platform="shell",
+            channel="c",
+            run_id=1,
+            template="notice",
+            context={"text": "card"},
+        )
+        outbox.post(
+            s,
+            key="notes",
+            kind="notes",
+            platform="shell",
+            channel="c",
+            run_id=1,
+            thread_of=card.id,
+            template="notice",
+            context={"text": "notes"},
+        )
+        outbox.update(s, card, template="notice", context={"text": "card, edited"})
+    now = datetime.now(UTC)
+
+    def claim() -> list[str]:
+        with db.transaction() as s:
+            found = claim_outbox(
+                s,
+                owner="o",
+                now=now,
+                lease=timedelta(minutes=1),
+                skip_locked=db.is_postgres,
+                limit=5,
+            )
+            mark_sent(s, [Sent(row.id, row.message_id, f"ts-{row.id}") for row in found], now)
+            return sorted(row.key.split(":")[0] + ":" + row.key.split(":")[1] for row in found)
+
+    # the card's edit cannot go before the card is posted, nor the notes in its thread
+    assert claim() == ["post:card"]
+    # then the thread's next post and the card's edit go side by side
+    assert claim() == ["post:notes", "update:card"]
+    assert claim() == []
     db.dispose()
 
 
