@@ -173,7 +173,7 @@ class Workers:
         except asyncio.CancelledError:
             late = await running
             if late is not None:
-                self._release(late)
+                await asyncio.shield(self.db.call(self._release, late))
             raise
 
     async def _run(self, claimed: Claimed) -> Claimed | None:
@@ -187,10 +187,11 @@ class Workers:
             ):
                 nxt = await self._execute(claimed)
         except asyncio.CancelledError:
-            # a graceful stop: another worker takes them at once
+            # a graceful stop: another worker takes them at once (handed back on the database
+            # threads: the event loop goes on serving meanwhile)
             for leased in (claimed, nxt):
                 if leased is not None:
-                    self._release(leased)
+                    await asyncio.shield(self.db.call(self._release, leased))
             raise
         except Exception as exc:
             log.exception("step %s of run %s failed unexpectedly", claimed.step_id, claimed.run_id)
