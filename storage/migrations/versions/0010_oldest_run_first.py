@@ -1,7 +1,8 @@
 """work of older runs first: steps are claimed and deliveries made oldest run first
 
 A step or message of a run that has been waiting longest (a draft just approved) no longer
-queues behind the work of every run launched since.
+queues behind the work of every run launched since. A message's edits wait for its post, not
+for the other posts of its thread: an index of the edits still waiting, by message.
 
 Revision ID: 0010
 Revises: 0009
@@ -39,9 +40,17 @@ def upgrade() -> None:
         sqlite_where=PENDING,
         postgresql_where=PENDING,
     )
+    op.create_index(
+        "ix_outbox_pending_message",
+        "outbox",
+        ["message_id", "id"],
+        sqlite_where=PENDING,
+        postgresql_where=PENDING,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outbox_pending_message", table_name="outbox")
     op.drop_index("ix_outbox_pending", table_name="outbox")
     op.create_index(
         "ix_outbox_pending", "outbox", ["id"], sqlite_where=PENDING, postgresql_where=PENDING
