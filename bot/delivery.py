@@ -35,7 +35,7 @@ from storage.queries import (
 
 log = logging.getLogger(__name__)
 
-Claimed = tuple[int, Delivery, str]  # (outbox row id, what to deliver, platform name)
+Claimed = tuple[int, Delivery, str, str]  # (outbox row id, what to deliver, platform, order key)
 LostCard = Callable[[Session, int, str], None]  # (session, run id, why) when a run card fails
 GIVE_UP_AFTER = timedelta(hours=24)  # a platform down longer than this is an incident
 MAX_BACKOFF = 300.0
@@ -49,9 +49,9 @@ class OutboxSender:
     """One loop that claims deliverable rows in batches, as many as it has free delivery
     slots (`concurrency`), and delivers them concurrently: rows of one order key never share
     a batch, so each thread's posts and each message's edits still go out strictly in order.
-    The transaction that records deliveries done also claims as many rows as they free slots
-    (a thread's next row among them), so a thread's rows follow one another without waiting
-    for the loop."""
+    The transaction that records deliveries done also claims, for the slots they free, rows
+    they made deliverable (a thread's next post, a message's edit), so those follow one
+    another without waiting for the loop."""
 
     def __init__(
         self,
@@ -109,9 +109,10 @@ class OutboxSender:
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     def _start(self, claimed: list[Claimed]) -> None:
-        for row_id, delivery, platform_name in claimed:
+        for row_id, delivery, platform_name, order_key in claimed:
             task = asyncio.create_task(
-                self._deliver(row_id, delivery, platform_name), name=f"crewchief-outbox-{row_id}"
+                self._deliver(row_id, delivery, platform_name, order_key),
+                name=f"crewchief-outbox-{row_id}",
             )
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
@@ -128,7 +129,9 @@ class OutboxSender:
         with self.db.read() as session:
             return next_delivery_due(session, list(self.platforms))
 
-    async def _deliver(self, row_id: int, delivery: Delivery, platform_name: str) -> None:
+    async def _deliver(
+        self, row_id: int, delivery: Delivery, platform_name: str, order_key: str
+    ) -> None:
         platform = self.platforms[platform_name]
         try:
             # a 429's Retry-After can keep a delivery busy for longer than one lease
@@ -146,7 +149,7 @@ class OutboxSender:
         else:
             try:
                 posted = delivery.ref if delivery.kind == OutboxKind.POST else None
-                await self._sent.add(row_id, Sent(row_id, posted, platform_id))
+                await self._sent.add(row_id, Sent(row_id, posted, platform_id, order_key))
             except Exception as exc:  # the lease runs out and the row is delivered again (same key)
                 report(log, exc, self.db.url, f"outbox row {row_id}: its delivery was not recorded")
 
@@ -157,10 +160,11 @@ class OutboxSender:
             report(log, exc, self.db.url, f"outbox row {row_id}: its failure was not recorded")
 
     def _mark_sent(self, sent: list[Sent], claim: int) -> list[Claimed]:
-        """Record `sent`, and claim up to `claim` rows for the slots they free."""
+        """Record `sent`, and claim up to `claim` of the rows they made deliverable, for the
+        slots they free."""
         with self.db.transaction() as session:
             mark_sent(session, sent, self.clock())
-            return self._claim_in(session, claim) if claim > 0 else []
+            return self._claim_in(session, claim, after=sent) if claim > 0 else []
 
     def _renew(self, row_id: int) -> bool:
         with self.db.transaction() as session:
@@ -171,7 +175,9 @@ class OutboxSender:
         with self.db.transaction() as session:
             return self._claim_in(session, limit)
 
-    def _claim_in(self, session: Session, limit: int) -> list[Claimed]:
+    def _claim_in(
+        self, session: Session, limit: int, after: list[Sent] | None = None
+    ) -> list[Claimed]:
         rows = claim_outbox(
             session,
             owner=self.owner,
@@ -180,6 +186,7 @@ class OutboxSender:
             skip_locked=self.db.is_postgres,
             platforms=list(self.platforms),
             limit=limit,
+            after=after,
         )
         claimed: list[Claimed] = []
         for row in rows:
@@ -189,7 +196,7 @@ class OutboxSender:
                 # What it depends on failed for good (rows go out in order, so it was tried).
                 give_up(session, row.id, orphan)
                 continue
-            claimed.append((row.id, delivery, row.platform))
+            claimed.append((row.id, delivery, row.platform, row.order_key))
         return claimed
 
     def _failed(self, row_id: int, exc: DeliveryError) -> None:
