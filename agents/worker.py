@@ -189,9 +189,8 @@ class Workers:
         except asyncio.CancelledError:
             # a graceful stop: another worker takes them at once (handed back on the database
             # threads: the event loop goes on serving meanwhile)
-            for leased in (claimed, nxt):
-                if leased is not None:
-                    await asyncio.shield(self.db.call(self._release, leased))
+            releases = [self.db.call(self._release, leased) for leased in (claimed, nxt) if leased]
+            await asyncio.shield(asyncio.gather(*releases))
             raise
         except Exception as exc:
             log.exception("step %s of run %s failed unexpectedly", claimed.step_id, claimed.run_id)

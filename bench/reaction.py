@@ -38,6 +38,7 @@ TIMEOUT_S = 600.0
 PUBLISHED_KEY = re.compile(r"\brun:(\d+):published$")
 DRAFT_KEY = re.compile(r"\brun:(\d+):step:\d+:v\d+$")
 LAUNCHERS = 4  # concurrent senders of the first N commands
+RETRIES = 50  # sendings of one reaction at most
 
 
 class _Stamped(list[Call]):
@@ -107,7 +108,9 @@ class _Reactions:
         self.sent_at[run] = time.perf_counter()
         self.in_flight.append(in_flight)
         event = reaction_added(user=EDITOR, reaction="white_check_mark", channel=CHANNEL, ts=ts)
-        while await self.bot.event(event) != 200:
+        for _ in range(RETRIES):
+            if await self.bot.event(event) == 200:
+                return
             self.refused += 1
             if retry_s is None:
                 return

@@ -1,8 +1,9 @@
 """The outbox sender: claims rows in order, hands them to their platform, records the result.
 
-Rows sharing an order key (the posts of one run's thread, the edits of one message) go out
-strictly one after the other, and an edit only once its message is posted; a row the platform
-refuses for a while (429, 5xx, network) waits and is tried again, never dropped.
+Rows sharing an order key (the posts of one run's thread, the edits of one message; an
+alert's card, edits and replies) go out strictly one after the other, and an edit only once
+its message is posted; a row the platform refuses for a while (429, 5xx, network) waits and is
+tried again, never dropped.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from storage.queries import (
 
 log = logging.getLogger(__name__)
 
-Claimed = tuple[int, Delivery, str, str]  # (outbox row id, what to deliver, platform, order key)
+Claimed = tuple[int, Delivery, str]  # (outbox row id, what to deliver, platform name)
 LostCard = Callable[[Session, int, str], None]  # (session, run id, why) when a run card fails
 GIVE_UP_AFTER = timedelta(hours=24)  # a platform down longer than this is an incident
 MAX_BACKOFF = 300.0
@@ -47,11 +48,9 @@ def backoff(attempts: int) -> timedelta:
 
 class OutboxSender:
     """One loop that claims deliverable rows in batches, as many as it has free delivery
-    slots (`concurrency`), and delivers them concurrently: rows of one order key never share
-    a batch, so each thread's posts and each message's edits still go out strictly in order.
-    The transaction that records deliveries done also claims, for the slots they free, rows
-    they made deliverable (a thread's next post, a message's edit), so those follow one
-    another without waiting for the loop."""
+    slots (`concurrency`), oldest run first, and delivers them concurrently: rows of one
+    order key never share a batch, so each thread's posts and each message's edits still go
+    out strictly in order."""
 
     def __init__(
         self,
@@ -73,65 +72,52 @@ class OutboxSender:
         self.concurrency = concurrency
         self.owner = process_owner("sender")
         # deliveries that end while their predecessors are being recorded are recorded together
-        self._sent: Batch[int, Sent] = Batch(self._record)
-        # deliveries under way, counted until they are recorded (their slots are then taken
-        # by what the recording claimed)
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._stopping = False
+        self._sent: Batch[int, Sent] = Batch(
+            lambda done: self.db.call(self._mark_sent, [sent for _, sent in done])
+        )
 
     async def serve(self, stop: asyncio.Event) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            self.wakeup.wake()  # a slot is free
+
         outage = Outage(log, "outbox", self.db.url)
-        self._stopping = False
         try:
             while not stop.is_set():
-                free = self.concurrency - len(self._in_flight)
+                free = self.concurrency - len(in_flight)
                 try:
                     claimed = await self.db.call(self._claim, free) if free > 0 else []
                 except Exception as exc:
                     await outage.failed(exc, stop)
                     continue
                 outage.succeeded()
-                self._start(claimed)
+                for row_id, delivery, platform_name in claimed:
+                    task = asyncio.create_task(
+                        self._deliver(row_id, delivery, platform_name),
+                        name=f"crewchief-outbox-{row_id}",
+                    )
+                    in_flight.add(task)
+                    task.add_done_callback(finished)
                 if free > 0 and len(claimed) == free:
                     continue  # there may be more
                 # Woken by a commit that queues a message, a delivery's end, or when due.
                 try:
-                    due = None if self._in_flight else await self.db.call(self._next_due)
+                    due = None if in_flight else await self.db.call(self._next_due)
                 except Exception as exc:
                     await outage.failed(exc, stop)
                     continue
                 await self.wakeup.wait(seconds_until(due, self.clock()), stop)
         finally:
-            # a graceful stop lets the deliveries under way finish and be recorded, and claims
-            # nothing more
-            self._stopping = True
-            while self._in_flight:
-                await asyncio.gather(*self._in_flight, return_exceptions=True)
-
-    def _start(self, claimed: list[Claimed]) -> None:
-        for row_id, delivery, platform_name, order_key in claimed:
-            task = asyncio.create_task(
-                self._deliver(row_id, delivery, platform_name, order_key),
-                name=f"crewchief-outbox-{row_id}",
-            )
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self.wakeup.wake()  # a slot is free
-
-    async def _record(self, done: list[tuple[int, Sent]]) -> None:
-        limit = 0 if self._stopping else len(done)
-        self._start(await self.db.call(self._mark_sent, [sent for _, sent in done], limit))
+            # a graceful stop lets the deliveries under way finish and be recorded
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
     def _next_due(self) -> datetime | None:
         with self.db.read() as session:
             return next_delivery_due(session, list(self.platforms))
 
-    async def _deliver(
-        self, row_id: int, delivery: Delivery, platform_name: str, order_key: str
-    ) -> None:
+    async def _deliver(self, row_id: int, delivery: Delivery, platform_name: str) -> None:
         platform = self.platforms[platform_name]
         try:
             # a 429's Retry-After can keep a delivery busy for longer than one lease
@@ -149,7 +135,7 @@ class OutboxSender:
         else:
             try:
                 posted = delivery.ref if delivery.kind == OutboxKind.POST else None
-                await self._sent.add(row_id, Sent(row_id, posted, platform_id, order_key))
+                await self._sent.add(row_id, Sent(row_id, posted, platform_id))
             except Exception as exc:  # the lease runs out and the row is delivered again (same key)
                 report(log, exc, self.db.url, f"outbox row {row_id}: its delivery was not recorded")
 
@@ -159,12 +145,9 @@ class OutboxSender:
         except Exception as exc:  # the lease runs out and the row is delivered again (same key)
             report(log, exc, self.db.url, f"outbox row {row_id}: its failure was not recorded")
 
-    def _mark_sent(self, sent: list[Sent], claim: int) -> list[Claimed]:
-        """Record `sent`, and claim up to `claim` of the rows they made deliverable, for the
-        slots they free."""
+    def _mark_sent(self, sent: list[Sent]) -> None:
         with self.db.transaction() as session:
             mark_sent(session, sent, self.clock())
-            return self._claim_in(session, claim, after=sent) if claim > 0 else []
 
     def _renew(self, row_id: int) -> bool:
         with self.db.transaction() as session:
@@ -173,31 +156,25 @@ class OutboxSender:
 
     def _claim(self, limit: int) -> list[Claimed]:
         with self.db.transaction() as session:
-            return self._claim_in(session, limit)
-
-    def _claim_in(
-        self, session: Session, limit: int, after: list[Sent] | None = None
-    ) -> list[Claimed]:
-        rows = claim_outbox(
-            session,
-            owner=self.owner,
-            now=self.clock(),
-            lease=self.lease,
-            skip_locked=self.db.is_postgres,
-            platforms=list(self.platforms),
-            limit=limit,
-            after=after,
-        )
-        claimed: list[Claimed] = []
-        for row in rows:
-            delivery = _delivery(row)
-            orphan = _orphaned(row, delivery)
-            if orphan is not None:
-                # What it depends on failed for good (rows go out in order, so it was tried).
-                give_up(session, row.id, orphan)
-                continue
-            claimed.append((row.id, delivery, row.platform, row.order_key))
-        return claimed
+            rows = claim_outbox(
+                session,
+                owner=self.owner,
+                now=self.clock(),
+                lease=self.lease,
+                skip_locked=self.db.is_postgres,
+                platforms=list(self.platforms),
+                limit=limit,
+            )
+            claimed: list[Claimed] = []
+            for row in rows:
+                delivery = _delivery(row)
+                orphan = _orphaned(row, delivery)
+                if orphan is not None:
+                    # What it depends on failed for good (rows go out in order, so it was tried).
+                    give_up(session, row.id, orphan)
+                    continue
+                claimed.append((row.id, delivery, row.platform))
+            return claimed
 
     def _failed(self, row_id: int, exc: DeliveryError) -> None:
         with self.db.transaction() as session:

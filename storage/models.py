@@ -264,7 +264,8 @@ class Outbox(SQLModel, table=True):
         # What is left to deliver, in order, and each thread's earlier rows still pending.
         _partial("ix_outbox_pending", "rank", "id", where="status = 'pending'"),
         _partial("ix_outbox_pending_order", "order_key", "id", where="status = 'pending'"),
-        # A message's edits waiting: for an edit, its post and earlier edits; newer ones
+        # A message's rows still waiting: what an edit waits for (its post, earlier edits),
+        # and the newer edits that supersede one
         _partial("ix_outbox_pending_message", "message_id", "id", where="status = 'pending'"),
     )
 

@@ -49,7 +49,6 @@ class Leased:
     kind: OutboxKind
     platform: str
     channel: str
-    order_key: str
     message_id: int | None
     thread_of: int | None
     recipient: str | None
@@ -67,7 +66,6 @@ class Sent:
     row_id: int
     message_id: int | None = None
     posted_as: str | None = None
-    order_key: str | None = None  # the row's, when the sender claims what it made deliverable
 
 
 def _is(column: Any, status: StrEnum) -> ColumnElement[bool]:
@@ -113,7 +111,8 @@ def _claim_step_query(skip_locked: bool) -> Select[Any]:
 def claim_step(
     session: Session, *, owner: str, now: datetime, lease: timedelta, skip_locked: bool
 ) -> Step | None:
-    """Take the oldest runnable step (or one whose worker's lease ran out) for `owner`.
+    """Take the runnable step of the oldest run (or one whose worker's lease ran out) for
+    `owner`.
     With skip_locked (PostgreSQL) its run is row-locked too, in the same statement."""
     found = execute(session, _claim_step_query(skip_locked), [{"now": now}], fetch=True).rows
     if not found:
@@ -181,14 +180,10 @@ def lock_step(session: Session, run_id: int, step_id: int) -> Step | None:
 
 
 @cache
-def _claim_outbox_query(
-    skip_locked: bool, platforms: int | None, after: tuple[int, int] | None = None
-) -> Select[Any]:
-    """claim_outbox's SELECT, built once: parameters `now`, `limit`, with `platforms`
-    `platform_0` .. one per platform served, and with `after` = (k, m) `key_0` .. `key_<k-1>`
-    and `message_0` .. `message_<m-1>`: only rows of those order keys, and edits of those
-    messages. Each row comes with the platform's ids of the message it edits and of its
-    thread's first post, when those are posted."""
+def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]:
+    """claim_outbox's SELECT, built once: parameters `now`, `limit` and, with `platforms`,
+    `platform_0` .. one per platform served. Each row comes with the platform's ids of the
+    message it edits and of its thread's first post, when those are posted."""
     t, m = table(Outbox), table(Message)
     now = bindparam("now", type_=t.c.created_at.type)
     # A row waits for the earlier rows of its order key still pending, and an edit for its
@@ -223,10 +218,6 @@ def _claim_outbox_query(
     if platforms is not None:
         served = [bindparam(f"platform_{i}", type_=t.c.platform.type) for i in range(platforms)]
         ready = and_(ready, t.c.platform.in_(served))
-    if after is not None:
-        keys = [bindparam(f"key_{i}", type_=t.c.order_key.type) for i in range(after[0])]
-        messages = [bindparam(f"message_{i}", type_=t.c.message_id.type) for i in range(after[1])]
-        ready = and_(ready, or_(t.c.order_key.in_(keys), t.c.message_id.in_(messages)))
     later = t.alias("later")
     newer_edit = (
         sa_select(later.c.id)
@@ -261,38 +252,16 @@ def claim_outbox(
     skip_locked: bool,
     platforms: Sequence[str] | None = None,
     limit: int = 1,
-    after: Collection[Sent] | None = None,
 ) -> list[Leased]:
     """Up to `limit` deliverable rows, oldest run first (what belongs to no run before them
     all), among the platforms this process serves, leased to `owner`. A row is deliverable
     when its earlier siblings (same order_key) are all done, and an edit when its message's
     post is, so a batch holds at most one row per thread or message. An edit with a newer
     edit of the same message waiting behind it is superseded instead: only the latest goes
-    out (each platform call counts against a rate limit).
-
-    With `after` (deliveries just recorded, each with its order key), only what they made
-    deliverable is looked at: the next rows of their order keys and the edits of the messages
-    they posted. A few index lookups, where the whole claim reads every row waiting."""
+    out (each platform call counts against a rate limit)."""
+    query = _claim_outbox_query(skip_locked, None if platforms is None else len(platforms))
     params: dict[str, Any] = {"now": now, "limit": limit}
     params.update({f"platform_{i}": name for i, name in enumerate(platforms or ())})
-    shape = None
-    if after is not None:
-        keys = sorted({s.order_key for s in after if s.order_key is not None})
-        messages = sorted({s.message_id for s in after if s.message_id is not None})
-        if not keys and not messages:
-            return []
-        # padded to a power of two (repeating the last): few shapes of the statement to build
-        shape = (_padded(len(keys)), _padded(len(messages)))
-        params.update(
-            {f"key_{i}": keys[min(i, len(keys) - 1)] if keys else "" for i in range(shape[0])}
-        )
-        params.update(
-            {
-                f"message_{i}": messages[min(i, len(messages) - 1)] if messages else 0
-                for i in range(shape[1])
-            }
-        )
-    query = _claim_outbox_query(skip_locked, None if platforms is None else len(platforms), shape)
     found = execute(session, query, [params], fetch=True).rows
     stale = [
         {"row_id": row.id, "status": OutboxStatus.SUPERSEDED} for row in found if row.superseded
@@ -315,7 +284,6 @@ def claim_outbox(
             kind=OutboxKind(row.kind),
             platform=row.platform,
             channel=row.channel,
-            order_key=row.order_key,
             message_id=row.message_id,
             thread_of=row.thread_of,
             recipient=row.recipient,
@@ -327,11 +295,6 @@ def claim_outbox(
         )
         for row in leased
     ]
-
-
-def _padded(n: int) -> int:
-    """The power of two at or above `n` (1 for 0)."""
-    return 1 << max(0, n - 1).bit_length()
 
 
 def mark_sent(session: Session, sent: Collection[Sent], now: datetime) -> None:

@@ -1,4 +1,4 @@
-"""The outbox sender on a real database: what it claims when, and in which order."""
+"""The outbox sender on a real database, with its loop: in which order it delivers."""
 
 from __future__ import annotations
 
@@ -9,84 +9,80 @@ from bot.delivery import OutboxSender
 from bot.platforms.base import Delivery
 from storage import outbox
 from storage.db import Database
-from storage.models import Outbox, OutboxStatus, Run
-from tests.conftest import all_rows
+from storage.models import Run
+from storage.unit_of_work import Topic
 
 
 class Recording:
-    """A platform that takes every delivery at once and remembers its order."""
+    """A platform that takes every delivery at once and remembers its order; `held` keeps
+    the delivery of that key waiting until `release` is set."""
 
     name = "shell"
     state = "connected"
 
-    def __init__(self) -> None:
+    def __init__(self, held: str | None = None) -> None:
         self.keys: list[str] = []
         self._ids = itertools.count(1)
+        self.held = held
+        self.release = asyncio.Event()
 
     async def deliver(self, delivery: Delivery) -> str | None:
         self.keys.append(delivery.key)
+        if delivery.key == self.held:
+            await self.release.wait()
         return str(next(self._ids)) if delivery.kind == "post" else None
 
 
-def _thread_of_three(db: Database) -> None:
+def _add_run(db: Database) -> int:
     with db.transaction() as s:
         run = Run(workflow="w", text="t", requester="shell:a", platform="shell", channel="c")
         s.add(run)
         s.flush()
-        for i in range(3):
+        assert run.id is not None
+        return run.id
+
+
+def _posts(db: Database, run_id: int, *keys: str) -> None:
+    with db.transaction() as s:
+        for key in keys:
             outbox.post(
                 s,
-                key=f"m{i}",
+                key=key,
                 kind="notes",
                 platform="shell",
                 channel="c",
-                run_id=run.id,
+                run_id=run_id,
                 template="notice",
-                context={"text": str(i)},
+                context={"text": key},
             )
 
 
-async def test_recording_a_delivery_claims_its_threads_next_row(db_url: str) -> None:
+async def test_with_more_waiting_than_slots_the_oldest_run_goes_next(db_url: str) -> None:
     db = Database(db_url)
     db.upgrade()
-    _thread_of_three(db)
-    platform = Recording()
-    sender = OutboxSender(db, {"shell": platform}, concurrency=4)
+    older, newer = _add_run(db), _add_run(db)
+    _posts(db, newer, "n0", "n1", "n2")
+    platform = Recording(held="post:n0")
+    sender = OutboxSender(db, {"shell": platform}, concurrency=1)
+    db.on_commit(Topic.OUTBOX, sender.wakeup.wake)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(sender.serve(stop))
     try:
-        # One claim, as the sender's loop makes it: only the thread's first row may go.
-        claimed = await db.call(sender._claim, 4)
-        assert [row_id for row_id, *_ in claimed] == [1]
-        # The loop is not running: each recording claims the row behind the one it records.
-        sender._start(claimed)
         for _ in range(200):
-            if len(platform.keys) == 3 and not sender._in_flight:
+            if platform.keys:
                 break
             await asyncio.sleep(0.01)
-        assert platform.keys == ["post:m0", "post:m1", "post:m2"]
-        assert {row.status for row in all_rows(db, Outbox)} == {OutboxStatus.SENT}
+        # the newer run's first post is out; the older run's post is queued behind the rest
+        # of the newer run's thread, and still goes before it
+        _posts(db, older, "o0")
+        platform.release.set()
+        for _ in range(200):
+            if len(platform.keys) == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert platform.keys == ["post:n0", "post:o0", "post:n1", "post:n2"]
     finally:
-        db.dispose()
-
-
-async def test_a_stopping_sender_records_its_deliveries_and_claims_nothing_more(
-    db_url: str,
-) -> None:
-    db = Database(db_url)
-    db.upgrade()
-    _thread_of_three(db)
-    platform = Recording()
-    sender = OutboxSender(db, {"shell": platform}, concurrency=4)
-    stop = asyncio.Event()
-    stop.set()  # the loop ends at once: only the delivery already under way goes out
-    try:
-        sender._start(await db.call(sender._claim, 4))
-        await sender.serve(stop)
-        assert platform.keys == ["post:m0"]
-        statuses = {row.key: (row.status, row.lease_owner) for row in all_rows(db, Outbox)}
-        assert statuses == {
-            "post:m0": (OutboxStatus.SENT, None),
-            "post:m1": (OutboxStatus.PENDING, None),
-            "post:m2": (OutboxStatus.PENDING, None),
-        }
-    finally:
+        stop.set()
+        sender.wakeup.wake()
+        await serving
         db.dispose()

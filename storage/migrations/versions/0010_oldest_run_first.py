@@ -24,8 +24,8 @@ PENDING = sa.text("status = 'pending'")
 def upgrade() -> None:
     with op.batch_alter_table("outbox") as batch:
         batch.add_column(sa.Column("rank", sa.Integer(), nullable=False, server_default="0"))
-    # the run of each row queued before: a run's rows share the order key "run:<id>"
-    run_rows = sa.text("order_key LIKE 'run:%'")
+    # the run of each row still waiting: a run's rows share the order key "run:<id>"
+    run_rows = sa.text("order_key LIKE 'run:%' AND status = 'pending'")
     run_id = sa.cast(sa.func.substr(sa.column("order_key"), 5), sa.Integer)
     op.execute(sa.table("outbox", sa.column("rank")).update().where(run_rows).values(rank=run_id))
     op.drop_index("ix_step_pending", table_name="step")
@@ -50,6 +50,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Edits still waiting go back behind their run's posts (or on a key of their own), where
+    # the claim before this revision looks for what an edit waits for.
+    op.execute(
+        "UPDATE outbox SET order_key = CASE WHEN rank > 0"
+        " THEN 'run:' || CAST(rank AS VARCHAR) ELSE 'solo:' || CAST(id AS VARCHAR) END"
+        " WHERE order_key LIKE 'edit:%' AND status = 'pending'"
+    )
     op.drop_index("ix_outbox_pending_message", table_name="outbox")
     op.drop_index("ix_outbox_pending", table_name="outbox")
     op.create_index(
