@@ -26,7 +26,7 @@ from agents.llm import LLMProvider
 from bot.app import App, build_app
 from bot.platforms.shell import ShellPlatform, ShellSession
 from bot.settings import Settings
-from storage import models
+from storage import models, outbox
 from storage.db import SCHEMA_HEAD, Database
 
 POSTGRES_URL = os.environ.get("CREWCHIEF_TEST_POSTGRES_URL")
@@ -208,6 +208,22 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def queue_posts(db: Database, run_id: int, *keys: str) -> None:
+    """A post of run `run_id` in the outbox for each key, in one transaction, in order."""
+    with db.transaction() as s:
+        for key in keys:
+            outbox.post(
+                s,
+                key=key,
+                kind="notes",
+                platform="shell",
+                channel="c",
+                run_id=run_id,
+                template="notice",
+                context={"text": key},
+            )
 
 
 def all_rows(db: Database, table: type[Any]) -> list[Any]:

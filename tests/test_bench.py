@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -34,17 +35,23 @@ ENGINE_KEYS = {
 }
 
 
-@pytest.mark.slow
-def test_engine_prints_its_figures_as_json_on_the_last_line() -> None:
+def _last_line_json(*args: str) -> dict[str, Any]:
+    """`python -m bench ARGS --json` run as a user would: its result, the last line."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "engine", "--runs", "5", "--json"],
+        [sys.executable, "-m", "bench", *args, "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.slow
+def test_engine_prints_its_figures_as_json_on_the_last_line() -> None:
+    result = _last_line_json("engine", "--runs", "5")
     assert set(result) >= ENGINE_KEYS
     assert result["runs"] == result["succeeded"] == 5
     assert result["messages"] > 0
@@ -52,15 +59,7 @@ def test_engine_prints_its_figures_as_json_on_the_last_line() -> None:
 
 @pytest.mark.slow
 def test_the_reaction_benchmark_keeps_its_runs_in_flight_and_times_every_approval() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "reaction", "--runs", "4", "--rounds", "3", "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _last_line_json("reaction", "--runs", "4", "--rounds", "3")
     # a new run launched for each one published, until 3 rounds of 4 were
     assert result["mode"] == "steady"
     assert result["launched"] == result["drafts"] == result["published"] == 12

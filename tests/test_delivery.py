@@ -7,10 +7,10 @@ import itertools
 
 from bot.delivery import OutboxSender
 from bot.platforms.base import Delivery
-from storage import outbox
 from storage.db import Database
 from storage.models import Run
 from storage.unit_of_work import Topic
+from tests.conftest import queue_posts
 
 
 class Recording:
@@ -42,26 +42,11 @@ def _add_run(db: Database) -> int:
         return run.id
 
 
-def _posts(db: Database, run_id: int, *keys: str) -> None:
-    with db.transaction() as s:
-        for key in keys:
-            outbox.post(
-                s,
-                key=key,
-                kind="notes",
-                platform="shell",
-                channel="c",
-                run_id=run_id,
-                template="notice",
-                context={"text": key},
-            )
-
-
 async def test_with_more_waiting_than_slots_the_oldest_run_goes_next(db_url: str) -> None:
     db = Database(db_url)
     db.upgrade()
     older, newer = _add_run(db), _add_run(db)
-    _posts(db, newer, "n0", "n1", "n2")
+    queue_posts(db, newer, "n0", "n1", "n2")
     platform = Recording(held="post:n0")
     sender = OutboxSender(db, {"shell": platform}, concurrency=1)
     db.on_commit(Topic.OUTBOX, sender.wakeup.wake)
@@ -74,7 +59,7 @@ async def test_with_more_waiting_than_slots_the_oldest_run_goes_next(db_url: str
             await asyncio.sleep(0.01)
         # the newer run's first post is out; the older run's post is queued behind the rest
         # of the newer run's thread, and still goes before it
-        _posts(db, older, "o0")
+        queue_posts(db, older, "o0")
         platform.release.set()
         for _ in range(200):
             if len(platform.keys) == 4:

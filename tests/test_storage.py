@@ -36,6 +36,7 @@ from storage.queries import (
     pending_work,
     steps_of,
 )
+from tests.conftest import queue_posts
 
 
 def fresh(db_url: str) -> Database:
@@ -267,24 +268,11 @@ def test_outbox_delivers_older_runs_first_and_what_belongs_to_no_run_before_them
     db = fresh(db_url)
     add_runs(db, 3)
 
-    def queue(run_id: int, key: str) -> None:
-        with db.transaction() as s:
-            outbox.post(
-                s,
-                key=key,
-                kind="notes",
-                platform="shell",
-                channel="c",
-                run_id=run_id,
-                template="notice",
-                context={"text": key},
-            )
-
     # newer runs' posts queued first, then the oldest run's post (its draft approved just
     # now), then a private answer that belongs to no run
-    queue(3, "run3-notes")
-    queue(2, "run2-notes")
-    queue(1, "run1-published")
+    queue_posts(db, 3, "run3-notes")
+    queue_posts(db, 2, "run2-notes")
+    queue_posts(db, 1, "run1-published")
     with db.transaction() as s:
         outbox.notice(
             s,
