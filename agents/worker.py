@@ -171,9 +171,7 @@ class Workers:
         try:
             return await asyncio.shield(running)
         except asyncio.CancelledError:
-            late = await running
-            if late is not None:
-                await asyncio.shield(self.db.call(self._release, late))
+            await self._hand_back(await running)
             raise
 
     async def _run(self, claimed: Claimed) -> Claimed | None:
@@ -187,20 +185,22 @@ class Workers:
             ):
                 nxt = await self._execute(claimed)
         except asyncio.CancelledError:
-            # a graceful stop: another worker takes them at once (handed back on the database
-            # threads: the event loop goes on serving meanwhile)
-            releases = [self.db.call(self._release, leased) for leased in (claimed, nxt) if leased]
-            await asyncio.shield(asyncio.gather(*releases))
+            await self._hand_back(claimed, nxt)  # a graceful stop: another worker takes them
             raise
         except Exception as exc:
             log.exception("step %s of run %s failed unexpectedly", claimed.step_id, claimed.run_id)
             await self.db.call(
                 self._fail, claimed, f"internal error ({type(exc).__name__}); see the bot's log"
             )
-            if nxt is not None:
-                await self.db.call(self._release, nxt)
+            await self._hand_back(nxt)
             return None
         return nxt
+
+    async def _hand_back(self, *leased: Claimed | None) -> None:
+        """Release the steps this worker holds, at once, in one transaction on the database
+        threads (the event loop goes on serving meanwhile); a second cancel does not stop it."""
+        if any(leased):
+            await asyncio.shield(self.db.call(self._release, *leased))
 
     async def _execute(self, claimed: Claimed) -> Claimed | None:
         try:
@@ -316,9 +316,11 @@ class Workers:
             },
         )
 
-    def _release(self, claimed: Claimed) -> None:
+    def _release(self, *leased: Claimed | None) -> None:
         with self.db.transaction() as session:
-            release_step(session, claimed.step_id, self.owner)
+            for claimed in leased:
+                if claimed is not None:
+                    release_step(session, claimed.step_id, self.owner)
 
     def _record_call(self, session: Session, claimed: Claimed, call: Call) -> None:
         """The call and its cost, in the transaction of what came of it."""

@@ -94,6 +94,18 @@ def _outbox_key(metadata: Any) -> str:
     return str(payload.get("key", "")) if isinstance(payload, dict) else ""
 
 
+class _Launches:
+    """Really signed `/crew run blog-post ...` commands, and how many were acknowledged."""
+
+    def __init__(self, bot: SlackBot) -> None:
+        self.bot = bot
+        self.acknowledged = 0
+
+    async def send(self, i: int) -> None:
+        if await self.bot.command(f"run blog-post topic number {i}") == 200:
+            self.acknowledged += 1
+
+
 class _Reactions:
     """The ✅ sent on each run's draft: when, how many runs were in flight then, how many
     answers were not 200."""
@@ -167,7 +179,7 @@ async def _steady(
     launched; each draft approved `think_ms` after it reached Slack. Returns the runs
     acknowledged."""
     launched = 0  # counted when a launch is decided on, before its command is sent
-    acknowledged = 0
+    launches = _Launches(bot)
     tasks: set[asyncio.Task[None]] = set()
 
     def spawn(work: Any) -> None:
@@ -175,15 +187,10 @@ async def _steady(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def launch(i: int) -> None:
-        nonlocal acknowledged
-        if await bot.command(f"run blog-post topic number {i}") == 200:
-            acknowledged += 1
-
     async def first(i: int) -> None:
         nonlocal launched
         launched += 1
-        await launch(i)
+        await launches.send(i)
 
     async def approve(run: int, ts: str) -> None:
         await asyncio.sleep(think_ms / 1000)
@@ -193,7 +200,7 @@ async def _steady(
         nonlocal launched
         if launched < total:
             launched += 1
-            spawn(launch(launched))
+            spawn(launches.send(launched))
 
     slack.on_draft = lambda run, ts: spawn(approve(run, ts))
     slack.on_published = published
@@ -201,20 +208,14 @@ async def _steady(
     deadline = time.perf_counter() + TIMEOUT_S
     while (len(slack.published_at) < total or tasks) and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
-    return acknowledged
+    return launches.acknowledged
 
 
 async def _burst(bot: SlackBot, reactions: _Reactions, runs: int, interval_ms: float) -> int:
     """`runs` runs taken to their drafts, then a ✅ on every draft at once (or one every
     `interval_ms`). Returns the runs acknowledged."""
-    acknowledged = 0
-
-    async def send(i: int) -> None:
-        nonlocal acknowledged
-        if await bot.command(f"run blog-post topic number {i}") == 200:
-            acknowledged += 1
-
-    await in_turns(LAUNCHERS, runs, send)
+    launches = _Launches(bot)
+    await in_turns(LAUNCHERS, runs, launches.send)
     await bot.app.wait_idle(timeout=TIMEOUT_S)
     drafts = await bot.app.db.call(_drafts, bot)
 
@@ -225,7 +226,7 @@ async def _burst(bot: SlackBot, reactions: _Reactions, runs: int, interval_ms: f
     await asyncio.gather(
         *(approve(order, run, ts) for order, (run, ts) in enumerate(sorted(drafts.items())))
     )
-    return acknowledged
+    return launches.acknowledged
 
 
 def _drafts(bot: SlackBot) -> dict[int, str]:

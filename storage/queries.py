@@ -11,7 +11,9 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Exists,
     Select,
+    Table,
     and_,
     bindparam,
     func,
@@ -179,6 +181,21 @@ def lock_step(session: Session, run_id: int, step_id: int) -> Step | None:
     return next((s for s in steps_of(session, run_id, lock=True) if s.id == step_id), None)
 
 
+def _earlier_pending(t: Table, column: str) -> Exists:
+    """Whether a row of outbox `t` sharing this row's `column` and queued before it is still
+    pending."""
+    earlier = t.alias(f"earlier_by_{column}")
+    return (
+        sa_select(earlier.c.id)
+        .where(
+            earlier.c[column] == t.c[column],
+            earlier.c.id < t.c.id,
+            _is(earlier.c.status, OutboxStatus.PENDING),
+        )
+        .exists()
+    )
+
+
 @cache
 def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]:
     """claim_outbox's SELECT, built once: parameters `now`, `limit` and, with `platforms`,
@@ -189,25 +206,9 @@ def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]
     # A row waits for the earlier rows of its order key still pending, and an edit for its
     # message's post and earlier edits (edits have an order key of their own; only an edit
     # is looked up by its message, the other rows have none before them).
-    earlier, of_message = t.alias("earlier"), t.alias("earlier_of_message")
     blocked = or_(
-        sa_select(earlier.c.id)
-        .where(
-            earlier.c.order_key == t.c.order_key,
-            earlier.c.id < t.c.id,
-            _is(earlier.c.status, OutboxStatus.PENDING),
-        )
-        .exists(),
-        and_(
-            _is(t.c.kind, OutboxKind.UPDATE),
-            sa_select(of_message.c.id)
-            .where(
-                of_message.c.message_id == t.c.message_id,
-                of_message.c.id < t.c.id,
-                _is(of_message.c.status, OutboxStatus.PENDING),
-            )
-            .exists(),
-        ),
+        _earlier_pending(t, "order_key"),
+        and_(_is(t.c.kind, OutboxKind.UPDATE), _earlier_pending(t, "message_id")),
     )
     ready = and_(
         _is(t.c.status, OutboxStatus.PENDING),
