@@ -38,7 +38,7 @@ from storage.models import (
     StepStatus,
     Vote,
 )
-from storage.rows import change, change_by_id, connection, execute, load, load_joined, table
+from storage.rows import change, change_by_id, connection, execute, load, load_joined, send, table
 from storage.unit_of_work import Topic, arm
 
 
@@ -244,6 +244,17 @@ def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]
     return query
 
 
+def _in_index_order(session: Session) -> None:
+    """On PostgreSQL, this transaction reads waiting rows in the order of their index rather
+    than sorting them. The planner chooses to sort when its statistics say few rows wait: on a
+    table autovacuum has not analyzed yet, or since a backlog built up. Then each claim read
+    and sorted every waiting row (9 ms a claim at 6,000 waiting, 6 s of a 25 s benchmark);
+    walking the index stops at `limit` deliverable rows."""
+    conn = connection(session)
+    if conn.dialect.name == "postgresql":
+        send(conn, "SET LOCAL enable_sort = off")
+
+
 def claim_outbox(
     session: Session,
     *,
@@ -263,6 +274,7 @@ def claim_outbox(
     query = _claim_outbox_query(skip_locked, None if platforms is None else len(platforms))
     params: dict[str, Any] = {"now": now, "limit": limit}
     params.update({f"platform_{i}": name for i, name in enumerate(platforms or ())})
+    _in_index_order(session)
     found = execute(session, query, [params], fetch=True).rows
     stale = [
         {"row_id": row.id, "status": OutboxStatus.SUPERSEDED} for row in found if row.superseded
