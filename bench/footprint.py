@@ -37,9 +37,11 @@ def crewchief() -> list[str]:
 
 
 def clean_env(folder: Path, **extra: str) -> dict[str, str]:
-    """This environment without crewchief, model or chat settings; the database in `folder`."""
+    """This environment without crewchief, model or chat settings, and with Python caching
+    bytecode as it does by default; the database in `folder`."""
     prefixes = ("CREWCHIEF_", "OPENAI_", "SLACK_", "DISCORD_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    dropped = {"PYTHONDONTWRITEBYTECODE"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in dropped}
     env["CREWCHIEF_DATABASE_URL"] = f"sqlite:///{folder / 'crewchief.db'}"
     env.update(extra)
     return env
