@@ -36,7 +36,7 @@ from storage.queries import (
     pending_work,
     steps_of,
 )
-from tests.conftest import queue_posts
+from tests.conftest import POSTGRES_URL, queue_posts
 
 
 def fresh(db_url: str) -> Database:
@@ -298,6 +298,62 @@ def test_outbox_delivers_older_runs_first_and_what_belongs_to_no_run_before_them
         "post:run3-notes",
     ]
     assert rows[0].kind == "notice"
+    db.dispose()
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="only PostgreSQL plans from table statistics")
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.empty_database
+def test_a_claim_reads_few_waiting_rows_however_many_wait(db_url: str) -> None:
+    """A backlog on a table autovacuum has not analyzed yet: PostgreSQL's estimates say few
+    rows wait, and the claim must still stop at what it takes rather than read (and sort)
+    every waiting row, on every claim."""
+    db = fresh(db_url)
+    runs = 1000
+    add_runs(db, runs)
+    with db.transaction() as s:
+        for run_id in range(1, runs + 1):  # two posts a run: the second waits for the first
+            for part in "ab":
+                outbox.post(
+                    s,
+                    key=f"{run_id}{part}",
+                    kind="notes",
+                    platform="shell",
+                    channel="c",
+                    run_id=run_id,
+                    template="notice",
+                    context={"text": part},
+                )
+    sent: list[tuple[str, Any]] = []
+
+    def record(_c: Any, _cur: Any, sql: str, parameters: Any, *_: Any) -> None:
+        sent.append((sql, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    with db.transaction() as s:
+        claimed = claim_outbox(
+            s,
+            owner="o",
+            now=datetime.now(UTC),
+            lease=timedelta(minutes=1),
+            skip_locked=True,
+            limit=16,
+        )
+        sql, parameters = next((q, p) for q, p in reversed(sent) if "FROM outbox" in q)
+        cursor = rows.connection(s).connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", parameters)
+        plan = cursor.fetchone()[0][0]["Plan"]
+    event.remove(db.engine, "before_cursor_execute", record)
+    assert [row.key for row in claimed] == [f"post:{i}a" for i in range(1, 17)]
+
+    def scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if node.get("Alias") == "outbox":
+            yield node
+        for child in node.get("Plans", []):
+            yield from scans(child)
+
+    read = [n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans(plan)]
+    assert read and max(read) < 100, (read, json.dumps(plan)[:3000])
     db.dispose()
 
 
