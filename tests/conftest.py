@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from rich.console import Console
-from sqlmodel import SQLModel, select
+from sqlmodel import Session, SQLModel, select
 
 from agents.config import CrewConfig, builtin_defaults, merge
 from agents.llm import LLMProvider
@@ -214,16 +214,21 @@ def queue_posts(db: Database, run_id: int, *keys: str) -> None:
     """A post of run `run_id` in the outbox for each key, in one transaction, in order."""
     with db.transaction() as s:
         for key in keys:
-            outbox.post(
-                s,
-                key=key,
-                kind="notes",
-                platform="shell",
-                channel="c",
-                run_id=run_id,
-                template="notice",
-                context={"text": key},
-            )
+            queue_post(s, run_id, key)
+
+
+def queue_post(session: Session, run_id: int, key: str) -> None:
+    """A post of run `run_id` in the outbox, in `session`'s transaction."""
+    outbox.post(
+        session,
+        key=key,
+        kind="notes",
+        platform="shell",
+        channel="c",
+        run_id=run_id,
+        template="notice",
+        context={"text": key},
+    )
 
 
 def all_rows(db: Database, table: type[Any]) -> list[Any]:

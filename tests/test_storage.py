@@ -36,7 +36,7 @@ from storage.queries import (
     pending_work,
     steps_of,
 )
-from tests.conftest import POSTGRES_URL, queue_posts
+from tests.conftest import POSTGRES_URL, queue_post, queue_posts
 
 
 def fresh(db_url: str) -> Database:
@@ -368,16 +368,7 @@ def test_an_outbox_claim_reads_few_waiting_rows_however_many_wait(db_url: str) -
     with db.transaction() as s:
         for run_id in range(1, runs + 1):  # two posts a run: the second waits for the first
             for part in "ab":
-                outbox.post(
-                    s,
-                    key=f"{run_id}{part}",
-                    kind="notes",
-                    platform="shell",
-                    channel="c",
-                    run_id=run_id,
-                    template="notice",
-                    context={"text": part},
-                )
+                queue_post(s, run_id, f"{run_id}{part}")
     claimed, read = claimed_and_rows_read(
         db,
         "outbox",
