@@ -97,7 +97,9 @@ def _claim_step_query(skip_locked: bool) -> Select[Any]:
         if skip_locked:
             # Lock the step and its run together, skipping any whose run is busy with a
             # decision: the next runnable step of another run is taken instead of waiting.
-            # (The candidate of the other kind, if any, stays locked until the claim commits.)
+            # The candidate of the other kind, if any, stays locked until the transaction
+            # commits (a group's, perhaps): a claim elsewhere skips it meanwhile, and a
+            # decision on its run waits. Only a lease that ran out makes two candidates.
             r = table(Run)
             candidate = candidate.join(r, r.c.id == t.c.run_id).with_for_update(
                 skip_locked=True, of=[t, r]
@@ -241,15 +243,21 @@ def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]
     return query
 
 
-def _in_index_order(session: Session) -> None:
-    """On PostgreSQL, this transaction reads waiting rows in the order of their index rather
-    than sorting them. The planner chooses to sort when its statistics say few rows wait: on a
-    table autovacuum has not analyzed yet, or since a backlog built up. Then each claim read
-    and sorted every waiting row (9 ms a claim at 6,000 waiting, 6 s of a 25 s benchmark);
-    walking the index stops at `limit` deliverable rows."""
+def _in_index_order(session: Session, query: Select[Any], params: dict[str, Any]) -> list[Any]:
+    """`query`'s rows, read on PostgreSQL in the order of the index its ORDER BY follows rather
+    than sorted. The planner chooses to sort when its statistics say few rows wait: on a table
+    autovacuum has not analyzed yet, or since a backlog built up. Then each claim read and
+    sorted every waiting row (9 ms a claim at 6,000 waiting, 6 s of a 25 s benchmark); walking
+    the index stops once it has `limit` deliverable rows. The setting is undone after the
+    statement: the transaction may be a group's, whose other jobs plan as usual (a statement
+    that fails aborts the transaction, or the savepoint that undoes the setting with it)."""
     conn = connection(session)
-    if conn.dialect.name == "postgresql":
-        send(conn, "SET LOCAL enable_sort = off")
+    if conn.dialect.name != "postgresql":
+        return execute(session, query, [params], fetch=True).rows
+    send(conn, "SET LOCAL enable_sort = off")
+    found = execute(session, query, [params], fetch=True).rows
+    send(conn, "SET LOCAL enable_sort TO DEFAULT")
+    return found
 
 
 def claim_outbox(
@@ -271,8 +279,7 @@ def claim_outbox(
     query = _claim_outbox_query(skip_locked, None if platforms is None else len(platforms))
     params: dict[str, Any] = {"now": now, "limit": limit}
     params.update({f"platform_{i}": name for i, name in enumerate(platforms or ())})
-    _in_index_order(session)
-    found = execute(session, query, [params], fetch=True).rows
+    found = _in_index_order(session, query, params)
     stale = [
         {"row_id": row.id, "status": OutboxStatus.SUPERSEDED} for row in found if row.superseded
     ]
