@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,44 @@ async def test_the_same_event_delivered_three_times_has_one_effect(bot: SlackBot
     await bot.wait()
     assert bot.run().status == models.RunStatus.SUCCEEDED
     assert len([m for m in bot.thread() if "published" in m.text.lower()]) == 1
+
+
+def draft_post_in_flight(bot: SlackBot, ts: str | None) -> None:
+    """The draft's post as the sender leaves it while it records the ts Slack gave it: still
+    pending, leased, its message without a ts (None); or recorded, with `ts`."""
+    with bot.app.db.transaction() as s:
+        from sqlmodel import select
+
+        draft = s.exec(select(models.Message).where(models.Message.kind == "draft")).one()
+        post = s.exec(select(models.Outbox).where(models.Outbox.message_id == draft.id)).one()
+        draft.platform_id = ts
+        post.status = models.OutboxStatus.PENDING if ts is None else models.OutboxStatus.SENT
+        post.lease_owner = "elsewhere" if ts is None else None
+        post.lease_until = models.utcnow() + timedelta(minutes=5) if ts is None else None
+        s.add_all([draft, post])
+
+
+async def test_a_reaction_on_a_draft_still_being_recorded_counts_once_it_is(
+    bot: SlackBot,
+) -> None:
+    """A ✅ that arrives while the bot records its draft's post waits a moment for that instead
+    of failing at once: Slack's next try would come a minute later. While the post stays
+    unrecorded it is answered 500, changing nothing, so Slack delivers it again."""
+    await bot.command("run blog-post heat pumps")
+    await bot.wait()
+    draft_ts = bot.ts_of("draft")
+    payload = reaction_added(user=EDITH, reaction="white_check_mark", channel=CHANNEL, ts=draft_ts)
+    draft_post_in_flight(bot, None)
+    assert await bot.event(payload) == 500
+    assert votes(bot) == []
+    answered = asyncio.ensure_future(bot.event(payload, retry_num=1))
+    await asyncio.sleep(0.3)
+    assert not answered.done()  # waiting for the post to be recorded
+    draft_post_in_flight(bot, draft_ts)
+    assert await answered == 200
+    await bot.wait()
+    assert votes(bot) == [f"slack:{EDITH}"]
+    assert bot.run().status == models.RunStatus.SUCCEEDED
 
 
 async def test_an_outsiders_reaction_is_answered_ephemerally(bot: SlackBot) -> None:
@@ -779,8 +818,6 @@ SLACK_OPS = {
 async def test_an_alert_in_the_slack_ops_channel_is_acknowledged_and_resolves(
     bot: SlackBot,
 ) -> None:
-    from datetime import timedelta
-
     from agents import digest
     from agents.alerts import run_evaluation
 

@@ -28,7 +28,13 @@ from sqlalchemy.exc import OperationalError
 from bot.chart import TITLE as chart_title
 from bot.chart import Chart, for_post
 from bot.escaping import escape_slack
-from bot.platforms.base import Delivery, DeliveryError, Inbound
+from bot.platforms.base import (
+    BEFORE_ANSWERING,
+    Delivery,
+    DeliveryError,
+    Inbound,
+    handled_once_placed,
+)
 from bot.platforms.slack_config import EVENTS as EVENTS
 from bot.platforms.slack_config import SCOPES as SCOPES
 from bot.platforms.slack_config import SlackSettings
@@ -40,6 +46,7 @@ from bot.render import Renderer
 from commands.dispatch import NotYetDelivered
 from commands.events import (
     Actor,
+    InboundEvent,
     ReactionAdded,
     ReactionRemoved,
     SlashCommand,
@@ -287,7 +294,7 @@ class SlackPlatform:
                 or (parent is not None and parent != context.get("bot_user_id"))
             ):
                 return  # only people's replies in the bot's threads are feedback
-            await self.inbound.handle(
+            await self._once_placed(
                 ThreadReply(
                     event_id=event_id(body),
                     actor=Actor("slack", user),
@@ -295,7 +302,7 @@ class SlackPlatform:
                     thread_platform_id=thread_ts,
                     text=unescape_slack(field(event, "text")),
                 ),
-                private_replies=True,
+                about=thread_ts,
             )
 
         @bolt.event("app_mention")
@@ -321,7 +328,7 @@ class SlackPlatform:
         channel, ts = field(item, "channel"), field(item, "ts")
         if field(item, "type") != "message" or not (user and emoji and channel and ts):
             return  # a reaction on a file, or one Slack's documented fields do not describe
-        await self.inbound.handle(
+        await self._once_placed(
             kind(
                 event_id=event_id(body),
                 actor=Actor("slack", user),
@@ -329,8 +336,18 @@ class SlackPlatform:
                 message_platform_id=ts,
                 emoji=emoji,
             ),
-            private_replies=True,
+            about=ts,
         )
+
+    async def _once_placed(self, event: InboundEvent, about: str) -> None:
+        """`event` handled, waiting a moment if the post `about` (its ts) is still being
+        recorded; NotYetDelivered if it still is, so Bolt answers 500 and Slack delivers the
+        event again."""
+        handled = await handled_once_placed(
+            self.inbound.handle, event, private_replies=True, pauses=BEFORE_ANSWERING
+        )
+        if handled is None:
+            raise NotYetDelivered(about)
 
     # -- outbound ---------------------------------------------------------------------
 
