@@ -326,7 +326,11 @@ def draft_post_in_flight(bot: SlackBot, ts: str | None) -> None:
         from sqlmodel import select
 
         draft = s.exec(select(models.Message).where(models.Message.kind == "draft")).one()
-        post = s.exec(select(models.Outbox).where(models.Outbox.message_id == draft.id)).one()
+        post = s.exec(
+            select(models.Outbox).where(
+                models.Outbox.message_id == draft.id, models.Outbox.kind == models.OutboxKind.POST
+            )
+        ).one()
         draft.platform_id = ts
         post.status = models.OutboxStatus.PENDING if ts is None else models.OutboxStatus.SENT
         post.lease_owner = "elsewhere" if ts is None else None

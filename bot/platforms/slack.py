@@ -237,7 +237,7 @@ class SlackPlatform:
         async def on_error(error: Exception) -> None:
             # Bolt answers Slack with a 500, so Slack delivers the event again.
             if isinstance(error, NotYetDelivered):
-                log.info("reaction on a post not yet recorded; Slack will deliver it again")
+                log.info("reaction or reply on a post not yet recorded; Slack delivers it again")
             elif isinstance(error, OperationalError):  # the dispatcher said what is wrong
                 log.info("event not recorded; Slack will deliver it again")
             elif isinstance(error, SlackUnavailable):
