@@ -231,6 +231,33 @@ def queue_post(session: Session, run_id: int, key: str) -> None:
     )
 
 
+def post_recorded(
+    db: Database, message_id: int, ts: str | None, *, leased_to: str | None = None
+) -> None:
+    """Message `message_id`'s post as recorded with platform id `ts`, or, with None, as a
+    sender leaves it between the platform taking it and the recording: its message without an
+    id, the post pending (leased to `leased_to` for five minutes, when given: that sender is
+    still at it)."""
+    with db.transaction() as s:
+        message = s.get(models.Message, message_id)
+        assert message is not None
+        post = s.exec(
+            select(models.Outbox).where(
+                models.Outbox.message_id == message_id,
+                models.Outbox.kind == models.OutboxKind.POST,
+            )
+        ).one()
+        message.platform_id = ts
+        if ts is None:
+            post.status, post.sent_at = models.OutboxStatus.PENDING, None
+            post.lease_owner = leased_to
+            post.lease_until = models.utcnow() + timedelta(minutes=5) if leased_to else None
+        else:
+            post.status, post.sent_at = models.OutboxStatus.SENT, models.utcnow()
+            post.lease_owner = post.lease_until = None
+        s.add_all([message, post])
+
+
 def all_rows(db: Database, table: type[Any]) -> list[Any]:
     """Every row of `table` in the order of its primary key (for an integer id, the order they
     were written in): PostgreSQL returns an unordered SELECT in the order its pages hold."""

@@ -20,7 +20,7 @@ from agents.heartbeat import heartbeat
 from agents.openai_provider import OpenAIProvider
 from storage import models
 from storage.db import Database
-from tests.conftest import Bot, FakeClock
+from tests.conftest import Bot, FakeClock, post_recorded
 from tests.fakes.local_server import serve_locally
 from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAIServer, running_fake_openai
 
@@ -306,14 +306,7 @@ async def draft_shown_but_not_recorded(bot_factory: Any) -> tuple[Bot, models.Me
     post taken up), and the same database opened again by the editor's shell."""
     draft = await draft_left_by_a_stopped_bot(bot_factory)
     second: Bot = bot_factory(user="editor")
-    with second.app.db.transaction() as s:
-        message = s.get(models.Message, draft.id)
-        assert message is not None
-        message.platform_id = None
-        post = s.exec(select(models.Outbox).where(models.Outbox.message_id == draft.id)).one()
-        post.status, post.sent_at = models.OutboxStatus.PENDING, None
-        post.lease_owner = post.lease_until = None
-        s.add_all([message, post])
+    post_recorded(second.app.db, draft.id, None)
     return second, draft
 
 

@@ -25,7 +25,7 @@ from bot.http import web_app
 from bot.platforms.slack import SCOPES, SlackPlatform, slack_settings
 from bot.settings import Settings
 from storage import models
-from tests.conftest import all_rows, free_port, make_config, seed_failed_runs
+from tests.conftest import all_rows, free_port, make_config, post_recorded, seed_failed_runs
 from tests.fakes.local_server import serve_locally
 from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack, fake_slack
 from tests.fakes.slack_signing import (
@@ -319,25 +319,6 @@ async def test_the_same_event_delivered_three_times_has_one_effect(bot: SlackBot
     assert len([m for m in bot.thread() if "published" in m.text.lower()]) == 1
 
 
-def draft_post_in_flight(bot: SlackBot, ts: str | None) -> None:
-    """The draft's post as the sender leaves it while it records the ts Slack gave it: still
-    pending, leased, its message without a ts (None); or recorded, with `ts`."""
-    with bot.app.db.transaction() as s:
-        from sqlmodel import select
-
-        draft = s.exec(select(models.Message).where(models.Message.kind == "draft")).one()
-        post = s.exec(
-            select(models.Outbox).where(
-                models.Outbox.message_id == draft.id, models.Outbox.kind == models.OutboxKind.POST
-            )
-        ).one()
-        draft.platform_id = ts
-        post.status = models.OutboxStatus.PENDING if ts is None else models.OutboxStatus.SENT
-        post.lease_owner = "elsewhere" if ts is None else None
-        post.lease_until = models.utcnow() + timedelta(minutes=5) if ts is None else None
-        s.add_all([draft, post])
-
-
 async def test_a_reaction_on_a_draft_still_being_recorded_counts_once_it_is(
     bot: SlackBot,
 ) -> None:
@@ -347,14 +328,15 @@ async def test_a_reaction_on_a_draft_still_being_recorded_counts_once_it_is(
     await bot.command("run blog-post heat pumps")
     await bot.wait()
     draft_ts = bot.ts_of("draft")
+    [draft] = [m for m in all_rows(bot.app.db, models.Message) if m.kind == "draft"]
     payload = reaction_added(user=EDITH, reaction="white_check_mark", channel=CHANNEL, ts=draft_ts)
-    draft_post_in_flight(bot, None)
+    post_recorded(bot.app.db, draft.id, None, leased_to="a sender recording it")
     assert await bot.event(payload) == 500
     assert votes(bot) == []
     answered = asyncio.ensure_future(bot.event(payload, retry_num=1))
     await asyncio.sleep(0.3)
     assert not answered.done()  # waiting for the post to be recorded
-    draft_post_in_flight(bot, draft_ts)
+    post_recorded(bot.app.db, draft.id, draft_ts)
     assert await answered == 200
     await bot.wait()
     assert votes(bot) == [f"slack:{EDITH}"]
