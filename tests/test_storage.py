@@ -440,6 +440,67 @@ def test_an_edit_waits_for_its_messages_post_but_not_for_the_threads_other_posts
     db.dispose()
 
 
+def test_of_a_messages_edits_only_the_latest_goes_out_and_one_row_waits(db_url: str) -> None:
+    db = fresh(db_url)
+    add_runs(db, 1)
+    now = datetime.now(UTC)
+
+    def edit(card: outbox.Posted, text: str, **order: str) -> None:
+        with db.transaction() as s:
+            outbox.update(s, card, template="notice", context={"text": text}, **order)
+
+    def deliver(*, sent: bool = True) -> list[str]:
+        """One claim of the sender; what it sent, or (sent=False) what it failed to send."""
+        with db.transaction() as s:
+            found = claim_outbox(
+                s, owner="o", now=now, lease=timedelta(minutes=1), skip_locked=False, limit=5
+            )
+            if sent:
+                mark_sent(s, [Sent(row.id, row.message_id, f"ts-{row.id}") for row in found], now)
+            else:
+                retry = {"lease_owner": None, "lease_until": None, "available_at": now}
+                rows.change_by_id(s, Outbox, [{"row_id": row.id, **retry} for row in found])
+        return [row.context["text"] for row in found]
+
+    def waiting() -> int:
+        with db.read() as s:
+            return len(s.exec(select(Outbox).where(Outbox.status == OutboxStatus.PENDING)).all())
+
+    with db.transaction() as s:
+        card = outbox.post(
+            s,
+            key="card",
+            kind="run_card",
+            platform="shell",
+            channel="c",
+            run_id=1,
+            template="notice",
+            context={"text": "v0"},
+        )
+    for text in ("v1", "v2", "v3"):
+        edit(card, text)
+    assert waiting() == 2  # the post, and one edit holding what the latest said
+    assert deliver() == ["v0"]
+    assert deliver() == ["v3"]
+    # An edit whose sending failed waits to be tried again; a newer edit is a row of its own,
+    # and the older one is superseded, not sent
+    edit(card, "v4")
+    assert deliver(sent=False) == ["v4"]
+    edit(card, "v5")
+    edit(card, "v6")
+    assert waiting() == 2
+    assert deliver() == []  # v4's row, superseded: v6 is deliverable now
+    assert deliver() == ["v6"]
+    # Edits ordered with the posts of their thread (an alert card's) each keep their place
+    edit(card, "v7", order_key="thread")
+    edit(card, "v8", order_key="thread")
+    assert waiting() == 2
+    assert deliver() == []
+    assert deliver() == ["v8"]
+    assert waiting() == 0
+    db.dispose()
+
+
 def test_rows_written_past_the_orm_read_back_alike_and_fail_as_sqlalchemy_reports(
     db_url: str,
 ) -> None:
