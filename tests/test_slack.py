@@ -343,6 +343,30 @@ async def test_a_reaction_on_a_draft_still_being_recorded_counts_once_it_is(
     assert bot.run().status == models.RunStatus.SUCCEEDED
 
 
+async def test_a_reaction_on_a_persons_message_does_not_wait_for_the_bots_posts(
+    bot: SlackBot,
+) -> None:
+    """Slack names the author of the message reacted to (`item_user`): a ✅ on a person's
+    message is answered at once and recorded nowhere, even while one of the bot's posts to
+    that channel is being recorded (a ✅ on the bot's own message then waits, and is answered
+    500)."""
+    await bot.command("run blog-post heat pumps")
+    await bot.wait()
+    [draft] = [m for m in all_rows(bot.app.db, models.Message) if m.kind == "draft"]
+    post_recorded(bot.app.db, draft.id, None, leased_to="a sender recording it")
+    events = len(all_rows(bot.app.db, models.InboundEvent))
+    on_alices = reaction_added(
+        user=EDITH, reaction="white_check_mark", channel=CHANNEL, ts="1.000900", item_user=ALICE
+    )
+    assert await bot.event(on_alices) == 200
+    assert len(all_rows(bot.app.db, models.InboundEvent)) == events
+    on_the_bots = reaction_added(
+        user=EDITH, reaction="white_check_mark", channel=CHANNEL, ts="1.000900"
+    )
+    assert await bot.event(on_the_bots) == 500
+    assert votes(bot) == []
+
+
 async def test_an_outsiders_reaction_is_answered_ephemerally(bot: SlackBot) -> None:
     await bot.command("run blog-post heat pumps")
     await bot.wait()

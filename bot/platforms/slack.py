@@ -176,6 +176,14 @@ def headline(text: str) -> str:
     return first_line(text, TEXT_LIMIT)
 
 
+def by_someone_else(author: str | None, context: dict[str, Any]) -> bool:
+    """Whether Slack names the author of a message (a reaction's `item_user`, a reply's
+    `parent_user_id`) and it is not this bot; when either is unknown, the message may be the
+    bot's."""
+    me = context.get("bot_user_id")
+    return author is not None and me is not None and author != me
+
+
 class SlackPlatform:
     name = "slack"
     state = "connected"  # /healthz: HTTP mode holds no connection (Socket Mode is not tracked)
@@ -271,12 +279,16 @@ class SlackPlatform:
                 await ack()
 
         @bolt.event("reaction_added")
-        async def on_reaction_added(body: dict[str, Any], event: dict[str, Any]) -> None:
-            await self._reaction(body, event, ReactionAdded)
+        async def on_reaction_added(
+            body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]
+        ) -> None:
+            await self._reaction(body, event, context, ReactionAdded)
 
         @bolt.event("reaction_removed")
-        async def on_reaction_removed(body: dict[str, Any], event: dict[str, Any]) -> None:
-            await self._reaction(body, event, ReactionRemoved)
+        async def on_reaction_removed(
+            body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]
+        ) -> None:
+            await self._reaction(body, event, context, ReactionRemoved)
 
         @bolt.event("message")
         async def on_message(
@@ -291,7 +303,7 @@ class SlackPlatform:
                 or thread_ts == event.get("ts")
                 or not user
                 or not channel
-                or (parent is not None and parent != context.get("bot_user_id"))
+                or by_someone_else(parent, context)
             ):
                 return  # only people's replies in the bot's threads are feedback
             await self._once_placed(
@@ -322,12 +334,16 @@ class SlackPlatform:
                 private_replies=True,
             )
 
-    async def _reaction(self, body: dict[str, Any], event: dict[str, Any], kind: type) -> None:
+    async def _reaction(
+        self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any], kind: type
+    ) -> None:
         item = event.get("item")
         user, emoji = field(event, "user"), field(event, "reaction")
         channel, ts = field(item, "channel"), field(item, "ts")
         if field(item, "type") != "message" or not (user and emoji and channel and ts):
             return  # a reaction on a file, or one Slack's documented fields do not describe
+        if by_someone_else(event.get("item_user"), context):
+            return  # on a person's message: never a decision, whatever the bot has in flight
         await self._once_placed(
             kind(
                 event_id=event_id(body),
