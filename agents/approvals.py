@@ -268,7 +268,7 @@ class ApprovalService:
         step = session.exec(
             select(Step)
             .where(Step.run_id == run.id, Step.status == StepStatus.AWAITING_APPROVAL)
-            .with_for_update()
+            .with_for_update(key_share=True)
         ).first()
         if step is None:
             return Ignored(f"run {run.id} has no draft waiting for a decision", run_id=run.id)

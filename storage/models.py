@@ -30,11 +30,11 @@ def as_utc(at: datetime | None) -> datetime | None:
 _PARTIAL: list[tuple[Index, str]] = []
 
 
-def _partial(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+def _partial(name: str, *columns: str, where: str) -> Index:
     """A partial index (only the rows in play). Its condition for PostgreSQL is attached by
     `with_postgresql_conditions` when a PostgreSQL database is opened, so that a process on
     SQLite never loads SQLAlchemy's PostgreSQL dialect (2.4 MB, 30 ms of every start)."""
-    index = Index(name, *columns, unique=unique, sqlite_where=text(where))
+    index = Index(name, *columns, sqlite_where=text(where))
     _PARTIAL.append((index, where))
     return index
 
@@ -259,10 +259,6 @@ class Message(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-# An edit no sender has tried yet (a claim counts an attempt) on its message's order key
-WAITING_EDIT = "kind = 'update' AND status = 'pending' AND attempts = 0 AND order_key LIKE 'edit:%'"
-
-
 class Outbox(SQLModel, table=True):
     __table_args__ = (
         # What is left to deliver, in order, and each thread's earlier rows still pending.
@@ -271,9 +267,6 @@ class Outbox(SQLModel, table=True):
         # A message's rows still waiting: what an edit waits for (its post, earlier edits),
         # and the newer edits that supersede one
         _partial("ix_outbox_pending_message", "message_id", "id", where="status = 'pending'"),
-        # At most one edit of a message waits untried on the message's own order key: a newer
-        # edit takes its place (storage.outbox.update) rather than queue behind it.
-        _partial("ux_outbox_waiting_edit", "message_id", where=WAITING_EDIT, unique=True),
     )
 
     id: int | None = Field(default=None, primary_key=True)

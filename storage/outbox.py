@@ -162,12 +162,11 @@ def update(
     order_key: str | None = None,
 ) -> None:
     """Edit a posted message, once its post has gone out; a message's edits go out in order,
-    apart from the posts of its thread (`order_key`, default: the message's own). Only the
-    latest edit goes out: on the message's own order key, an edit no sender has tried yet
-    takes this one's template and context rather than queue a second row; an older edit
-    still waiting otherwise (one being retried, one ordered with its thread's posts) is
-    superseded when it is claimed (storage.queries.claim_outbox)."""
-    row: dict[str, Any] = dict(
+    apart from the posts of its thread (`order_key`, default: the message's own). An older
+    edit still waiting when this one is queued is superseded when it is claimed
+    (storage.queries.claim_outbox): only the latest goes out."""
+    _queue(
+        session,
         key=f"update:{message.key}:{uuid.uuid4().hex}",
         kind=OutboxKind.UPDATE,
         platform=message.platform,
@@ -179,25 +178,6 @@ def update(
         template=template,
         context=context,
     )
-    if order_key is not None:
-        _queue(session, **row)
-        return
-    rows.upsert(
-        session,
-        Outbox,
-        index=_WAITING_EDIT,
-        replace=("template", "context"),
-        status=OutboxStatus.PENDING,
-        attempts=0,
-        created_at=utcnow(),
-        **row,
-    )
-    arm(session, Topic.OUTBOX)
-
-
-_WAITING_EDIT = next(
-    index for index in rows.table(Outbox).indexes if index.name == "ux_outbox_waiting_edit"
-)
 
 
 def notice(

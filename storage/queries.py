@@ -102,7 +102,7 @@ def _claim_step_query(skip_locked: bool) -> Select[Any]:
             # decision on its run waits. Only a lease that ran out makes two candidates.
             r = table(Run)
             candidate = candidate.join(r, r.c.id == t.c.run_id).with_for_update(
-                skip_locked=True, of=[t, r]
+                skip_locked=True, of=[t, r], key_share=True
             )
         first.append(candidate.subquery())
     both = union_all(*(sa_select(*sub.c) for sub in first)).subquery()
@@ -172,7 +172,7 @@ _STEP = table(Step)
 _STEPS_OF = {
     False: sa_select(_STEP).where(_STEP.c.run_id == bindparam("run_id")).order_by(_STEP.c.position)
 }
-_STEPS_OF[True] = _STEPS_OF[False].with_for_update()
+_STEPS_OF[True] = _STEPS_OF[False].with_for_update(key_share=True)
 
 
 def lock_step(session: Session, run_id: int, step_id: int) -> Step | None:
@@ -239,7 +239,7 @@ def _claim_outbox_query(skip_locked: bool, platforms: int | None) -> Select[Any]
         sa_select(t, superseded, *posted_as).where(ready).order_by(t.c.rank, t.c.id).limit(limit)
     )
     if skip_locked:
-        query = query.with_for_update(skip_locked=True, of=t)
+        query = query.with_for_update(skip_locked=True, of=t, key_share=True)
     return query
 
 
@@ -450,13 +450,17 @@ def lock_run(session: Session, run_id: int) -> Run | None:
 
 _RUNS = "crewchief.runs.locked"  # session.info: the runs this transaction has locked
 _RUN = table(Run)
-_LOCK_RUN = sa_select(_RUN).where(_RUN.c.id == bindparam("run_id")).with_for_update()
+# Row locks here are PostgreSQL's FOR NO KEY UPDATE (key_share): they keep out another
+# transaction's lock or change of the row, but not the key-share lock with which a row that
+# refers to it is inserted (an LLM call, a message, an audit entry of the run): that insert
+# would otherwise wait until whoever holds the run commits. No key is ever changed.
+_LOCK_RUN = sa_select(_RUN).where(_RUN.c.id == bindparam("run_id")).with_for_update(key_share=True)
 _LOCK_RUN_AND_STEPS = (
     sa_select(*_RUN.c, *_STEP.c)
     .join_from(_RUN, _STEP, _STEP.c.run_id == _RUN.c.id)
     .where(_RUN.c.id == bindparam("run_id"))
     .order_by(_STEP.c.position)
-    .with_for_update()
+    .with_for_update(key_share=True)
 )
 
 

@@ -29,14 +29,12 @@ from pydantic_core import PydanticUndefined
 from sqlalchemy import (
     Connection,
     Executable,
-    Index,
     Insert,
     Table,
     Update,
     bindparam,
     insert,
     inspect,
-    text,
     update,
 )
 from sqlalchemy.engine import Dialect
@@ -108,37 +106,6 @@ def _insert_once(model: type[SQLModel], dialect: str) -> Executable:
     return sqlite.insert(t).on_conflict_do_nothing().returning(*t.primary_key)
 
 
-@cache
-def _upsert(
-    model: type[SQLModel],
-    dialect: str,
-    target: tuple[str, ...],
-    where: str,
-    replace: tuple[str, ...],
-) -> Executable:
-    """INSERT .. ON CONFLICT (target) WHERE where DO UPDATE SET each of `replace` to the value
-    the INSERT brought."""
-    t = table(model)
-    columns, condition = [t.c[name] for name in target], text(where)
-    if dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        on_pg = postgresql.insert(t)
-        return on_pg.on_conflict_do_update(
-            index_elements=columns,
-            index_where=condition,
-            set_={name: on_pg.excluded[name] for name in replace},
-        )
-    from sqlalchemy.dialects import sqlite
-
-    on_sqlite = sqlite.insert(t)
-    return on_sqlite.on_conflict_do_update(
-        index_elements=columns,
-        index_where=condition,
-        set_={name: on_sqlite.excluded[name] for name in replace},
-    )
-
-
 def values(model: type[SQLModel], given: dict[str, Any]) -> dict[str, Any]:
     """`given` with the model's defaults for every column it leaves out."""
     row = dict(given)
@@ -172,23 +139,6 @@ def add_once(session: Session, model: type[SQLModel], /, **given: Any) -> Any:
     # a row comes back only when one was inserted (psycopg reports no rowcount here)
     found = execute(session, statement, [values(model, given)], fetch=True).rows
     return found[0][0] if found else None
-
-
-def upsert(
-    session: Session,
-    model: type[SQLModel],
-    /,
-    *,
-    index: Index,
-    replace: tuple[str, ...],
-    **given: Any,
-) -> None:
-    """INSERT one row of `model`, or, where `index` (a unique partial index) holds a row
-    with the same values already, set that row's `replace` columns to the new row's."""
-    where = index.dialect_options["sqlite"]["where"]
-    target = tuple(column.name for column in index.columns)
-    statement = _upsert(model, connection(session).dialect.name, target, str(where), replace)
-    execute(session, statement, [values(model, given)])
 
 
 M = TypeVar("M", bound=SQLModel)
