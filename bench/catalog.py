@@ -18,6 +18,10 @@ BENCHMARKS: dict[str, str] = {
     "langgraph": "the same four-node human-in-the-loop graph in LangGraph with its "
     "SqliteSaver (crewchief's prompts and offline model in the nodes), runs one after "
     "another to the interrupt, then each resumed to the end",
+    "floor": "the rows the engine stores per run (its 9 tables, as many rows in each), "
+    "written to crewchief's schema on SQLite (WAL, synchronous=FULL) by the sqlite3 module "
+    "alone, each statement one executemany over a batch of runs and each of a run's "
+    "transactions one commit for the batch: what storing them costs at the least",
     "ack": "really signed `/crew run` commands from 4 concurrent senders into Slack HTTP "
     "mode while the engine works them off; latency from sending to the whole answer",
     "reaction": "per run, from sending a signed ✅ `reaction_added` on its draft to the fake "
@@ -216,6 +220,26 @@ SAMPLES: tuple[Sample, ...] = (
         100,
         check=all_succeeded,
     ),
+    Sample(
+        "floor-batched",
+        "floor",
+        "storage floor · {n} runs, 64 a commit",
+        "--runs",
+        1000,
+        100,
+        extra=("--batch", "64"),
+        check=all_succeeded,
+    ),
+    Sample(
+        "floor-single",
+        "floor",
+        "storage floor · {n} runs, 1 a commit",
+        "--runs",
+        1000,
+        100,
+        extra=("--batch", "1"),
+        check=all_succeeded,
+    ),
     Sample("ack", "ack", "ack · {n} signed /crew run", "--requests", 1000, 100),
     Sample(
         "reaction",
@@ -273,6 +297,9 @@ FIGURES: tuple[Figure, ...] = (
         Target(">=", 0.4, of="engine-sqlite-medium.runs_per_s", shown="≥ 40% of SQLite, same size"),
     ),
     Figure("langgraph-medium", "runs_per_s", "runs/s"),
+    Figure("floor-batched", "runs_per_s", "runs/s"),
+    Figure("floor-batched", "cpu_ms_per_run", "CPU ms per run"),
+    Figure("floor-single", "runs_per_s", "runs/s"),
     Figure("ack", "non_200", "answers not 200", Target("==", 0)),
     Figure("ack", "p50_ms", "p50 ms"),
     Figure("ack", "p95_ms", "p95 ms"),

@@ -16,8 +16,10 @@ from rich.console import Console
 
 import bench.__main__ as entry
 from agents import digest
-from bench import catalog, suite
+from bench import catalog, common, floor, suite
 from bench.digest import seed
+from bench.workload import EDITOR, NullPlatform, launch_and_publish
+from bot.app import build_app
 from storage.db import Database
 from storage.models import AuditEntry, DraftVersion, LLMCall, Run, Step
 from tests.conftest import make_config
@@ -66,6 +68,33 @@ def test_the_reaction_benchmark_keeps_its_runs_in_flight_and_times_every_approva
     assert result["reactions_not_200"] == 0
     assert result["in_flight_median"] >= 3
     assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["max_ms"]
+
+
+async def test_the_storage_floor_writes_per_run_the_rows_the_engine_stores(
+    tmp_path: Path,
+) -> None:
+    """`bench floor` stands for the engine's storage work: per run, as many rows in each table
+    as the engine stores taking runs from launch to published."""
+    runs = 3
+    app = build_app(
+        common.settings(f"sqlite:///{tmp_path / 'engine.db'}", tmp_path),
+        default_approvers=[EDITOR.qualified],
+    )
+    app.add_platform(NullPlatform())
+    try:
+        async with app.running():
+            phases = await launch_and_publish(app, runs)
+        with app.db.engine.connect() as conn:
+            engine = {
+                table: conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one() / runs
+                for table in floor.STORED
+            }
+    finally:
+        await app.aclose()
+    assert phases.succeeded == runs
+    result = floor.measure(runs=5, batch=2)
+    assert result["succeeded"] == 5
+    assert result["stored_per_run"] == engine
 
 
 def test_a_name_with_its_own_options_runs_that_benchmark_alone() -> None:
