@@ -43,22 +43,19 @@ BENCHMARKS: dict[str, str] = {
 # (py-spy record -f raw -- python -m bench engine --runs 500) and the engine's statement
 # count (its `sql_per_run`). Printed under the table for a missed figure.
 BOUNDS: dict[str, str] = {
-    "engine": "one core of CPython: four fifths of the process's samples are its database thread's "
-    "(py-spy --threads, `python -m bench.engine --runs 1000`, at 104638c: 7.8 ms of it per "
-    "run). Of that thread's samples, SQLite executing the statements takes about 18 % and its"
-    " commits 8 %, converting the rows read 9 % and the parameters sent 7 % (SQLAlchemy's "
-    "types), making objects of the rows read 9 %, and the engine's logic the rest, around 70 "
-    "statements per run (12 outbox rows, 5 messages, 4 audit entries, 3 model calls among "
-    "them). 5× LangGraph needs about 1.8 ms per run, about half of what SQLite and the type "
-    "conversions alone take now (3.3 ms); what is left is structural: claiming and completing"
-    " many steps per statement, and a run card written once per state rather than once per "
-    "change (5 card posts and edits per run). Since the report before this one, PostgreSQL's "
-    "claims read their queues in index order (the step claim takes the first of each kind "
-    "from its own index; the outbox claim walks its index rather than sorting, whatever the "
-    "planner's statistics say): before, with a backlog on tables not analyzed yet, a step "
-    "claim read and sorted every runnable step and an outbox claim every waiting row (9 ms a "
-    "claim at 6,000 waiting, 6 s of a 25 s run). PostgreSQL now waits on the server: around "
-    "70 statements per run, each a round trip to a server on the same two cores",
+    "engine": "CPython running the engine's own code, not storage: `floor` above stores the "
+    "same rows per run (the same 9 tables, as many rows in each) through the sqlite3 module "
+    "alone at about 0.5 ms of CPU a run with 64 runs a commit, as the engine's group commit "
+    "does, against the engine's 8.5 ms. Four fifths of the engine's samples are its database "
+    "thread's (py-spy record --threads -- python -m bench.engine --runs 1000, at 37fe50c); of "
+    "those, SQLite's own work (statements 16 %, commits 10 %) is about a quarter, the rest "
+    "Python around each of some 70 statements a run: SQLAlchemy (sessions, ORM objects for "
+    "runs and steps, type conversions) about 30 %, crewchief's rows layer 8 %, and the "
+    "engine's logic (what to write, cards' contexts, JSON). 5× LangGraph, about 1.7 ms a run, "
+    "is above the floor, so it is open to an engine whose hot path does per statement about "
+    "what sqlite3 does, claiming and completing many runs' steps in each statement, rather "
+    "than one run at a time through sessions and objects. On PostgreSQL each of those "
+    "statements is also a round trip to a server on the same two cores",
     "ack": "the same database thread: an acknowledgement waits for the job it finds "
     "running and for its own group's commit, which holds the other inbound events that "
     "arrived with it",
