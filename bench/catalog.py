@@ -47,7 +47,7 @@ BOUNDS: dict[str, str] = {
     "same rows per run (the same 9 tables, as many rows in each) through the sqlite3 module "
     "alone at about 0.5 ms of CPU a run with 64 runs a commit, as the engine's group commit "
     "does, against the engine's 8.5 ms. Four fifths of the engine's samples are its database "
-    "thread's (py-spy record --threads -- python -m bench.engine --runs 1000, at 37fe50c); of "
+    "thread's (py-spy record --threads -- python -m bench.engine --runs 1000, at d138fda); of "
     "those, SQLite's own work (statements 16 %, commits 10 %) is about a quarter, the rest "
     "Python around each of some 70 statements a run: SQLAlchemy (sessions, ORM objects for "
     "runs and steps, type conversions) about 30 %, crewchief's rows layer 8 %, and the "
