@@ -18,10 +18,11 @@ BENCHMARKS: dict[str, str] = {
     "langgraph": "the same four-node human-in-the-loop graph in LangGraph with its "
     "SqliteSaver (crewchief's prompts and offline model in the nodes), runs one after "
     "another to the interrupt, then each resumed to the end",
-    "floor": "the rows the engine stores per run (its 9 tables, as many rows in each), "
-    "written to crewchief's schema on SQLite (WAL, synchronous=FULL) by the sqlite3 module "
-    "alone, each statement one executemany over a batch of runs and each of a run's "
-    "transactions one commit for the batch: what storing them costs at the least",
+    "floor": "the rows the engine stores per run (its 9 tables, as many rows in each), and "
+    "the reads of its transactions and claims, on crewchief's schema on SQLite (WAL, "
+    "synchronous=FULL) through the sqlite3 module alone, each statement one executemany over "
+    "a batch of runs and each of a run's transactions one commit for the batch: what storing "
+    "them costs at the least",
     "ack": "really signed `/crew run` commands from 4 concurrent senders into Slack HTTP "
     "mode while the engine works them off; latency from sending to the whole answer",
     "reaction": "per run, from sending a signed ✅ `reaction_added` on its draft to the fake "
@@ -40,13 +41,15 @@ BENCHMARKS: dict[str, str] = {
 }
 
 # What bounds each benchmark's figures where they miss their targets: from profiles
-# (py-spy record -f raw -- python -m bench engine --runs 500) and the engine's statement
-# count (its `sql_per_run`). Printed under the table for a missed figure.
+# (py-spy record --threads -f raw -- python -m bench.engine --runs 1000), the engine's
+# statement count (its `sql_per_run`) and the storage floor. Printed under the table for a
+# missed figure.
 BOUNDS: dict[str, str] = {
-    "engine": "CPython running the engine's own code, not storage: `floor` above stores the "
-    "same rows per run (the same 9 tables, as many rows in each) through the sqlite3 module "
-    "alone at about 0.5 ms of CPU a run with 64 runs a commit, as the engine's group commit "
-    "does, against the engine's 8.5 ms. Four fifths of the engine's samples are its database "
+    "engine": "CPython running the engine's own code, not SQLite: `floor` above stores the "
+    "same rows per run (the same 9 tables, as many rows in each), with the same reads, "
+    "through the sqlite3 module alone at well under 1 ms of CPU a run when a commit holds 64 "
+    "runs' work (the engine's group commit holds up to 64 jobs or 10 ms of them), against the "
+    "engine's 8.5 ms. Four fifths of the engine's samples are its database "
     "thread's (py-spy record --threads -- python -m bench.engine --runs 1000, at d138fda); of "
     "those, SQLite's own work (statements 16 %, commits 10 %) is about a quarter, the rest "
     "Python around each of some 70 statements a run: SQLAlchemy (sessions, ORM objects for "

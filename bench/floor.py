@@ -6,12 +6,15 @@ no platform: what any engine that stores these rows, this durably, pays at the l
 
     python -m bench floor [--runs 1000] [--batch 64] [--json]
 
-Per run, as the engine writes them (its `sql_per_run` statements, one row each unless said):
-the command's and the approval's inbound event ids; the run; its 3 steps; 4 audit entries;
-3 model calls and their spending added to the run; the draft version and the vote; 5
-messages and each one's platform id once posted; 12 outbox rows (5 posts, 7 card and draft
-edits), 9 of them claimed under a lease and marked sent, the other 3 superseded; each step
-leased, finished or sent to approval, and the run's status changed with each of them.
+Per run, as the engine writes them: the command's and the approval's inbound event ids; the
+run; its 3 steps; 4 audit entries; 3 model calls and their spending added to the run; the draft
+version and the vote; 5 messages and each one's platform id once posted; 12 outbox rows (5
+posts, 7 card and draft edits), 9 of them claimed under a lease and marked sent and the other
+3 superseded (in the engine, how many edits are superseded depends on how far its sender
+lags: about 3.3 a run at 1,000); each step leased, finished, sent to approval or decided, and
+the run's status changed with each. And what the engine reads: each transaction its runs and
+their steps, each claim the steps or outbox rows it takes (the floor's claims ask less of
+their rows than the engine's, which look for earlier rows still waiting).
 runs_per_s is runs / (launch_to_draft_s + approve_to_published_s), as in `bench engine`.
 """
 
@@ -74,8 +77,9 @@ _SQL = {
     "finished_at = ? WHERE id = ?",
     "await_step": "UPDATE step SET status = 'awaiting_approval', version = 1, lease_owner = NULL, "
     "output = ?, awaiting_since = ? WHERE id = ?",
-    "decide_step": "UPDATE step SET status = 'approved', decided_by = 'bench:editor' "
+    "decide_step": "UPDATE step SET status = 'succeeded', decided_by = 'bench:editor' "
     "WHERE id = ? AND status = 'awaiting_approval' AND version = 1",
+    "runnable_step": "UPDATE step SET status = 'pending', available_at = ? WHERE id = ?",
     "run_status": "UPDATE run SET status = ?, current_step = ?, updated_at = ? WHERE id = ?",
     "llmcall": "INSERT INTO llmcall (run_id, step_id, agent, provider, model, input_tokens, "
     "output_tokens, cost_usd, latency_ms, created_at) "
@@ -89,7 +93,16 @@ _SQL = {
     "sent": "UPDATE outbox SET status = 'sent', lease_owner = NULL, sent_at = ? WHERE id = ?",
     "superseded": "UPDATE outbox SET status = 'superseded' WHERE id = ?",
     "posted": "UPDATE message SET platform_id = ? WHERE id = ?",
+    # what the engine reads: each transaction its batch's runs and their steps (locked, on
+    # PostgreSQL), a claim the steps or outbox rows it takes
+    "runs": "SELECT * FROM run WHERE id BETWEEN ? AND ?",
+    "steps": "SELECT * FROM step WHERE run_id BETWEEN ? AND ? ORDER BY run_id, position",
+    "claim_steps": "SELECT id, run_id FROM step WHERE status = 'pending' AND available_at <= ? "
+    "ORDER BY run_id, id LIMIT ?",
+    "claim_outbox": "SELECT * FROM outbox WHERE status = 'pending' "
+    "AND (lease_until IS NULL OR lease_until < ?) ORDER BY rank, id LIMIT ?",
 }
+_READS = {"runs", "steps", "claim_steps", "claim_outbox"}
 
 # Of a run's 12 outbox rows, by position: (kind, its message's position among the run's 5,
 # what becomes of it). Posts: the card, the research notes, the draft, the approval, the
@@ -180,7 +193,7 @@ def measure(runs: int, batch: int) -> common.Result:
         "runs_per_s": round(runs / total, 2) if total else 0.0,
         "cpu_ms_per_run": round(sum(cpu for _, cpu in phases) * 1000 / runs, 3),
         "sql_rows_per_run": round(counts["rows"] / runs, 1),
-        "statements_per_batch_run": round(counts["statements"] / len(batches), 1),
+        "statements_per_batch": round(counts["statements"] / len(batches), 1),
         "stored_per_run": per_run,
         "peak_rss_mb": common.peak_rss_mb(),
     }
@@ -191,7 +204,10 @@ def _commit(
 ) -> None:
     conn.execute("BEGIN IMMEDIATE")
     for name, rows in writes:
-        if rows:
+        if name in _READS:
+            conn.execute(_SQL[name], rows[0]).fetchall()
+            counts["statements"] += 1
+        elif rows:
             conn.executemany(_SQL[name], rows)
             counts["statements"] += 1
             counts["rows"] += len(rows)
@@ -224,13 +240,20 @@ def _outbox_rows(b: Batch, positions: range) -> Rows:
     ]
 
 
+def _read(b: Batch) -> list[tuple[str, Rows]]:
+    """The batch's runs and their steps, as each of the engine's transactions reads its run."""
+    span = [(b.runs[0], b.runs[-1])]
+    return [("runs", span), ("steps", span)]
+
+
 def _deliveries(b: Batch, positions: range) -> Iterator[list[tuple[str, Rows]]]:
     """The sender: the rows claimed under a lease, then marked sent (each post's message
     learning its platform id), or superseded."""
     now = _now()
     until = (now + timedelta(seconds=30)).isoformat()
     done = [(b.outbox(run, i), _OUTBOX[i]) for run in b.runs for i in positions]
-    yield [("claim", [(until, row) for row, (_, _, fate) in done if fate == "sent"])]
+    sent = [(until, row) for row, (_, _, fate) in done if fate == "sent"]
+    yield [("claim_outbox", [(now.isoformat(), len(done))]), ("claim", sent)]
     yield [
         ("sent", [(now.isoformat(), row) for row, (_, _, fate) in done if fate == "sent"]),
         ("superseded", [(row,) for row, (_, _, fate) in done if fate == "superseded"]),
@@ -270,11 +293,14 @@ def _launch_to_draft(b: Batch) -> Iterator[list[tuple[str, Rows]]]:
         ("outbox", _outbox_rows(b, range(0, 1))),
     ]
     yield [  # research claimed
+        ("claim_steps", [(t, len(b.runs))]),
+        *_read(b),
         ("lease_step", [(until, t, b.step(run, 0)) for run in b.runs]),
         ("run_status", [("running", 0, t, run) for run in b.runs]),
         ("outbox", _outbox_rows(b, range(1, 2))),
     ]
     yield [  # research done, draft taken at once
+        *_read(b),
         ("llmcall", [(run, b.step(run, 0), "researcher", t) for run in b.runs]),
         ("spend", [(run,) for run in b.runs]),
         (
@@ -290,6 +316,7 @@ def _launch_to_draft(b: Batch) -> Iterator[list[tuple[str, Rows]]]:
         ("outbox", _outbox_rows(b, range(2, 4))),
     ]
     yield [  # the draft waits for approval
+        *_read(b),
         ("llmcall", [(run, b.step(run, 1), "writer", t) for run in b.runs]),
         ("spend", [(run,) for run in b.runs]),
         ("draft", [(run, b.step(run, 1), _TEXT, t) for run in b.runs]),
@@ -314,7 +341,10 @@ def _approve_to_published(b: Batch) -> Iterator[list[tuple[str, Rows]]]:
     yield [  # the ✅: the vote, the decision, the publish step runnable
         ("event", [(f"bench:approve:{run}", t) for run in b.runs]),
         ("vote", [(run, b.step(run, 1), t) for run in b.runs]),
+        *_read(b),
         ("decide_step", [(b.step(run, 1),) for run in b.runs]),
+        ("finish_step", [(_TEXT, t, b.step(run, 1)) for run in b.runs]),
+        ("runnable_step", [(t, b.step(run, 2)) for run in b.runs]),
         ("run_status", [("running", 2, t, run) for run in b.runs]),
         ("audit", [(t, "bench:editor", "draft.approved", run) for run in b.runs]),
         (
@@ -327,10 +357,13 @@ def _approve_to_published(b: Batch) -> Iterator[list[tuple[str, Rows]]]:
         ("outbox", _outbox_rows(b, range(_LAUNCH_ROWS, 10))),
     ]
     yield [  # publish claimed
+        ("claim_steps", [(t, len(b.runs))]),
+        *_read(b),
         ("lease_step", [(until, t, b.step(run, 2)) for run in b.runs]),
         ("run_status", [("running", 2, t, run) for run in b.runs]),
     ]
     yield [  # published: the run is done
+        *_read(b),
         ("llmcall", [(run, b.step(run, 2), "publisher", t) for run in b.runs]),
         ("spend", [(run,) for run in b.runs]),
         (

@@ -114,7 +114,7 @@ def open_alerts(session: Session, *, lock: bool = False) -> list[Alert]:
         .order_by(col(Alert.id))
     )
     if lock:
-        query = query.with_for_update(key_share=True)
+        query = query.with_for_update()
     return list(session.exec(query).all())
 
 
@@ -135,14 +135,12 @@ def group_members(session: Session, group_id: int, *, lock: bool = False) -> lis
     on PostgreSQL with `lock`."""
     query = select(Alert).where(Alert.group_id == group_id).order_by(col(Alert.id))
     if lock:
-        query = query.with_for_update(key_share=True)
+        query = query.with_for_update()
     return list(session.exec(query).all())
 
 
 def lock_alert(session: Session, alert_id: int) -> Alert | None:
-    return session.exec(
-        select(Alert).where(Alert.id == alert_id).with_for_update(key_share=True)
-    ).first()
+    return session.exec(select(Alert).where(Alert.id == alert_id).with_for_update()).first()
 
 
 def alerts_between(session: Session, since: datetime, until: datetime) -> dict[str, int]:

@@ -288,7 +288,7 @@ def claim_outbox(
         arm(session, Topic.OUTBOX)  # the newer edits behind them are deliverable now
     leased = [row for row in found if not row.superseded]
     until = now + lease
-    # attempts counted from the row as read: it is locked (SQLite's write lock, FOR UPDATE)
+    # attempts counted from the row as read: it is locked (SQLite's write lock, a row lock)
     leases = [
         {"row_id": row.id, "lease_owner": owner, "lease_until": until, "attempts": row.attempts + 1}
         for row in leased
@@ -452,8 +452,9 @@ _RUNS = "crewchief.runs.locked"  # session.info: the runs this transaction has l
 _RUN = table(Run)
 # Row locks here are PostgreSQL's FOR NO KEY UPDATE (key_share): they keep out another
 # transaction's lock or change of the row, but not the key-share lock with which a row that
-# refers to it is inserted (an LLM call, a message, an audit entry of the run): that insert
-# would otherwise wait until whoever holds the run commits. No key is ever changed.
+# refers to it is inserted (an LLM call, a message, a draft version or a vote of the run or
+# step): that insert would otherwise wait until whoever holds the run commits. These rows
+# are never deleted, and no key of theirs is changed.
 _LOCK_RUN = sa_select(_RUN).where(_RUN.c.id == bindparam("run_id")).with_for_update(key_share=True)
 _LOCK_RUN_AND_STEPS = (
     sa_select(*_RUN.c, *_STEP.c)
