@@ -235,7 +235,7 @@ SAMPLES: tuple[Sample, ...] = (
         "floor",
         "storage floor · {n} runs, 1 a commit",
         "--runs",
-        1000,
+        300,
         100,
         extra=("--batch", "1"),
         check=all_succeeded,
