@@ -412,48 +412,49 @@ def test_an_outbox_claim_reads_few_waiting_rows_however_many_wait(db_url: str) -
     db.dispose()
 
 
+def _post(s: Session, key: str, text: str, thread_of: int | None = None) -> outbox.Posted:
+    """A post of run 1's, its context's text `text`."""
+    return outbox.post(
+        s,
+        key=key,
+        kind="run_card" if thread_of is None else "notes",
+        platform="shell",
+        channel="c",
+        run_id=1,
+        thread_of=thread_of,
+        template="notice",
+        context={"text": text},
+    )
+
+
+def _deliver(db: Database, now: datetime, *, sent: bool = True) -> list[Any]:
+    """One claim of the outbox sender (up to 5 rows): what it took, then marked sent or, with
+    sent=False, failed and waiting to be tried again."""
+    with db.transaction() as s:
+        found = claim_outbox(
+            s, owner="o", now=now, lease=timedelta(minutes=1), skip_locked=db.is_postgres, limit=5
+        )
+        if sent:
+            mark_sent(s, [Sent(row.id, row.message_id, f"ts-{row.id}") for row in found], now)
+        else:
+            retry = {"lease_owner": None, "lease_until": None, "available_at": now}
+            rows.change_by_id(s, Outbox, [{"row_id": row.id, **retry} for row in found])
+    return found
+
+
 def test_an_edit_waits_for_its_messages_post_but_not_for_the_threads_other_posts(
     db_url: str,
 ) -> None:
     db = fresh(db_url)
     add_runs(db, 1)
     with db.transaction() as s:
-        card = outbox.post(
-            s,
-            key="card",
-            kind="run_card",
-            platform="shell",
-            channel="c",
-            run_id=1,
-            template="notice",
-            context={"text": "card"},
-        )
-        outbox.post(
-            s,
-            key="notes",
-            kind="notes",
-            platform="shell",
-            channel="c",
-            run_id=1,
-            thread_of=card.id,
-            template="notice",
-            context={"text": "notes"},
-        )
+        card = _post(s, "card", "card")
+        _post(s, "notes", "notes", thread_of=card.id)
         outbox.update(s, card, template="notice", context={"text": "card, edited"})
     now = datetime.now(UTC)
 
     def claim() -> list[str]:
-        with db.transaction() as s:
-            found = claim_outbox(
-                s,
-                owner="o",
-                now=now,
-                lease=timedelta(minutes=1),
-                skip_locked=db.is_postgres,
-                limit=5,
-            )
-            mark_sent(s, [Sent(row.id, row.message_id, f"ts-{row.id}") for row in found], now)
-            return sorted(row.key.split(":")[0] + ":" + row.key.split(":")[1] for row in found)
+        return sorted(":".join(row.key.split(":")[:2]) for row in _deliver(db, now))
 
     # the card's edit cannot go before the card is posted, nor the notes in its thread
     assert claim() == ["post:card"]
@@ -473,17 +474,7 @@ def test_of_a_messages_edits_waiting_together_only_the_latest_goes_out(db_url: s
             outbox.update(s, card, template="notice", context={"text": text}, **order)
 
     def deliver(*, sent: bool = True) -> list[str]:
-        """One claim of the sender; what it sent, or (sent=False) what it failed to send."""
-        with db.transaction() as s:
-            found = claim_outbox(
-                s, owner="o", now=now, lease=timedelta(minutes=1), skip_locked=False, limit=5
-            )
-            if sent:
-                mark_sent(s, [Sent(row.id, row.message_id, f"ts-{row.id}") for row in found], now)
-            else:
-                retry = {"lease_owner": None, "lease_until": None, "available_at": now}
-                rows.change_by_id(s, Outbox, [{"row_id": row.id, **retry} for row in found])
-        return [row.context["text"] for row in found]
+        return [row.context["text"] for row in _deliver(db, now, sent=sent)]
 
     def delivered_until_none_waits() -> list[str]:
         sent: list[str] = []
@@ -495,16 +486,7 @@ def test_of_a_messages_edits_waiting_together_only_the_latest_goes_out(db_url: s
         raise AssertionError(f"still waiting after 10 claims; sent {sent}")
 
     with db.transaction() as s:
-        card = outbox.post(
-            s,
-            key="card",
-            kind="run_card",
-            platform="shell",
-            channel="c",
-            run_id=1,
-            template="notice",
-            context={"text": "v0"},
-        )
+        card = _post(s, "card", "v0")
     for text in ("v1", "v2", "v3"):
         edit(card, text)
     assert delivered_until_none_waits() == ["v0", "v3"]
