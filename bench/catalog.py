@@ -49,7 +49,7 @@ BOUNDS: dict[str, str] = {
     "same rows per run (the same 9 tables, as many rows in each), with the same reads, "
     "through the sqlite3 module alone at well under 1 ms of CPU a run when a commit holds 64 "
     "runs' work (the engine's group commit holds up to 64 jobs or 10 ms of them), against the "
-    "engine's 8.5 ms. Four fifths of the engine's samples are its database "
+    "engine's CPU ms per run above. Four fifths of the engine's samples are its database "
     "thread's (py-spy record --threads -- python -m bench.engine --runs 1000, at d138fda); of "
     "those, SQLite's own work (statements 16 %, commits 10 %) is about a quarter, the rest "
     "Python around each of some 70 statements a run: SQLAlchemy (sessions, ORM objects for "

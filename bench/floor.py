@@ -252,10 +252,10 @@ def _deliveries(b: Batch, positions: range) -> Iterator[list[tuple[str, Rows]]]:
     now = _now()
     until = (now + timedelta(seconds=30)).isoformat()
     done = [(b.outbox(run, i), _OUTBOX[i]) for run in b.runs for i in positions]
-    sent = [(until, row) for row, (_, _, fate) in done if fate == "sent"]
-    yield [("claim_outbox", [(now.isoformat(), len(done))]), ("claim", sent)]
+    sent = [row for row, (_, _, fate) in done if fate == "sent"]
+    yield [("claim_outbox", [(now.isoformat(), len(done))]), ("claim", [(until, r) for r in sent])]
     yield [
-        ("sent", [(now.isoformat(), row) for row, (_, _, fate) in done if fate == "sent"]),
+        ("sent", [(now.isoformat(), row) for row in sent]),
         ("superseded", [(row,) for row, (_, _, fate) in done if fate == "superseded"]),
         (
             "posted",

@@ -88,7 +88,7 @@ def _claim_step_query(skip_locked: bool) -> Select[Any]:
     # ran out first is taken over first), then the one of the older run: one condition with
     # OR would read and sort every runnable step on every claim (2.7 ms a claim with 1,000
     # waiting on PostgreSQL, against 0.2 ms).
-    first = []
+    first, r = [], table(Run)
     for condition, order in (
         (runnable, (t.c.run_id, t.c.id)),
         (lease_ran_out, (t.c.lease_until, t.c.id)),
@@ -100,7 +100,6 @@ def _claim_step_query(skip_locked: bool) -> Select[Any]:
             # The candidate of the other kind, if any, stays locked until the transaction
             # commits (a group's, perhaps): a claim elsewhere skips it meanwhile, and a
             # decision on its run waits. Only a lease that ran out makes two candidates.
-            r = table(Run)
             candidate = candidate.join(r, r.c.id == t.c.run_id).with_for_update(
                 skip_locked=True, of=[t, r], key_share=True
             )

@@ -335,13 +335,15 @@ def claimed_and_rows_read(db: Database, table_name: str, claim: Callable[[Sessio
 # A backlog on tables autovacuum has not analyzed yet: PostgreSQL's estimates say few rows
 # wait, and a claim must still stop at what it takes rather than read (and sort) every waiting
 # row, on every claim.
-on_postgres_only = pytest.mark.skipif(
-    not POSTGRES_URL, reason="only PostgreSQL plans from table statistics"
-)
+def on_postgres_only(test: Callable[..., None]) -> Callable[..., None]:
+    """A test of what PostgreSQL alone does (its planner, its row locks): run on PostgreSQL
+    only, skipped without one."""
+    on_postgres = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)(test)
+    reason = "needs PostgreSQL (CREWCHIEF_TEST_POSTGRES_URL)"
+    return pytest.mark.skipif(not POSTGRES_URL, reason=reason)(on_postgres)
 
 
 @on_postgres_only
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_a_locked_run_still_takes_the_rows_that_refer_to_it(db_url: str) -> None:
     """While a decision holds its run locked, a worker records an LLM call of that run (a row
     whose foreign key names the run) without waiting for the decision to commit; a second
@@ -364,7 +366,6 @@ def test_a_locked_run_still_takes_the_rows_that_refer_to_it(db_url: str) -> None
 
 
 @on_postgres_only
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 @pytest.mark.empty_database
 def test_a_step_claim_reads_few_runnable_steps_however_many_wait(db_url: str) -> None:
     db = fresh(db_url)
@@ -382,7 +383,6 @@ def test_a_step_claim_reads_few_runnable_steps_however_many_wait(db_url: str) ->
 
 
 @on_postgres_only
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 @pytest.mark.empty_database
 def test_an_outbox_claim_reads_few_waiting_rows_however_many_wait(db_url: str) -> None:
     db = fresh(db_url)

@@ -92,7 +92,7 @@ METADATA_TYPE = "crewchief_outbox"
 # Fields of the events crewchief handles that Slack documents as strings.
 _STRING_FIELDS = (
     "type", "subtype", "user", "channel", "ts", "thread_ts", "event_ts", "text", "reaction",
-    "bot_id", "parent_user_id",
+    "bot_id", "parent_user_id", "item_user",
 )  # fmt: skip
 
 
@@ -342,7 +342,7 @@ class SlackPlatform:
         channel, ts = field(item, "channel"), field(item, "ts")
         if field(item, "type") != "message" or not (user and emoji and channel and ts):
             return  # a reaction on a file, or one Slack's documented fields do not describe
-        if by_someone_else(event.get("item_user"), context):
+        if by_someone_else(field(event, "item_user") or None, context):
             return  # on a person's message: never a decision, whatever the bot has in flight
         await self._once_placed(
             kind(
