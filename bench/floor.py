@@ -4,7 +4,11 @@ module alone, set-wise: each statement one executemany over a batch of runs, eac
 transactions one commit for the whole batch. No ORM, no templates, no event loop, no model,
 no platform: what any engine that stores these rows, this durably, pays at the least.
 
-    python -m bench floor [--runs 1000] [--batch 64] [--json]
+    python -m bench floor [--runs 1000] [--batch 64] [--per-run] [--json]
+
+With --per-run, each row is written and each run read by a statement of its own (executemany
+gives way to one execute per row), the commits staying one per batch: what an engine that
+works one run at a time, with group commit, pays at the least.
 
 Per run, as the engine writes them: the command's and the approval's inbound event ids; the
 run; its 3 steps; 4 audit entries; 3 model calls and their spending added to the run; the draft
@@ -159,7 +163,7 @@ class Batch:
         return run * len(_OUTBOX) + position
 
 
-def measure(runs: int, batch: int) -> common.Result:
+def measure(runs: int, batch: int, singly: bool = False) -> common.Result:
     with common.scratch() as tmp:
         path = tmp / "floor.db"
         schema = Database(f"sqlite:///{path}")
@@ -178,7 +182,7 @@ def measure(runs: int, batch: int) -> common.Result:
             cpu, began = time.process_time(), time.perf_counter()
             for b in batches:
                 for transaction in phase(b):
-                    _commit(conn, transaction, counts)
+                    _commit(conn, transaction, counts, b, singly)
             phases.append((time.perf_counter() - began, time.process_time() - cpu))
         stored = conn.execute("SELECT count(*) FROM run WHERE status = 'succeeded'").fetchone()[0]
         per_run = {table: _count(conn, table) / runs for table in STORED}
@@ -187,6 +191,7 @@ def measure(runs: int, batch: int) -> common.Result:
     return {
         "runs": runs,
         "batch": batch,
+        "statements": "one per run" if singly else "one per batch",
         "succeeded": stored,
         "launch_to_draft_s": round(phases[0][0], 3),
         "approve_to_published_s": round(phases[1][0], 3),
@@ -200,18 +205,38 @@ def measure(runs: int, batch: int) -> common.Result:
 
 
 def _commit(
-    conn: sqlite3.Connection, writes: list[tuple[str, Rows]], counts: dict[str, int]
+    conn: sqlite3.Connection,
+    writes: list[tuple[str, Rows]],
+    counts: dict[str, int],
+    b: Batch,
+    singly: bool,
 ) -> None:
     conn.execute("BEGIN IMMEDIATE")
     for name, rows in writes:
         if name in _READS:
-            conn.execute(_SQL[name], rows[0]).fetchall()
-            counts["statements"] += 1
+            for params in _singly(name, rows[0], b) if singly else rows:
+                conn.execute(_SQL[name], params).fetchall()
+                counts["statements"] += 1
+        elif rows and singly:
+            for row in rows:
+                conn.execute(_SQL[name], row)
+            counts["statements"] += len(rows)
+            counts["rows"] += len(rows)
         elif rows:
             conn.executemany(_SQL[name], rows)
             counts["statements"] += 1
             counts["rows"] += len(rows)
     conn.execute("COMMIT")
+
+
+def _singly(name: str, params: tuple[Any, ...], b: Batch) -> Rows:
+    """A read of the batch as a per-run engine sends it: one statement for each run (its run,
+    its steps, the one step a claim takes); the sender's claim stays one for the batch."""
+    if name == "claim_outbox":
+        return [params]
+    if name == "claim_steps":
+        return [(params[0], 1) for _ in b.runs]
+    return [(run, run) for run in b.runs]
 
 
 def _now() -> datetime:
@@ -383,7 +408,8 @@ def _approve_to_published(b: Batch) -> Iterator[list[tuple[str, Rows]]]:
 
 def report(result: common.Result) -> list[str]:
     return [
-        f"runs: {result['runs']} in batches of {result['batch']}  succeeded: {result['succeeded']}",
+        f"runs: {result['runs']} in batches of {result['batch']}, {result['statements']}"
+        f"  succeeded: {result['succeeded']}",
         f"launch -> draft awaiting approval: {result['launch_to_draft_s']:.2f} s",
         f"approve -> published:              {result['approve_to_published_s']:.2f} s",
         f"runs per second (both phases):     {result['runs_per_s']:.1f}",
@@ -396,10 +422,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = common.parser(__doc__)
     parser.add_argument("--runs", type=int, default=1000, help="runs stored")
     parser.add_argument("--batch", type=int, default=64, help="runs per statement and commit")
+    parser.add_argument(
+        "--per-run",
+        action="store_true",
+        help="one statement per run and row (as an engine that works one run at a time "
+        "sends them), still one commit per batch",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.batch < 1:
         parser.error("--runs and --batch must be at least 1")
-    result = measure(args.runs, args.batch)
+    result = measure(args.runs, args.batch, args.per_run)
     common.emit(result, args.json, report(result))
 
 

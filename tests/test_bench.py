@@ -92,9 +92,10 @@ async def test_the_storage_floor_writes_per_run_the_rows_the_engine_stores(
     finally:
         await app.aclose()
     assert phases.succeeded == runs
-    result = floor.measure(runs=5, batch=2)
-    assert result["succeeded"] == 5
-    assert result["stored_per_run"] == engine
+    for singly in (False, True):  # set-wise, or a statement per run
+        result = floor.measure(runs=5, batch=2, singly=singly)
+        assert result["succeeded"] == 5
+        assert result["stored_per_run"] == engine
 
 
 def test_a_name_with_its_own_options_runs_that_benchmark_alone() -> None:
