@@ -52,7 +52,7 @@ from storage.models import (
     ThreadReply,
     Vote,
 )
-from storage.queries import approvals_of, drafts_past_deadline, lock_run, lock_step
+from storage.queries import approvals_of, drafts_past_deadline, lock_run, lock_step, steps_of
 
 log = logging.getLogger(__name__)
 
@@ -265,11 +265,14 @@ class ApprovalService:
         reason: str | None,
         roles: tuple[str, ...] = (),
     ) -> Outcome:
-        step = session.exec(
-            select(Step)
-            .where(Step.run_id == run.id, Step.status == StepStatus.AWAITING_APPROVAL)
-            .with_for_update(key_share=True)
-        ).first()
+        step = next(
+            (
+                s
+                for s in steps_of(session, run.id or 0, lock=True)
+                if s.status == StepStatus.AWAITING_APPROVAL
+            ),
+            None,
+        )
         if step is None:
             return Ignored(f"run {run.id} has no draft waiting for a decision", run_id=run.id)
         return self.cast(
@@ -433,15 +436,13 @@ class ApprovalService:
             return 0
         spec = self.lifecycle.spec_for(run, step)
         if spec is None or spec.approval is None:
-            step.escalated = True  # its workflow is gone: nothing to escalate to
-            session.add(step)
+            rows.change(session, step, escalated=True)  # its workflow is gone: nothing to do
             return 0
         policy = spec.approval
         if policy.on_timeout == "reject":
             self.decide(session, run, step, Decision.REJECTED, "timeout", "approval timed out")
             return 1
-        step.escalated = True
-        session.add(step)
+        rows.change(session, step, escalated=True)
         waited = int((now - (step.awaiting_since or now)).total_seconds())
         cards.post_about_draft(
             session,

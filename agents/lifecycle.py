@@ -91,27 +91,24 @@ class Lifecycle:
         cards.post_run_card(session, run, now, offline=self.offline)
         return run
 
-    def _stop(self, session: Session, run: Run, status: RunStatus) -> list[Step]:
-        """Finish the run and cancel its active steps; returns the steps that were awaiting
-        approval (their draft cards are the approvals module's to lock)."""
+    def _stop(self, session: Session, run: Run, status: RunStatus, **changes: Any) -> list[Step]:
+        """Finish the run (with `changes` written to it as well) and cancel its active steps;
+        returns the steps that were awaiting approval (their draft cards are the approvals
+        module's to lock)."""
         now = self.clock()
-        run.status = status
-        run.finished_at = run.updated_at = now
-        session.add(run)
+        rows.change(session, run, status=status, finished_at=now, updated_at=now, **changes)
         awaiting = []
         for step in steps_of(session, run.id or 0):
             if step.status in ACTIVE_STEPS:
                 if step.status == StepStatus.AWAITING_APPROVAL:
                     awaiting.append(step)
-                step.status = StepStatus.CANCELLED
-                step.lease_owner = None
-                step.finished_at = now
-                session.add(step)
+                rows.change(
+                    session, step, status=StepStatus.CANCELLED, lease_owner=None, finished_at=now
+                )
         return awaiting
 
     def cancel_run(self, session: Session, run: Run, who: str) -> list[Step]:
-        run.decided_by = who
-        awaiting = self._stop(session, run, RunStatus.CANCELLED)
+        awaiting = self._stop(session, run, RunStatus.CANCELLED, decided_by=who)
         audit(session, who, "run.cancelled", run.id)
         self.refresh(session, run)
         return awaiting
@@ -122,8 +119,7 @@ class Lifecycle:
         run = lock_run(session, run_id)
         if run is None or RunStatus(run.status).finished:
             return
-        run.error = f"could not post in this channel ({why})"
-        self._stop(session, run, RunStatus.FAILED)
+        self._stop(session, run, RunStatus.FAILED, error=f"could not post in this channel ({why})")
         audit(session, "crewchief", "run.abandoned", run_id, reason=why)
         cards.notice(
             session,
@@ -148,17 +144,18 @@ class Lifecycle:
         if failed is None:
             return None
         now = self.clock()
-        failed.status = StepStatus.PENDING
-        failed.attempts = 0
-        failed.error = None
-        failed.available_at = now
-        failed.lease_owner = None
-        session.add(failed)
-        run.status = RunStatus.RUNNING
-        run.error = None
-        run.finished_at = None
-        run.updated_at = now
-        session.add(run)
+        rows.change(
+            session,
+            failed,
+            status=StepStatus.PENDING,
+            attempts=0,
+            error=None,
+            available_at=now,
+            lease_owner=None,
+        )
+        rows.change(
+            session, run, status=RunStatus.RUNNING, error=None, finished_at=None, updated_at=now
+        )
         audit(session, who, "run.retried", run.id, step=failed.name)
         self.refresh(session, run)
         return failed

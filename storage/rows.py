@@ -5,9 +5,10 @@ microseconds on the 2-core machine of docs/PERFORMANCE.md). Rows that are writte
 (audit entries, LLM calls, messages, outbox rows, votes, inbound event ids) go in with
 `add` and `add_once`; the status changes of runs and steps are written with `change`, which
 leaves the ORM nothing to flush. Runs and steps are read with `load` and a new run is made
-with `create`: each gives ORM objects, put in the session as the ORM would have loaded them,
-without its loading or its flush. The tables stay the SQLModel models, and the defaults a
-model declares still apply.
+with `create`: each gives a record, an object of the model holding the stored row that is not
+in the session (the session's identity map, flushes and commits never look at it; it is
+changed with `change` alone). The tables stay the SQLModel models, and the defaults a model
+declares still apply.
 
 All of these, and the claims' SELECTs, go to the driver directly (`execute`, `send`): each
 statement is compiled once per dialect and set of parameters, its parameters pass through the
@@ -39,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Mapper, configure_mappers, make_transient_to_detached
+from sqlalchemy.orm import Mapper, configure_mappers
 from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from sqlalchemy.types import TypeEngine
 from sqlmodel import Session, SQLModel
@@ -145,10 +146,10 @@ M = TypeVar("M", bound=SQLModel)
 
 
 def load(session: Session, model: type[M], query: Executable, params: dict[str, Any]) -> list[M]:
-    """The objects of `model` whose rows `query` (a SELECT of all of its table's columns)
-    reads, as the ORM would load them: each is in the session, its stored state the row's.
-    Where the session holds a row's object already, that object is returned as it is (as a
-    query without populate_existing does); what the session has pending is flushed first, as
+    """The records of `model` whose rows `query` (a SELECT of all of its table's columns)
+    reads. A row read before in this session gives the object it gave then, as it is (as the
+    ORM's identity map does for a query without populate_existing), and so does a row whose
+    object the ORM loaded into the session; what the session has pending is flushed first, as
     a query's autoflush does."""
     found: list[M] = load_joined(session, (model,), query, params)[0]
     return found
@@ -165,6 +166,7 @@ def load_joined(
     session.flush()
     found = execute(session, query, [params], fetch=True).rows
     held = session.identity_map
+    records: dict[tuple[type[SQLModel], Any], Any] = session.info.setdefault(_RECORDS, {})
     loaded: list[list[Any]] = []
     start = 0
     for model in models:
@@ -174,9 +176,11 @@ def load_joined(
         for row in found:
             key = row[start]  # the table's first column: its primary key
             if key is not None and key not in objects:  # None: an outer join found no row
-                obj = held.get(mapper.identity_key_from_primary_key((key,)))
+                obj = records.get((model, key))
                 if obj is None:
-                    obj = _attach(session, model, dict(zip(keys, row[start:end], strict=True)))
+                    obj = held.get(mapper.identity_key_from_primary_key((key,)))
+                if obj is None:
+                    obj = _record(session, model, dict(zip(keys, row[start:end], strict=True)))
                 objects[key] = obj
         loaded.append(list(objects.values()))
         start = end
@@ -191,22 +195,23 @@ def _keys(model: type[SQLModel]) -> tuple[str, ...]:
 
 
 def create(session: Session, model: type[M], /, **given: Any) -> M:
-    """INSERT one row of `model`, with the model's defaults, and its object: in the session
-    as the ORM would load it, the new key filled in, nothing left to flush."""
-    row = values(model, given)
-    found = execute(session, _insert_returning(model), [row], fetch=True).rows
-    row.update(found[0]._asdict())
-    return _attach(session, model, row)
+    """INSERT one row of `model`, with the model's defaults, and its record: the row as
+    stored (every column, the new key filled in)."""
+    found = execute(session, _insert_returning(model), [values(model, given)], fetch=True).rows
+    return _record(session, model, found[0]._asdict())
 
 
-def _attach(session: Session, model: type[M], row: dict[str, Any]) -> M:
-    """The object of a stored row, made persistent in `session` without SQL; the columns
-    `row` leaves out are expired (read when first used)."""
+def _record(session: Session, model: type[M], row: dict[str, Any]) -> M:
+    """An object of `model` holding `row` (every column), kept out of the session: the ORM
+    neither flushes nor expires it, and adding it to a session would insert it again. The
+    session remembers it for `load` (the records of this transaction)."""
     obj: M = _mapper(model).class_manager.new_instance()
     instance_dict(obj).update(row)
-    make_transient_to_detached(obj)
-    session.add(obj)
+    session.info.setdefault(_RECORDS, {})[model, row["id"]] = obj
     return obj
+
+
+_RECORDS = "crewchief.records"  # session.info: (model, key) -> the record of that row
 
 
 @cache
@@ -217,15 +222,16 @@ def _mapper(model: type[SQLModel]) -> Mapper[Any]:
 
 @cache
 def _insert_returning(model: type[SQLModel]) -> Insert:
-    return insert(table(model)).returning(*table(model).primary_key)
+    return insert(table(model)).returning(*table(model).c)
 
 
 def change(
     session: Session, obj: Run | Step, /, *, unless_changed: tuple[str, ...] = (), **changed: Any
 ) -> bool:
-    """UPDATE the row of `obj` (loaded through the ORM) with `changed`, and set those values
-    on `obj` as its stored state: the object reads as changed and the ORM has nothing left
-    to flush for it. What the change arms (a step made runnable) is armed as a flush would.
+    """UPDATE the row of `obj` (a record, or an object the ORM loaded) with `changed`, and set
+    those values on `obj` as its stored state: the object reads as changed and the ORM has
+    nothing left to flush for it. What the change arms (a step made runnable) is armed as a
+    flush would.
 
     With `unless_changed`, the row is updated only while those columns still hold the values
     `obj` has for them (first writer wins); False when another transaction changed one."""

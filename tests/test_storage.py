@@ -560,7 +560,7 @@ def test_rows_written_past_the_orm_read_back_alike_and_fail_as_sqlalchemy_report
     db.dispose()
 
 
-def test_runs_and_steps_read_or_made_past_the_orm_are_the_objects_the_orm_loads(
+def test_runs_and_steps_read_or_made_past_the_orm_are_records_of_the_rows_the_orm_loads(
     db_url: str,
 ) -> None:
     db = fresh(db_url)
@@ -575,17 +575,23 @@ def test_runs_and_steps_read_or_made_past_the_orm_are_the_objects_the_orm_loads(
     with db.transaction() as s:
         s.add(Step(run_id=1, position=1, name="pending", agent="a", status=StepStatus.WAITING))
         run = lock_run(s, 1)  # with its steps: what the session had pending was flushed first
-        assert run is not None and lock_run(s, 1) is run  # the session's object, as a query's
+        assert run is not None and lock_run(s, 1) is run  # read again: the same object
         steps = steps_of(s, 1)
         assert [st.name for st in steps] == ["s", "pending"]
+        assert steps_of(s, 1, lock=True)[0] is steps[0]  # read again (locked): the same
         loaded = [run, steps[0], lock_run(s, 2)]
-        assert all(inspect(obj).persistent for obj in loaded) and not s.dirty
+        # records: not in the session, which neither flushes nor expires them
+        assert all(inspect(obj).transient and obj not in s for obj in loaded)
         assert {stored(obj) for obj in loaded} <= expected
         assert run.created_at.tzinfo is not None  # as the ORM reads it: in UTC
-        rows.change(s, run, current_step=1)  # written through the object loaded
+        rows.change(s, run, current_step=1)  # written through the record
+        assert run.current_step == 1
         made = rows.create(s, Run, workflow="w", text="t", requester="a", platform="p", channel="c")
-        assert inspect(made).persistent and made.id == 3 and not s.dirty
+        assert made.id == 3 and made not in s and not s.dirty
         made_as = stored(made)
+    with db.transaction() as s:  # a row the ORM loaded first: load gives the ORM's object
+        orm_run = s.get(Run, 2)
+        assert orm_run is not None and lock_run(s, 2) is orm_run
     with db.read() as s:
         assert s.get(Run, 1).current_step == 1  # type: ignore[union-attr]
         assert [st.name for st in steps_of(s, 1)] == ["s", "pending"]
