@@ -272,7 +272,8 @@ class Executed:
     rows: list[Any]
 
 
-_Reader = tuple[Any, tuple[Callable[[Any], Any] | None, ...]]
+# a row class, and the position and converter of each column that has one
+_Reader = tuple[Any, tuple[tuple[int, Callable[[Any], Any]], ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,39 +281,48 @@ class _Prepared:
     """A statement compiled for one dialect and one set of parameter names."""
 
     sql: str
-    order: tuple[str, ...] | None  # the parameters' order, for positional paramstyles
     convert: tuple[tuple[str, Callable[[Any], Any]], ...]  # SQLAlchemy's type conversions
+    # for positional paramstyles: each parameter in order, with its conversion (None: none)
+    positions: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None
     fixed: dict[str, Any]  # the values the statement itself holds (an OFFSET 0 SQLite adds)
     returns: tuple[tuple[str, TypeEngine[Any]], ...]  # each returned column's key and type
     # a row class and its converters, per set of column type codes the driver describes
     readers: dict[tuple[Any, ...], _Reader] = field(default_factory=dict)
 
     def parameters(self, given: dict[str, Any]) -> Any:
-        row = {**self.fixed, **given} if self.fixed else dict(given)
+        row = {**self.fixed, **given} if self.fixed else given
+        if self.positions is not None:
+            return [row[name] if p is None else p(row[name]) for name, p in self.positions]
+        row = dict(row)
         for name, process in self.convert:
             row[name] = process(row[name])
-        return row if self.order is None else tuple(row[name] for name in self.order)
+        return row
 
     def read(self, cursor: Any, dialect: Dialect) -> list[Any]:
         """The cursor's rows, each value converted as SQLAlchemy converts what it reads."""
         codes = tuple(column[1] for column in cursor.description)
         reader = self.readers.get(codes)
         if reader is None:
-            reader = self.readers[codes] = (
-                namedtuple("Row", [key for key, _ in self.returns], rename=True),  # type: ignore[misc]
-                tuple(
-                    type_.dialect_impl(dialect).result_processor(dialect, code)
-                    for (_, type_), code in zip(self.returns, codes, strict=True)
-                ),
+            processors = (
+                type_.dialect_impl(dialect).result_processor(dialect, code)
+                for (_, type_), code in zip(self.returns, codes, strict=True)
             )
-        row_of, convert = reader
+            row_of: Any = namedtuple("Row", [key for key, _ in self.returns], rename=True)  # type: ignore[misc]
+            reader = self.readers[codes] = (
+                row_of._make,
+                tuple((i, p) for i, p in enumerate(processors) if p is not None),
+            )
+        make, convert = reader
         found = cursor.fetchall()
-        if not any(convert):
-            return [row_of(*row) for row in found]
-        return [
-            row_of(*(v if p is None else p(v) for p, v in zip(convert, row, strict=True)))
-            for row in found
-        ]
+        if not convert:
+            return [make(row) for row in found]
+        read = []
+        for row in found:
+            values = list(row)
+            for i, process in convert:
+                values[i] = process(values[i])
+            read.append(make(values))
+        return read
 
 
 @lru_cache(maxsize=1024)
@@ -336,10 +346,11 @@ def _prepare(statement: Executable, dialect: Dialect, names: frozenset[str]) -> 
         if process is not None:
             convert.append((name, process))
     order = compiled.positiontup
+    processes = dict(convert)
     return _Prepared(
         sql=compiled.string,
-        order=None if order is None else tuple(order),
         convert=tuple(convert),
+        positions=None if order is None else tuple((n, processes.get(n)) for n in order),
         fixed={name: value for name, value in sent.items() if name not in names},
         returns=tuple((column[0], column[3]) for column in compiled._result_columns),
     )
