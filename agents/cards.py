@@ -136,15 +136,16 @@ def post_about_draft(
 def notice(
     session: Session,
     *,
-    run: Run | None,
+    run_id: int | None,
     platform: str,
     channel: str,
     recipient: str,
     template: str,
     context: dict[str, Any],
 ) -> None:
-    """A private answer to one person; one about a run shows in that run's thread."""
-    card = card_message(session, run.id) if run is not None and run.id is not None else None
+    """A private answer to one person; one about a run (`run_id`) shows in that run's
+    thread."""
+    card = card_message(session, run_id) if run_id is not None else None
     outbox.notice(
         session,
         platform=platform,

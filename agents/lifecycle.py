@@ -123,7 +123,7 @@ class Lifecycle:
         audit(session, "crewchief", "run.abandoned", run_id, reason=why)
         cards.notice(
             session,
-            run=None,  # its thread was never posted
+            run_id=None,  # its thread was never posted
             platform=run.platform,
             channel=run.channel,
             recipient=run.requester,

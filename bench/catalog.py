@@ -22,7 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "the reads of its transactions and claims, on crewchief's schema on SQLite (WAL, "
     "synchronous=FULL) through the sqlite3 module alone, each statement one executemany over "
     "a batch of runs and each of a run's transactions one commit for the batch: what storing "
-    "them costs at the least. A statement per run: the same rows and commits, each row "
+    "them costs at the least. A statement per row: the same rows and commits, each row "
     "written and each run read by a statement of its own, as an engine that works one run at "
     "a time sends them",
     "ack": "really signed `/crew run` commands from 4 concurrent senders into Slack HTTP "
@@ -57,7 +57,7 @@ BOUNDS: dict[str, str] = {
     "Python around each of some 70 statements a run: SQLAlchemy (sessions, ORM objects for "
     "runs and steps, type conversions) about 30 %, crewchief's rows layer 8 %, and the "
     "engine's logic (what to write, cards' contexts, JSON). 5× LangGraph, about 1.7 ms a run, "
-    "is above the floor even with a statement per run (the floor's row that says so): set-wise "
+    "is above the floor even with a statement per row (the floor's row that says so): set-wise "
     "statements are worth about a tenth there, group commit much more (one commit a run: the "
     'row "1 a commit"). So 5× is open to an engine that works one run at a time, with its '
     "commits grouped as now, if its Python around each statement costs about what sqlite3's "
@@ -238,7 +238,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample(
         "floor-per-run",
         "floor",
-        "storage floor · {n} runs, 64 a commit, a statement per run",
+        "storage floor · {n} runs, 64 a commit, a statement per row",
         "--runs",
         1000,
         100,

@@ -123,10 +123,9 @@ class Dispatcher:
         if not private:
             return [reply]
         if not reply.quiet:
-            run = session.get(models.Run, reply.run_id) if reply.run_id else None
             cards.notice(
                 session,
-                run=run,
+                run_id=reply.run_id,
                 platform=event.actor.platform,
                 channel=event.channel,
                 recipient=event.actor.qualified,

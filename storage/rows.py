@@ -198,13 +198,13 @@ def create(session: Session, model: type[M], /, **given: Any) -> M:
     """INSERT one row of `model`, with the model's defaults, and its record: the row as
     stored (every column, the new key filled in)."""
     found = execute(session, _insert_returning(model), [values(model, given)], fetch=True).rows
-    return _record(session, model, found[0]._asdict())
+    return _record(session, model, dict(zip(_keys(model), found[0], strict=True)))
 
 
 def _record(session: Session, model: type[M], row: dict[str, Any]) -> M:
     """An object of `model` holding `row` (every column), kept out of the session: the ORM
     neither flushes nor expires it, and adding it to a session would insert it again. The
-    session remembers it for `load` (the records of this transaction)."""
+    session remembers it for `load` (the records it has read or made)."""
     obj: M = _mapper(model).class_manager.new_instance()
     instance_dict(obj).update(row)
     session.info.setdefault(_RECORDS, {})[model, row["id"]] = obj
@@ -248,7 +248,8 @@ def change(
 
 def change_by_id(session: Session, model: type[SQLModel], changes: list[dict[str, Any]]) -> None:
     """UPDATE rows of `model` by key, in one executemany: each of `changes` names its row by
-    `row_id` and gives its new values (all alike). For rows nobody holds as ORM objects."""
+    `row_id` and gives its new values (all alike). For rows nobody holds as objects (ORM
+    objects or records)."""
     if changes:
         execute(session, _update_by_id(model, ()), changes)
 
@@ -292,7 +293,7 @@ class _Prepared:
     def parameters(self, given: dict[str, Any]) -> Any:
         row = {**self.fixed, **given} if self.fixed else given
         if self.positions is not None:
-            return [row[name] if p is None else p(row[name]) for name, p in self.positions]
+            return tuple([row[n] if p is None else p(row[n]) for n, p in self.positions])
         row = dict(row)
         for name, process in self.convert:
             row[name] = process(row[name])
