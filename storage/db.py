@@ -33,7 +33,15 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 SCHEMA_HEAD = "0011"  # the newest revision in migrations/versions (a test keeps them equal)
 
 
-_LOST_A_LOCK_RACE = {"40P01", "40001"}  # deadlock detected, serialization failure
+# deadlock detected, serialization failure, a group's lock wait past GROUP_LOCK_TIMEOUT
+_LOST_A_LOCK_RACE = {"40P01", "40001", "55P03"}
+# How long a group commit on PostgreSQL waits for a row lock before it gives up and its jobs
+# run again one at a time (where they wait as long as it takes). Two groups that lock two runs
+# in opposite orders deadlock, and the server only looks for deadlocks after its
+# deadlock_timeout (1 s by default, settable by superusers alone): the acknowledgements the
+# groups hold would wait that long. A group holds its locks for milliseconds (up to 64 jobs or
+# 10 ms of them, then its commit), so a wait this long is almost always such a deadlock.
+GROUP_LOCK_TIMEOUT_MS = 200
 
 
 def _broken(conn: Connection) -> bool:
@@ -79,8 +87,9 @@ class Database:
         self.hooks: Hooks = {topic: [] for topic in Topic}
         # Each thread commits together the work that is ready at once. SQLite has one writer
         # at a time, so one thread. PostgreSQL gets a few: while one waits for the server,
-        # another works. Two of its groups that lock two runs in opposite orders deadlock;
-        # the server then fails one of them, whose jobs run again one at a time.
+        # another works. Two of its groups that lock two runs in opposite orders deadlock; a
+        # group gives up a lock wait after GROUP_LOCK_TIMEOUT_MS, and its jobs run again one
+        # at a time.
         self._group = threading.local()
         self.threads = DatabaseThreads(1 if self.is_sqlite else 3, group=self._grouped)
 
@@ -161,6 +170,8 @@ class Database:
         deferred = Deferred()
         group = self._group
         with self.engine.connect() as conn, conn.begin():
+            if self.is_postgres:
+                rows.send(conn, f"SET LOCAL lock_timeout = {GROUP_LOCK_TIMEOUT_MS}")
             group.conn, group.deferred, group.failed = conn, deferred, False
             try:
                 yield lambda: bool(group.failed) or _broken(conn)
@@ -203,8 +214,9 @@ class Database:
                 yield session
         except BaseException as exc:
             # The group's transaction went with it, unless it was a savepoint rolled back
-            # alone. A savepoint that lost a race for a lock (a deadlock PostgreSQL broke)
-            # fails the group too: run again alone, its job will not meet that race.
+            # alone. A savepoint that lost a race for a lock (a deadlock PostgreSQL broke, a
+            # lock waited for past GROUP_LOCK_TIMEOUT_MS) fails the group too: run again
+            # alone, its job will not meet that race.
             if not isolated or _broken(conn) or _sqlstate(exc) in _LOST_A_LOCK_RACE:
                 self._group.failed = True
             raise

@@ -11,8 +11,9 @@ then answers each job. One commit, and with `synchronous=FULL` one fsync, for al
 that was ready at once; nobody hears of a result before it is committed. A transaction that
 fails rolls the whole group back (a savepoint per job would cost two statements each, for a
 failure that is rare), as does a database that ended or aborted the transaction by itself, or
-a deadlock PostgreSQL broke between two groups: its jobs then run again one at a time, each
-committing alone, so the others' work stands and the failing one gets its own answer. (An
+a lock a group waited for too long on PostgreSQL (two groups deadlocked, storage.db): its jobs
+then run again one at a time, each committing alone, so the others' work stands and the
+failing one gets its own answer. (An
 inbound event, which bad input fails, keeps savepoints: storage.db.) A group stops growing after
 `GROUP_SIZE` jobs or `GROUP_TIME` seconds, so the urgent work that arrives meanwhile still
 waits only briefly. After an inbound event's job it takes only another inbound event's (they

@@ -36,6 +36,7 @@ from storage.queries import (
     pending_work,
     steps_of,
 )
+from storage.threads import Priority
 from tests.conftest import POSTGRES_URL, queue_post, queue_posts
 
 
@@ -362,6 +363,44 @@ def test_a_locked_run_still_takes_the_rows_that_refer_to_it(db_url: str) -> None
             pytest.raises(DBAPIError, match="lock timeout"),
         ):
             lock_run(decision, 1)
+    db.dispose()
+
+
+@on_postgres_only
+def test_a_group_commit_gives_up_a_locked_run_and_its_job_runs_again_alone(db_url: str) -> None:
+    """A group that finds a run locked (by another group that may in turn wait for one of its
+    runs: a deadlock the server finds only after 1 s) gives up the wait; the job runs again in
+    a transaction of its own, which waits for the lock and gets it once the holder commits."""
+    db = fresh(db_url)
+    add_runs(db, 1)
+    attempts: list[bool] = []  # whether each attempt ran inside a group
+    rerun = threading.Event()
+    holding = threading.Event()
+
+    def hold() -> None:  # a decision holding the run, until the job has been run again
+        with db.transaction() as holder:
+            assert lock_run(holder, 1) is not None
+            holding.set()
+            rerun.wait(timeout=10)
+
+    def job() -> int:
+        attempts.append(db._joined() is not None)
+        if len(attempts) == 2:
+            rerun.set()
+        with db.transaction() as s:
+            run = lock_run(s, 1)
+            assert run is not None
+            rows.change(s, run, current_step=run.current_step + 1)
+            return run.current_step
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(timeout=10)
+    assert db.threads.submit(Priority.BACKGROUND, job).result(timeout=30) == 1
+    holder.join()
+    assert attempts == [True, False]  # the group's attempt gave up; alone, it waited
+    with db.read() as s:
+        assert s.get(Run, 1).current_step == 1  # type: ignore[union-attr]
     db.dispose()
 
 
