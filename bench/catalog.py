@@ -43,7 +43,7 @@ BENCHMARKS: dict[str, str] = {
 }
 
 # What bounds each benchmark's figures where they miss their targets: from profiles
-# (py-spy record --threads -f raw -- python -m bench.engine --runs 1000), the engine's
+# (py-spy record -f raw -- python -m bench.engine --runs 1000), the engine's
 # statement count (its `sql_per_run`) and the storage floor. Printed under the table for a
 # missed figure.
 BOUNDS: dict[str, str] = {

@@ -272,6 +272,25 @@ def _read(b: Batch) -> list[tuple[str, Rows]]:
     return [("runs", span), ("steps", span)]
 
 
+def _message(b: Batch, position: int, name: str, kind: str, step: int, t: str) -> tuple[str, Rows]:
+    """Each run's message at `position` among its 5, posted about its step at `step`."""
+    return (
+        "message",
+        [
+            (b.message(run, position), f"run:{run}:{name}", kind, run, b.step(run, step), t)
+            for run in b.runs
+        ],
+    )
+
+
+def _model_call(b: Batch, step: int, agent: str, t: str) -> list[tuple[str, Rows]]:
+    """Each run's model call for its step at `step`, and its spending added to the run."""
+    return [
+        ("llmcall", [(run, b.step(run, step), agent, t) for run in b.runs]),
+        ("spend", [(run,) for run in b.runs]),
+    ]
+
+
 def _deliveries(b: Batch, positions: range) -> Iterator[list[tuple[str, Rows]]]:
     """The sender: the rows claimed under a lease, then marked sent (each post's message
     learning its platform id), or superseded."""
@@ -327,15 +346,8 @@ def _launch_to_draft(b: Batch) -> Iterator[list[tuple[str, Rows]]]:
     ]
     yield [  # research done, draft taken at once
         *_read(b),
-        ("llmcall", [(run, b.step(run, 0), "researcher", t) for run in b.runs]),
-        ("spend", [(run,) for run in b.runs]),
-        (
-            "message",
-            [
-                (b.message(run, 1), f"run:{run}:notes", "notes", run, b.step(run, 0), t)
-                for run in b.runs
-            ],
-        ),
+        *_model_call(b, 0, "researcher", t),
+        _message(b, 1, "notes", "notes", 0, t),
         ("finish_step", [(_TEXT, t, b.step(run, 0)) for run in b.runs]),
         ("lease_step", [(until, t, b.step(run, 1)) for run in b.runs]),
         ("run_status", [("running", 1, t, run) for run in b.runs]),
@@ -343,18 +355,11 @@ def _launch_to_draft(b: Batch) -> Iterator[list[tuple[str, Rows]]]:
     ]
     yield [  # the draft waits for approval
         *_read(b),
-        ("llmcall", [(run, b.step(run, 1), "writer", t) for run in b.runs]),
-        ("spend", [(run,) for run in b.runs]),
+        *_model_call(b, 1, "writer", t),
         ("draft", [(run, b.step(run, 1), _TEXT, t) for run in b.runs]),
         ("await_step", [(_TEXT, t, b.step(run, 1)) for run in b.runs]),
         ("run_status", [("awaiting_approval", 1, t, run) for run in b.runs]),
-        (
-            "message",
-            [
-                (b.message(run, 2), f"run:{run}:draft", "draft", run, b.step(run, 1), t)
-                for run in b.runs
-            ],
-        ),
+        _message(b, 2, "draft", "draft", 1, t),
         ("audit", [(t, "crewchief", "draft.awaiting", run) for run in b.runs]),
         ("outbox", _outbox_rows(b, range(4, _LAUNCH_ROWS))),
     ]
@@ -373,13 +378,7 @@ def _approve_to_published(b: Batch) -> Iterator[list[tuple[str, Rows]]]:
         ("runnable_step", [(t, b.step(run, 2)) for run in b.runs]),
         ("run_status", [("running", 2, t, run) for run in b.runs]),
         ("audit", [(t, "bench:editor", "draft.approved", run) for run in b.runs]),
-        (
-            "message",
-            [
-                (b.message(run, 3), f"run:{run}:approved", "decision", run, b.step(run, 1), t)
-                for run in b.runs
-            ],
-        ),
+        _message(b, 3, "approved", "decision", 1, t),
         ("outbox", _outbox_rows(b, range(_LAUNCH_ROWS, 10))),
     ]
     yield [  # publish claimed
@@ -390,15 +389,8 @@ def _approve_to_published(b: Batch) -> Iterator[list[tuple[str, Rows]]]:
     ]
     yield [  # published: the run is done
         *_read(b),
-        ("llmcall", [(run, b.step(run, 2), "publisher", t) for run in b.runs]),
-        ("spend", [(run,) for run in b.runs]),
-        (
-            "message",
-            [
-                (b.message(run, 4), f"run:{run}:published", "published", run, b.step(run, 2), t)
-                for run in b.runs
-            ],
-        ),
+        *_model_call(b, 2, "publisher", t),
+        _message(b, 4, "published", "published", 2, t),
         ("finish_step", [(_TEXT, t, b.step(run, 2)) for run in b.runs]),
         ("run_status", [("succeeded", 2, t, run) for run in b.runs]),
         ("audit", [(t, "crewchief", "run.succeeded", run) for run in b.runs]),

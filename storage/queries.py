@@ -88,7 +88,7 @@ def _claim_step_query(skip_locked: bool) -> Select[Any]:
     # ran out first is taken over first), then the one of the older run: one condition with
     # OR would read and sort every runnable step on every claim (2.7 ms a claim with 1,000
     # waiting on PostgreSQL, against 0.2 ms).
-    first, r = [], table(Run)
+    first, r = [], _RUN
     for condition, order in (
         (runnable, (t.c.run_id, t.c.id)),
         (lease_ran_out, (t.c.lease_until, t.c.id)),
