@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from bench import common
 from bench.slack_bot import in_turns, serving
+from bot.app import freeze_startup
 from tests.fakes.slack_api import FakeSlack
 
 
@@ -66,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--senders", type=int, default=4, help="concurrent senders")
     common.add_database_option(parser)
     args = parser.parse_args(argv)
+    freeze_startup()  # as `crewchief start` does
     result = asyncio.run(measure(args.requests, args.senders, args.database_url))
     common.emit(result, args.json, report(result))
 

@@ -299,6 +299,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("engine-sqlite-medium", "cpu_ms_per_run", "CPU ms per run"),
     Figure("engine-sqlite-medium", "sql_per_run", "SQL statements per run"),
     Figure("engine-sqlite-medium", "peak_rss_mb", "peak RSS MB"),
+    Figure("engine-sqlite-medium", "gc_pause_max_ms", "longest GC pause ms"),
     Figure(
         "engine-sqlite-large",
         "runs_per_s",

@@ -4,11 +4,13 @@ resource use, percentiles, and printing a result as lines or as one JSON object.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import resource
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -93,6 +95,26 @@ def peak_rss_mb() -> float:
     """This process's peak resident set size so far (getrusage ru_maxrss)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+@contextmanager
+def gc_pauses() -> Iterator[list[float]]:
+    """The garbage collector's pauses while the block runs, in milliseconds: a list filled in
+    as they happen (every thread waits while the collector runs)."""
+    pauses: list[float] = []
+    began = [0.0]
+
+    def timed(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            pauses.append((time.perf_counter() - began[0]) * 1000)
+
+    gc.callbacks.append(timed)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(timed)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -25,7 +25,7 @@ from sqlmodel import col, func, select
 from agents.config import CrewConfig, builtin_defaults, merge
 from bench import common, fake_llm
 from bench.workload import EDITOR, NullPlatform, launch_and_publish
-from bot.app import App, build_app
+from bot.app import App, build_app, freeze_startup
 from storage.models import LLMCall
 
 WORKFLOW = "blog-post"
@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     common.add_database_option(parser)
     args = parser.parse_args(argv)
+    freeze_startup()  # as `crewchief start` does
     result = asyncio.run(measure(args.runs, args.latency, args.slots, args.database_url))
     common.emit(result, args.json, report(result))
 

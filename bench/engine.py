@@ -8,7 +8,9 @@ changes, the outbox), not an LLM or a chat service.
 runs_per_s is runs / (launch_to_draft_s + approve_to_published_s); cpu_ms_per_run is the
 process's CPU time (every thread) over those two phases, per run; sql_per_run the SQL
 statements sent to the database over them, per run; peak_rss_mb is the process's peak
-resident set size (getrusage ru_maxrss).
+resident set size (getrusage ru_maxrss); gc_ms_per_run and gc_pause_max_ms the garbage
+collector's pauses over the two phases, per run and the longest (the process freezes what
+start-up made first, as `crewchief start` does: bot.app.freeze_startup).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy import event
 
 from bench import common
 from bench.workload import EDITOR, NullPlatform, launch_and_publish
-from bot.app import build_app
+from bot.app import build_app, freeze_startup
 
 
 async def measure(runs: int, database_url: str | None) -> common.Result:
@@ -35,7 +37,8 @@ async def measure(runs: int, database_url: str | None) -> common.Result:
         try:
             async with app.running():
                 event.listen(app.db.engine, "before_cursor_execute", counting)
-                phases = await launch_and_publish(app, runs)
+                with common.gc_pauses() as pauses:
+                    phases = await launch_and_publish(app, runs)
                 event.remove(app.db.engine, "before_cursor_execute", counting)
         finally:
             await app.aclose()
@@ -50,6 +53,8 @@ async def measure(runs: int, database_url: str | None) -> common.Result:
         "cpu_ms_per_run": round(phases.cpu_s * 1000 / runs, 2) if runs else 0.0,
         "sql_per_run": round(next(statements) / runs, 1) if runs else 0.0,
         "peak_rss_mb": common.peak_rss_mb(),
+        "gc_ms_per_run": round(sum(pauses) / runs, 3) if runs else 0.0,
+        "gc_pause_max_ms": round(max(pauses, default=0.0), 1),
     }
 
 
@@ -66,6 +71,8 @@ def report(result: common.Result) -> list[str]:
         f"messages delivered: {result['messages']}   SQL statements per run: "
         f"{result['sql_per_run']}",
         f"CPU per run: {result['cpu_ms_per_run']:.1f} ms   peak RSS: {result['peak_rss_mb']} MB",
+        f"garbage collection per run: {result['gc_ms_per_run']:.2f} ms   longest pause: "
+        f"{result['gc_pause_max_ms']:.1f} ms",
     ]
 
 
@@ -74,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=200, help="runs launched at once")
     common.add_database_option(parser)
     args = parser.parse_args(argv)
+    freeze_startup()  # as `crewchief start` does
     result = asyncio.run(measure(args.runs, args.database_url))
     common.emit(result, args.json, report(result))
 

@@ -30,6 +30,7 @@ from sqlmodel import select
 
 from bench import common
 from bench.slack_bot import CHANNEL, EDITOR, SlackBot, in_turns, serving
+from bot.app import freeze_startup
 from storage.models import Message, MessageKind
 from tests.fakes.slack_api import Call, FakeSlack
 from tests.fakes.slack_signing import reaction_added
@@ -273,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     common.add_database_option(parser)
     args = parser.parse_args(argv)
+    freeze_startup()  # as `crewchief start` does
     result = asyncio.run(
         measure(
             args.runs, args.rounds, args.think_ms, args.burst, args.interval_ms, args.database_url

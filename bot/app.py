@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -131,6 +132,15 @@ class App:
             if close is not None:
                 await close()
         self.db.dispose()
+
+
+def freeze_startup() -> None:
+    """For a process that serves one app from here on (`crewchief start`, the shell, a
+    benchmark): what start-up made (modules, tables, templates, the app) lives as long as the
+    process, so the garbage collector's full collections stop walking it (gc.freeze). Under
+    `python -m bench engine --runs 1000` the longest pause (every thread waits) went from
+    54-86 ms to 29-30 ms, and collection from 0.53-0.62 to 0.32-0.45 ms a run."""
+    gc.freeze()
 
 
 def build_llm(settings: Settings) -> LLMProvider:

@@ -85,6 +85,7 @@ def shell(
 
     from rich.console import Console
 
+    from bot.app import freeze_startup
     from bot.platforms.shell import ShellPlatform, ShellSession, default_shell_approvers
 
     approvers = default_shell_approvers(config, settings.approvers)
@@ -93,6 +94,7 @@ def shell(
     platform = ShellPlatform(console, chart_dir=settings.crewchief_chart_dir)
     app.add_platform(platform)
     session = ShellSession(app, platform, user=user)
+    freeze_startup()
     lines: list[str] | None = None
     if script is not None:
         try:

@@ -27,7 +27,7 @@ async def serve(settings: Settings, *, platforms: set[str], host: str, port: int
     # usable, and an SDK only for a platform being served.
     from aiohttp import web
 
-    from bot.app import build_app
+    from bot.app import build_app, freeze_startup
     from bot.http import web_app
 
     app = build_app(settings)
@@ -45,6 +45,7 @@ async def serve(settings: Settings, *, platforms: set[str], host: str, port: int
 
         discord = DiscordPlatform(app, discord_conf)
         app.add_platform(discord)
+    freeze_startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
