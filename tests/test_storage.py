@@ -885,6 +885,32 @@ async def test_an_inbound_event_that_fails_in_a_group_commit_is_rolled_back_alon
     assert stored == ["a"]
 
 
+def test_an_inbound_events_savepoint_is_sent_and_seen_like_any_statement(db_url: str) -> None:
+    """In a group commit each inbound event's transaction is a savepoint, sent straight to the
+    driver: one that fails is rolled back to it alone, on SQLite and PostgreSQL, and the
+    statement listeners (metrics, the benchmarks' counts) see every savepoint statement."""
+    db = fresh(db_url)
+    seen: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    with db._grouped() as failed:
+        assert db._isolated(lambda: add_event(db, "good")) == "good"
+        with pytest.raises(ValueError, match="bad"):
+            db._isolated(lambda: add_event(db, "bad", fail=True))
+        assert add_event(db, "background") == "background"
+        assert not failed()
+    with db.read() as session:
+        stored = session.exec(select(models.InboundEvent.key)).all()
+    db.dispose()
+    assert sorted(stored) == ["background", "good"]
+    savepoints = [sql for sql in seen if "SAVEPOINT" in sql]
+    assert savepoints == [
+        "SAVEPOINT sa_savepoint_1",
+        "RELEASE SAVEPOINT sa_savepoint_1",
+        "SAVEPOINT sa_savepoint_2",
+        "ROLLBACK TO SAVEPOINT sa_savepoint_2",
+    ]
+
+
 async def test_a_burst_of_inbound_events_is_answered_as_it_was_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
