@@ -59,7 +59,10 @@ def connection(session: Session) -> Connection:
     """The session's connection, in its transaction: Core statements skip the ORM (and its
     autoflush), so rows the session has pending must be flushed first by whoever needs them.
     Looked up once per transaction of the session (a lookup costs about a statement's
-    conversions)."""
+    conversions), unless the session was given its connection (`use_connection`)."""
+    given: Connection | None = session.info.get(_GIVEN)
+    if given is not None:
+        return given
     transaction = session.get_transaction()
     known = session.info.get(_CONNECTION)
     if transaction is not None and known is not None and known[0] is transaction:
@@ -71,6 +74,13 @@ def connection(session: Session) -> Connection:
 
 
 _CONNECTION = "crewchief.connection"  # session.info: (its transaction, that one's connection)
+_GIVEN = "crewchief.connection.given"
+
+
+def use_connection(session: Session, conn: Connection) -> None:
+    """Core statements of `session` go to `conn`: a session bound to a connection whose
+    transaction it joins (a group commit's) uses no other for the rest of its life."""
+    session.info[_GIVEN] = conn
 
 
 @cache

@@ -115,7 +115,10 @@ def _safely(call: Callable[[], None]) -> None:
 
 
 @event.listens_for(UnitOfWork, "after_commit")
-def _fire(session: Session) -> None:
+def committed(session: Session) -> None:
+    """What follows a commit of the session: its wake-ups and after-commit calls run, or wait
+    for the group's commit. Called by hand for a session that joins a group's transaction
+    without a commit of its own (storage.db)."""
     pending: Deferred = session.info.pop(_PENDING, Deferred())
     deferred: Deferred | None = session.info.get(_DEFERRED)
     if deferred is not None:

@@ -886,9 +886,9 @@ async def test_an_inbound_event_that_fails_in_a_group_commit_is_rolled_back_alon
 
 
 def test_an_inbound_events_savepoint_is_sent_and_seen_like_any_statement(db_url: str) -> None:
-    """In a group commit each inbound event's transaction is a savepoint, sent straight to the
-    driver: one that fails is rolled back to it alone, on SQLite and PostgreSQL, and the
-    statement listeners (metrics, the benchmarks' counts) see every savepoint statement."""
+    """In a group commit each inbound event's transaction is a savepoint of crewchief's own:
+    one that fails is rolled back to it alone, on SQLite and PostgreSQL, and the statement
+    listeners (metrics, the benchmarks' counts) see every savepoint statement."""
     db = fresh(db_url)
     seen: list[str] = []
     event.listen(db.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
@@ -904,10 +904,11 @@ def test_an_inbound_events_savepoint_is_sent_and_seen_like_any_statement(db_url:
     assert sorted(stored) == ["background", "good"]
     savepoints = [sql for sql in seen if "SAVEPOINT" in sql]
     assert savepoints == [
-        "SAVEPOINT sa_savepoint_1",
-        "RELEASE SAVEPOINT sa_savepoint_1",
-        "SAVEPOINT sa_savepoint_2",
-        "ROLLBACK TO SAVEPOINT sa_savepoint_2",
+        "SAVEPOINT crewchief_1",
+        "RELEASE SAVEPOINT crewchief_1",
+        "SAVEPOINT crewchief_2",
+        "ROLLBACK TO SAVEPOINT crewchief_2",
+        "RELEASE SAVEPOINT crewchief_2",
     ]
 
 
