@@ -896,6 +896,10 @@ def test_an_inbound_events_savepoint_is_sent_and_seen_like_any_statement(db_url:
         assert db._isolated(lambda: add_event(db, "good")) == "good"
         with pytest.raises(ValueError, match="bad"):
             db._isolated(lambda: add_event(db, "bad", fail=True))
+        # an error of the database's: PostgreSQL refuses all but a rollback until the
+        # savepoint is rolled back to
+        with pytest.raises(IntegrityError):
+            db._isolated(lambda: add_event(db, "good"))
         assert add_event(db, "background") == "background"
         assert not failed()
     with db.read() as session:
@@ -909,6 +913,9 @@ def test_an_inbound_events_savepoint_is_sent_and_seen_like_any_statement(db_url:
         "SAVEPOINT crewchief_2",
         "ROLLBACK TO SAVEPOINT crewchief_2",
         "RELEASE SAVEPOINT crewchief_2",
+        "SAVEPOINT crewchief_3",
+        "ROLLBACK TO SAVEPOINT crewchief_3",
+        "RELEASE SAVEPOINT crewchief_3",
     ]
 
 
