@@ -56,7 +56,7 @@ def _broken(conn: Connection) -> bool:
     return getattr(status, "name", None) == "INERROR"
 
 
-def _rolled_back_to(conn: Connection, savepoint: str | None) -> bool:
+def _rolled_back_to(conn: Connection, savepoint: str) -> bool:
     """Whether what was done since `savepoint` is undone (and the savepoint gone)."""
     try:
         rows.send(conn, f"ROLLBACK TO SAVEPOINT {savepoint}")
@@ -245,8 +245,12 @@ class Database:
             # alone. A savepoint that lost a race for a lock (a deadlock PostgreSQL broke, a
             # lock waited for past GROUP_LOCK_TIMEOUT_MS) fails the group too: run again
             # alone, its job will not meet that race.
-            alone = savepoint is not None and _sqlstate(exc) not in _LOST_A_LOCK_RACE
-            if not (alone and _rolled_back_to(conn, savepoint)) or _broken(conn):
+            undone = (
+                savepoint is not None
+                and _sqlstate(exc) not in _LOST_A_LOCK_RACE
+                and _rolled_back_to(conn, savepoint)
+            )
+            if not undone or _broken(conn):
                 self._group.failed = True
             raise
         else:
