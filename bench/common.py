@@ -102,13 +102,14 @@ def gc_pauses() -> Iterator[list[float]]:
     """The garbage collector's pauses while the block runs, in milliseconds: a list filled in
     as they happen (every thread waits while the collector runs)."""
     pauses: list[float] = []
-    began = [0.0]
+    began = 0.0
 
     def timed(phase: str, _info: dict[str, int]) -> None:
+        nonlocal began
         if phase == "start":
-            began[0] = time.perf_counter()
+            began = time.perf_counter()
         else:
-            pauses.append((time.perf_counter() - began[0]) * 1000)
+            pauses.append((time.perf_counter() - began) * 1000)
 
     gc.callbacks.append(timed)
     try:

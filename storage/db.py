@@ -176,7 +176,8 @@ class Database:
     def _grouped(self) -> Iterator[Callable[[], bool]]:
         """One outer transaction for the jobs a database thread runs together: their own
         transactions join it, and their wake-ups fire once it has committed. It gives the
-        check of whether one of them failed, which rolled the outer transaction back."""
+        check of whether one of them failed, after which the outer transaction is rolled
+        back, not committed."""
         deferred = Deferred()
         group = self._group
         with self.engine.connect() as conn, conn.begin():
@@ -218,9 +219,9 @@ class Database:
         transaction it joins without a begin and commit of its own. What it wrote is flushed
         at its end, and what its commit would have woken waits for the group's. An inbound
         event's is a savepoint, crewchief's own, sent as its other statements are: bad input
-        rolls it back alone. SQLAlchemy's begin and commit of the session, and its savepoints,
-        took most of such a transaction's time: with one statement in it, 34 us then and
-        15.5 now, and 106 against 24 with a savepoint (best of 5, 3,000 in a group)."""
+        rolls it back alone. With one statement in it such a transaction takes 15.5 us, 34
+        with SQLAlchemy's begin and commit of the session; with a savepoint 24, against 106
+        with SQLAlchemy's nested transaction (best of 5, 3,000 in a group)."""
         isolated = getattr(self._group, "isolated", False)
         savepoint = None
         if isolated:
@@ -271,6 +272,7 @@ class Database:
         with Session(
             bind=conn, join_transaction_mode="rollback_only", expire_on_commit=False
         ) as session:
+            rows.use_connection(session, conn)
             yield session
 
     def schema_is_current(self) -> bool:

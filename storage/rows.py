@@ -79,7 +79,8 @@ _GIVEN = "crewchief.connection.given"
 
 def use_connection(session: Session, conn: Connection) -> None:
     """Core statements of `session` go to `conn`: a session bound to a connection whose
-    transaction it joins (a group commit's) uses no other for the rest of its life."""
+    transaction it joins (a group commit's, storage.db) uses no other for the rest of its
+    life."""
     session.info[_GIVEN] = conn
 
 

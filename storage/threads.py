@@ -13,12 +13,12 @@ fails rolls the whole group back (a savepoint per job would cost two statements 
 failure that is rare), as does a database that ended or aborted the transaction by itself, or
 a lock a group waited for too long on PostgreSQL (two groups deadlocked, storage.db): its jobs
 then run again one at a time, each committing alone, so the others' work stands and the
-failing one gets its own answer. (An
-inbound event, which bad input fails, keeps savepoints: storage.db.) A group stops growing after
-`GROUP_SIZE` jobs or `GROUP_TIME` seconds, so the urgent work that arrives meanwhile still
-waits only briefly. After an inbound event's job it takes only another inbound event's (they
-wait at the head of the queue): a burst of commands or reactions commits together, and no
-acknowledgement waits for the background work queued behind it.
+failing one gets its own answer. (An inbound event, which bad input fails, keeps savepoints:
+storage.db.) A group stops growing after `GROUP_SIZE` jobs or `GROUP_TIME` seconds, so the
+urgent work that arrives meanwhile still waits only briefly. After an inbound event's job it
+takes only another inbound event's (they wait at the head of the queue): a burst of commands
+or reactions commits together, and no acknowledgement waits for the background work queued
+behind it.
 """
 
 from __future__ import annotations
